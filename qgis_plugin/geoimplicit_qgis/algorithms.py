@@ -1,0 +1,324 @@
+"""One Processing algorithm per geoimplicit command."""
+
+import json
+import os
+
+from qgis.core import (
+    QgsProcessing,
+    QgsProcessingException,
+    QgsProcessingOutputFile,
+    QgsProcessingOutputFolder,
+    QgsProcessingOutputHtml,
+    QgsProcessingOutputNumber,
+    QgsProcessingOutputRasterLayer,
+    QgsProcessingParameterBoolean,
+    QgsProcessingParameterEnum,
+    QgsProcessingParameterFile,
+    QgsProcessingParameterFolderDestination,
+    QgsProcessingParameterMultipleLayers,
+    QgsProcessingParameterRasterDestination,
+    QgsProcessingParameterRasterLayer,
+    QgsProcessingParameterVectorDestination,
+)
+
+from .base import GeoImplicitAlgorithm
+
+METHODS = ["occupancy", "raster"]
+METHOD_LABELS = ["Occupancy field (neural, ImpliCity)", "Raster (cell statistics of the points)"]
+DSM_GROUP = "Elevation"
+VIEWS_GROUP = "Novel views"
+
+
+class ReconstructDsm(GeoImplicitAlgorithm):
+    NAME = "dsm"
+    DISPLAY = "Reconstruct DSM"
+    GROUP = DSM_GROUP
+    COMMAND = "dsm"
+    HELP = (
+        "<p>A digital surface model (GeoTIFF, float32, nodata set) from LAS/LAZ point clouds, on the exact grid "
+        "given by the resolution and the area of interest.</p>"
+        "<ul><li><b>Occupancy field</b>: a neural occupancy network (ImpliCity) reads the points and, optionally, "
+        "one or two ortho-images, and the surface is found in every output column. Default weights ship with "
+        "geoimplicit; runs on a CUDA GPU when there is one.</li>"
+        "<li><b>Raster</b>: the baseline by cell statistics of the points (maximum by default), with outlier "
+        "removal and hole filling.</li></ul>"
+        "<p><b>Point cloud files</b>: one or more LAS/LAZ files in a projected CRS (metres or feet). "
+        "<b>Area of interest</b>: a polygon layer, or an extent; one of them is required. "
+        "<b>Resolution</b>: pixel size in units of the working CRS. <b>Tile size</b> and <b>overlap</b> "
+        "(advanced, CRS units, 0 = the method's default) set how the area is cut for processing; the result does "
+        "not depend on them. The DSM is loaded with an elevation colour ramp.</p>"
+    )
+
+    def initAlgorithm(self, config=None):  # noqa: N802
+        self.addParameter(
+            QgsProcessingParameterMultipleLayers("POINTS", "Point cloud files (LAS/LAZ)", QgsProcessing.TypeFile)
+        )
+        self.addParameter(
+            QgsProcessingParameterEnum("METHOD", "Method", options=METHOD_LABELS, defaultValue=0)
+        )
+        self.addParameter(QgsProcessingParameterRasterLayer("ORTHO", "Ortho-image (optional)", optional=True))
+        self.add_aoi_parameters()
+        self.add_number("RESOLUTION", "Resolution (CRS units per pixel)", 0.5, minimum=1e-9)
+        self.add_crs_parameter()
+        self.add_advanced(
+            QgsProcessingParameterRasterLayer("ORTHO2", "Second ortho-image (stereo, occupancy only)", optional=True)
+        )
+        self.add_number("TILE_SIZE", "Tile size (CRS units, 0 = method default)", 0.0, minimum=0.0, advanced=True)
+        self.add_number("OVERLAP", "Tile overlap (CRS units, 0 = method default)", 0.0, minimum=0.0, advanced=True)
+        self.add_advanced(
+            QgsProcessingParameterFile("WEIGHTS", "Model weights (occupancy; empty = the default model)",
+                                       extension="pt", optional=True)
+        )
+        self.add_device_parameter()
+        self.add_extra_args_parameter()
+        self.addParameter(QgsProcessingParameterRasterDestination("OUTPUT", "DSM"))
+
+    def processAlgorithm(self, parameters, context, feedback):  # noqa: N802
+        points = self.parameterAsFileList(parameters, "POINTS", context)
+        if not points:
+            raise QgsProcessingException("Point cloud files: give at least one LAS/LAZ file")
+        method = METHODS[self.parameterAsEnum(parameters, "METHOD", context)]
+        output = self.parameterAsOutputLayer(parameters, "OUTPUT", context)
+        args = ["dsm"]
+        for path in points:
+            args += ["--points", path]
+        for name in ("ORTHO", "ORTHO2"):
+            ortho = self.raster_path(parameters, name, context, required=False)
+            if ortho:
+                args += ["--ortho", ortho]
+        args += self.aoi_args(parameters, context, feedback)
+        args += ["--resolution", repr(self.parameterAsDouble(parameters, "RESOLUTION", context))]
+        args += ["--method", method]
+        args += self.crs_args(parameters, context)
+        for name, option in (("TILE_SIZE", "--tile-size"), ("OVERLAP", "--overlap")):
+            value = self.parameterAsDouble(parameters, name, context)
+            if value > 0:
+                args += [option, repr(value)]
+        weights = self.parameterAsFile(parameters, "WEIGHTS", context)
+        if weights and method == "occupancy":
+            args += ["--weights", weights]
+        if method == "occupancy":
+            args += self.device_args(parameters, context)
+        args += self.extra_args(parameters, context)
+        args += ["--overwrite", "-o", output]
+        self.run_geoimplicit(args, feedback, outputs=[output])
+        self.load_dsm_on_completion(output, context, name=f"DSM ({method})")
+        return {"OUTPUT": output}
+
+
+class AccuracyReport(GeoImplicitAlgorithm):
+    NAME = "eval"
+    DISPLAY = "Accuracy report"
+    GROUP = DSM_GROUP
+    COMMAND = "eval"
+    HELP = (
+        "<p>Height-error statistics of a DSM against a reference DSM, as photogrammetrists expect them "
+        "(demcompare, ASP geodiff): bias, median, standard deviation, MAE, RMSE, NMAD, LE68/LE90/LE95/LE99 and "
+        "the fraction of cells within 0.5, 1 and 2 m; per class (optional class raster), per slope band.</p>"
+        "<p>The DSM is resampled onto the reference's grid; both must be in the same CRS. <b>Co-register</b> "
+        "first finds and removes a horizontal and vertical shift (Nuth and Kääb). The report folder holds "
+        "report.json, report.csv, report.html (shown in the results viewer), figures, and the residual raster "
+        "(DSM minus reference), which is loaded into the project.</p>"
+    )
+
+    def initAlgorithm(self, config=None):  # noqa: N802
+        self.addParameter(QgsProcessingParameterRasterLayer("DSM", "DSM to evaluate"))
+        self.addParameter(QgsProcessingParameterRasterLayer("REFERENCE", "Reference (ground truth) DSM"))
+        self.addParameter(
+            QgsProcessingParameterRasterLayer("CLASSES", "Class raster (LAS codes; optional)", optional=True)
+        )
+        self.addParameter(QgsProcessingParameterBoolean("COREGISTER", "Co-register before the statistics",
+                                                        defaultValue=False))
+        self.add_extra_args_parameter()
+        self.addParameter(QgsProcessingParameterFolderDestination("OUTPUT", "Report folder"))
+        self.addOutput(QgsProcessingOutputHtml("OUTPUT_HTML", "Accuracy report"))
+        self.addOutput(QgsProcessingOutputFile("REPORT_JSON", "Report (JSON)"))
+        self.addOutput(QgsProcessingOutputRasterLayer("RESIDUAL", "Residual (DSM minus reference)"))
+        for key, label in (("RMSE", "RMSE"), ("MAE", "MAE"), ("NMAD", "NMAD"), ("BIAS", "Bias (mean error)"),
+                           ("MEDIAN_ABS_ERROR", "Median absolute error")):
+            self.addOutput(QgsProcessingOutputNumber(key, label))
+
+    def processAlgorithm(self, parameters, context, feedback):  # noqa: N802
+        dsm = self.raster_path(parameters, "DSM", context)
+        reference = self.raster_path(parameters, "REFERENCE", context)
+        folder = self.parameterAsString(parameters, "OUTPUT", context)
+        args = ["eval", dsm, reference]
+        classes = self.raster_path(parameters, "CLASSES", context, required=False)
+        if classes:
+            args += ["--classes", classes]
+        if self.parameterAsBoolean(parameters, "COREGISTER", context):
+            args.append("--coregister")
+        args += self.extra_args(parameters, context)
+        args += ["--overwrite", "-o", folder]
+        announced = self.run_geoimplicit(args, feedback, outputs=[folder])
+        html = announced.get("html") or os.path.join(folder, "report.html")
+        report_json = announced.get("json") or os.path.join(folder, "report.json")
+        residual = announced.get("residual") or _first_existing(folder, ("residual.tif", "error.tif"))
+        results = {"OUTPUT": folder, "OUTPUT_HTML": html, "REPORT_JSON": report_json, "RESIDUAL": residual}
+        overall = {}
+        try:
+            with open(report_json, encoding="utf-8") as f:
+                overall = json.load(f).get("overall", {})
+        except (OSError, ValueError, AttributeError):
+            feedback.reportError(f"{report_json}: could not read the report's numbers", fatalError=False)
+        for key, field in (("RMSE", "rmse"), ("MAE", "mae"), ("NMAD", "nmad"), ("BIAS", "bias"),
+                           ("MEDIAN_ABS_ERROR", "median_abs_error")):
+            value = overall.get(field)
+            if isinstance(value, (int, float)):
+                results[key] = float(value)
+                feedback.pushInfo(f"{field}: {value:.4g}")
+        if residual:
+            self.load_layer_on_completion(residual, context, "Residual (DSM minus reference)", "RESIDUAL")
+        return results
+
+
+class TileIndex(GeoImplicitAlgorithm):
+    NAME = "tile"
+    DISPLAY = "Tile index"
+    GROUP = "Tiling"
+    COMMAND = "tile"
+    HELP = (
+        "<p>A grid of tiles over the area of interest, with a tile size and an overlap in CRS units, snapped to "
+        "the output pixel grid (every tile's pixels line up with the mosaic's); only tiles that touch the area "
+        "are kept. Written as a GeoPackage (layer 'tiles': id, row, col, bounds, status; geometry = the tile "
+        "without its overlap) and loaded into the project.</p>"
+    )
+
+    def initAlgorithm(self, config=None):  # noqa: N802
+        self.add_aoi_parameters()
+        self.add_number("TILE_SIZE", "Tile size (CRS units)", 64.0, minimum=1e-9)
+        self.add_number("OVERLAP", "Overlap (CRS units)", 8.0, minimum=0.0)
+        self.add_number("RESOLUTION", "Resolution of the output grid (CRS units per pixel)", 0.5, minimum=1e-9)
+        self.add_crs_parameter()
+        self.add_extra_args_parameter()
+        self.addParameter(
+            QgsProcessingParameterVectorDestination("OUTPUT", "Tile index", QgsProcessing.TypeVectorPolygon)
+        )
+
+    def processAlgorithm(self, parameters, context, feedback):  # noqa: N802
+        output = self.parameterAsOutputLayer(parameters, "OUTPUT", context)
+        path = output.split("|")[0]
+        if not path.lower().endswith(".gpkg"):
+            raise QgsProcessingException(f"{path}: the tile index is a GeoPackage; choose a .gpkg file")
+        args = ["tile"] + self.aoi_args(parameters, context, feedback)
+        args += ["--tile-size", repr(self.parameterAsDouble(parameters, "TILE_SIZE", context))]
+        args += ["--overlap", repr(self.parameterAsDouble(parameters, "OVERLAP", context))]
+        args += ["--resolution", repr(self.parameterAsDouble(parameters, "RESOLUTION", context))]
+        args += self.crs_args(parameters, context)
+        args += self.extra_args(parameters, context)
+        args += ["--overwrite", "-o", path]
+        self.run_geoimplicit(args, feedback, outputs=[path])
+        if context.willLoadLayerOnCompletion(output):
+            context.layerToLoadOnCompletionDetails(output).name = "Tiles"
+        return {"OUTPUT": output}
+
+
+class Mosaic(GeoImplicitAlgorithm):
+    NAME = "mosaic"
+    DISPLAY = "Mosaic"
+    GROUP = "Tiling"
+    COMMAND = "mosaic"
+    HELP = (
+        "<p>Tiles (GeoTIFFs on one pixel grid, e.g. the tiles of a DSM run) blended over their overlap with "
+        "feathered weights into one Cloud-Optimized GeoTIFF: no seams, nodata respected, optionally clipped to "
+        "an area of interest. Loaded with an elevation colour ramp.</p>"
+    )
+
+    def initAlgorithm(self, config=None):  # noqa: N802
+        self.addParameter(QgsProcessingParameterMultipleLayers("TILES", "Tiles", QgsProcessing.TypeRaster))
+        self.add_aoi_parameters()
+        self.add_extra_args_parameter()
+        self.addParameter(QgsProcessingParameterRasterDestination("OUTPUT", "Mosaic"))
+
+    def processAlgorithm(self, parameters, context, feedback):  # noqa: N802
+        layers = self.parameterAsLayerList(parameters, "TILES", context)
+        if not layers:
+            raise QgsProcessingException("Tiles: give at least one raster")
+        paths = []
+        for layer in layers:
+            path = layer.source().split("|")[0]
+            if not os.path.isfile(path):
+                raise QgsProcessingException(f"{layer.name()}: not a raster file ({layer.source()})")
+            paths.append(path)
+        output = self.parameterAsOutputLayer(parameters, "OUTPUT", context)
+        args = ["mosaic", *paths] + self.aoi_args(parameters, context, feedback, required=False)
+        args += self.extra_args(parameters, context)
+        args += ["--overwrite", "-o", output]
+        self.run_geoimplicit(args, feedback, outputs=[output])
+        self.load_dsm_on_completion(output, context, name="Mosaic")
+        return {"OUTPUT": output}
+
+
+class NovelViewsFit(GeoImplicitAlgorithm):
+    NAME = "nvs_fit"
+    DISPLAY = "Novel views: fit a multiplane image"
+    GROUP = VIEWS_GROUP
+    COMMAND = "nvs fit"
+    HELP = (
+        "<p>Fits a multiplane image (ImMPI) to a view set in the LEVIR-NVS layout (Images/, Cams/, optional "
+        "Depths/ and Track/, view_split.txt): trained on the train views with photometric losses. The model "
+        "folder is what <i>Novel views: render</i> reads. Runs on a CUDA GPU when there is one.</p>"
+    )
+
+    def initAlgorithm(self, config=None):  # noqa: N802
+        self.addParameter(
+            QgsProcessingParameterFile("VIEWS", "View set folder (LEVIR-NVS layout)",
+                                       behavior=QgsProcessingParameterFile.Folder)
+        )
+        self.add_device_parameter()
+        self.add_extra_args_parameter()
+        self.addParameter(QgsProcessingParameterFolderDestination("OUTPUT", "Model folder"))
+
+    def processAlgorithm(self, parameters, context, feedback):  # noqa: N802
+        views = self.parameterAsFile(parameters, "VIEWS", context)
+        output = self.parameterAsString(parameters, "OUTPUT", context)
+        args = ["nvs", "fit", views] + self.device_args(parameters, context)
+        args += self.extra_args(parameters, context)
+        args += ["--overwrite", "-o", output]
+        self.run_geoimplicit(args, feedback, outputs=[output])
+        return {"OUTPUT": output}
+
+
+class NovelViewsRender(GeoImplicitAlgorithm):
+    NAME = "nvs_render"
+    DISPLAY = "Novel views: render"
+    GROUP = VIEWS_GROUP
+    COMMAND = "nvs render"
+    HELP = (
+        "<p>Renders images and depth maps (float TIFF) of a fitted multiplane image for the camera files of a "
+        "folder (LEVIR-NVS camera format), and a video of the camera track.</p>"
+    )
+
+    def initAlgorithm(self, config=None):  # noqa: N802
+        self.addParameter(
+            QgsProcessingParameterFile("MODEL", "Model folder (from Novel views: fit)",
+                                       behavior=QgsProcessingParameterFile.Folder)
+        )
+        self.addParameter(
+            QgsProcessingParameterFile("CAMS", "Camera files folder", behavior=QgsProcessingParameterFile.Folder)
+        )
+        self.add_device_parameter()
+        self.add_extra_args_parameter()
+        self.addParameter(QgsProcessingParameterFolderDestination("OUTPUT", "Output folder"))
+        self.addOutput(QgsProcessingOutputFolder("IMAGES", "Rendered images"))
+
+    def processAlgorithm(self, parameters, context, feedback):  # noqa: N802
+        model = self.parameterAsFile(parameters, "MODEL", context)
+        cams = self.parameterAsFile(parameters, "CAMS", context)
+        output = self.parameterAsString(parameters, "OUTPUT", context)
+        args = ["nvs", "render", model, "--cams", cams] + self.device_args(parameters, context)
+        args += self.extra_args(parameters, context)
+        args += ["--overwrite", "-o", output]
+        self.run_geoimplicit(args, feedback, outputs=[output])
+        return {"OUTPUT": output, "IMAGES": output}
+
+
+def _first_existing(folder, names):
+    for name in names:
+        path = os.path.join(folder, name)
+        if os.path.exists(path):
+            return path
+    return None
+
+
+ALGORITHMS = [ReconstructDsm, AccuracyReport, TileIndex, Mosaic, NovelViewsFit, NovelViewsRender]
