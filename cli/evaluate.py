@@ -1,0 +1,53 @@
+"""``geoimplicit eval PRED.tif TRUTH.tif -o REPORT_DIR``: height-error accuracy report of a DSM."""
+
+from __future__ import annotations
+
+import click
+
+from cli.options import overwrite_option
+
+
+@click.command("eval", context_settings={"show_default": True})
+@click.argument("prediction", type=click.Path(dir_okay=False))
+@click.argument("truth", type=click.Path(dir_okay=False))
+@click.option("-o", "--output", "output_dir", type=click.Path(file_okay=False), required=True,
+              help="Report folder (report.json, report.csv, report.html, figures/, residual.tif).")
+@click.option("--classes", "classes", type=click.Path(dir_okay=False), default=None,
+              help="Class raster (LAS codes 2 ground, 5 vegetation, 6 building... or any integer labels).")
+@click.option("--class-polygons", type=click.Path(dir_okay=False), default=None,
+              help="Polygon layer (GeoPackage, GeoJSON, Shapefile) whose --class-field names each polygon's class.")
+@click.option("--class-field", default=None, help="Field of --class-polygons that holds the class name.")
+@click.option("--class-points", multiple=True, type=click.Path(), metavar="LAS",
+              help="LAS/LAZ file(s), folder or glob: ground (2) / building (6) / vegetation (3,4,5) by majority "
+                   "per cell. Repeat for several.")
+@click.option("--dilate-buildings", "dilate_buildings_px", type=click.IntRange(min=0), default=0, metavar="PX",
+              help="Dilate the building class by PX pixels and remove that band from the other classes (ImpliCity).")
+@click.option("--tiles", type=click.Path(dir_okay=False), default=None,
+              help="Tile index GeoPackage (id + polygon): statistics per tile.")
+@click.option("--coregister", is_flag=True,
+              help="Estimate the horizontal shift (Nuth and Kaab 2011, iterated) and report statistics after it.")
+@click.option("--reproject", is_flag=True,
+              help="Allow a prediction in another CRS: it is warped onto the truth's grid.")
+@click.option("--no-figures", is_flag=True, help="Skip the PNG figures (faster).")
+@overwrite_option
+@click.pass_context
+def evaluate(ctx, prediction, truth, output_dir, classes, class_polygons, class_field, class_points,
+             dilate_buildings_px, tiles, coregister, reproject, no_figures, overwrite):
+    """Compare PREDICTION with the reference DSM TRUTH on TRUTH's grid and write an accuracy report.
+
+    Residual = prediction - truth. Statistics: count, bias, median, std, MAE, RMSE, median absolute error,
+    NMAD, LE68/90/95/99, fractions within 0.5/1/2 height units; overall, per class, per slope band of the
+    truth, per tile.
+    """
+    from geoimplicit.evaluate import evaluate_dsm
+
+    progress = ctx.obj["progress"] if ctx.obj else None
+    report = evaluate_dsm(
+        prediction, truth, output_dir, classes=classes, class_polygons=class_polygons, class_field=class_field,
+        class_points=list(class_points) or None, dilate_buildings_px=dilate_buildings_px, tiles=tiles,
+        coregister=coregister, reproject=reproject, overwrite=overwrite, figures=not no_figures,
+        progress=progress,
+    )
+    if progress is not None:
+        paths = report["paths"]
+        progress.result(report=paths["html"], json=paths["json"], csv=paths["csv"], residual=paths["residual"])
