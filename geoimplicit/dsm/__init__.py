@@ -1,0 +1,1 @@
+"""DSM production: the rasterization baseline (:mod:`geoimplicit.dsm.rasterize`) and the occupancy method."""
