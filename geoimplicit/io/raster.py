@@ -166,7 +166,7 @@ def raster_info(path, crs=None) -> dict:
             "resolution": (abs(ds.transform.a), abs(ds.transform.e)),
             "georeferencing": geo,
             "block_shapes": tuple(ds.block_shapes),
-            "compression": ds.compression.value if ds.compression is not None else None,
+            "compression": ds.compression.value.lower() if ds.compression is not None else None,
             "overviews": len(ds.overviews(1)),
         }
 
