@@ -57,7 +57,8 @@ class Zone:
     fields: dict = field(default_factory=dict)
 
 
-def _resample_labels(path: Path, grid: Grid) -> tuple[np.ndarray, float | None]:
+def _resample_labels(path: Path, grid: Grid) -> np.ndarray:
+    """Class labels on ``grid`` (int64, -1 = no class): nearest, or majority when the raster is finer."""
     try:
         with rasterio.open(path) as src:
             labels = src.read(1)
@@ -68,19 +69,15 @@ def _resample_labels(path: Path, grid: Grid) -> tuple[np.ndarray, float | None]:
     if src_crs is not None and grid.crs is not None and not same_crs(grid.crs, src_crs):
         log.info("class raster %s is %s: reprojected onto the truth grid", path.name, crs_label(src_crs))
     finer = abs(src_transform.a) < 0.75 * abs(grid.transform.a)
-    out = np.full(grid.shape, -1, dtype=np.int64)
-    fill = -1 if nodata is None else nodata
-    src_arr = labels.astype(np.float64)
     dst = np.full(grid.shape, np.nan)
-    crs = grid.crs or "EPSG:3857"
-    reproject(src_arr, dst, src_transform=src_transform, src_crs=src_crs or crs, dst_transform=grid.transform,
-              dst_crs=crs, src_nodata=fill if nodata is not None else None, dst_nodata=np.nan,
+    dst_crs = grid.crs or src_crs or "EPSG:3857"
+    reproject(labels.astype(np.float64), dst, src_transform=src_transform, src_crs=src_crs or dst_crs,
+              dst_transform=grid.transform, dst_crs=dst_crs, src_nodata=nodata, dst_nodata=np.nan,
               resampling=Resampling.mode if finer else Resampling.nearest)
+    out = np.full(grid.shape, -1, dtype=np.int64)
     ok = np.isfinite(dst)
     out[ok] = dst[ok].astype(np.int64)
-    if nodata is not None:
-        out[out == int(nodata)] = -1
-    return out, nodata
+    return out
 
 
 def zones_from_class_raster(path: str | os.PathLike, grid: Grid) -> list[Zone]:
@@ -88,7 +85,7 @@ def zones_from_class_raster(path: str | os.PathLike, grid: Grid) -> list[Zone]:
     path = Path(path)
     if not path.exists():
         raise InputFileNotFoundError("class raster not found", path=path)
-    labels, _ = _resample_labels(path, grid)
+    labels = _resample_labels(path, grid)
     zones = []
     for value in np.unique(labels[labels >= 0]):
         name = LAS_CLASS_NAMES.get(int(value), f"class {int(value)}")
