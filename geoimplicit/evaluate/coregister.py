@@ -90,10 +90,11 @@ def _fit_cosine(dh: np.ndarray, tan_slope: np.ndarray, aspect: np.ndarray, min_t
     if dh.size < 100:
         raise NoDataError(f"only {dh.size} sloped cells valid in both DSMs: too few to co-register",
                           hint="co-registration needs relief; evaluate without --coregister")
-    # robust: drop dh outliers (3 NMAD around the median, at least a tiny band)
-    med = np.median(dh)
+    # remove the vertical bias first (it would enter dh / tan(slope) as bias / tan(slope), not a constant),
+    # and drop dh outliers (3 NMAD around the median)
+    dh = dh - np.median(dh)
     spread = max(3.0 * nmad(dh), 1e-9)
-    keep = np.abs(dh - med) <= spread
+    keep = np.abs(dh) <= spread
     target = dh[keep] / tan_slope[keep]
     aspect = aspect[keep]
     edges = np.linspace(0.0, 2.0 * np.pi, _ASPECT_BINS + 1)
