@@ -1,0 +1,371 @@
+"""Tiles -> one Cloud-Optimized GeoTIFF, blended over their overlaps, written block by block.
+
+Each tile is a GeoTIFF on the mosaic's pixel lattice (a window of it, overlap included): band 1 the values
+(float32, nodata -9999), optionally band 2 a 0/1 "filled" mask. Tile writers tag the tile with its core
+bounds and overlap (:func:`write_tile`), which gives the feather length; for foreign tiles it is inferred
+from the lattice. The mosaic is the weighted mean of the tiles covering each pixel with feathered weights
+(:mod:`geoimplicit.tiling.blend`), nodata counting for nothing, so a constant or planar surface comes back
+unchanged and seams vanish. Pixels outside the AOI polygon become nodata.
+
+Memory: the mosaic is computed by blocks of ``block_px`` x ``block_px`` pixels, reading only the tile windows
+that touch each block, so it does not grow with the area. The blocks go into a temporary tiled GeoTIFF, which
+GDAL's COG driver then turns into the final COG (DEFLATE, floating-point predictor, 256 px tiles, internal
+overviews) at a temporary name renamed into place when complete.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+
+from geoimplicit.errors import AOIError, CorruptInputError, InputError, InputFileNotFoundError, NoDataError
+from geoimplicit.outputs import atomic_output, check_output, partial_path
+from geoimplicit.progress import CancelCallback, ProgressCallback, check_cancel
+from geoimplicit.tiling.blend import feather_weights
+from geoimplicit.tiling.grid import GridSpec
+
+log = logging.getLogger(__name__)
+
+__all__ = ["NODATA", "write_tile", "mosaic", "find_tiles", "TileSource"]
+
+NODATA = -9999.0
+TAG_CORE = "GEOIMPLICIT_TILE_CORE_BOUNDS"
+TAG_OVERLAP = "GEOIMPLICIT_TILE_OVERLAP_PX"
+TAG_ID = "GEOIMPLICIT_TILE_ID"
+
+
+def write_tile(path, height: np.ndarray, valid: np.ndarray, tile, *, filled: np.ndarray | None = None,
+               tags: dict | None = None, overwrite: bool = True) -> Path:
+    """Write one tile GeoTIFF atomically: band 1 height (nodata -9999), band 2 the filled mask (0/1).
+
+    ``tile`` is a :class:`~geoimplicit.tiling.grid.Tile` (its grid gives the georeferencing).
+    """
+    import rasterio
+
+    from geoimplicit.io.crs import to_rasterio_crs
+
+    grid = tile.grid
+    rows, cols = grid.shape
+    if height.shape != (rows, cols):
+        raise ValueError(f"write_tile: array {height.shape} does not match the tile grid {(rows, cols)}")
+    data = np.empty((2, rows, cols), np.float32)
+    data[0] = np.where(valid, height, NODATA)
+    data[1] = 0.0 if filled is None else np.where(valid, filled, NODATA)
+    data[1][~valid] = NODATA
+    overlap_px = int(round(tile.overlap / grid.resolution))
+    all_tags = {TAG_ID: tile.id, TAG_CORE: json.dumps(list(tile.core_bounds)), TAG_OVERLAP: str(overlap_px),
+                "AREA_OR_POINT": "Area"}
+    all_tags.update({k: str(v) for k, v in (tags or {}).items()})
+    profile = dict(driver="GTiff", width=cols, height=rows, count=2, dtype="float32", nodata=NODATA,
+                   crs=None if grid.crs is None else to_rasterio_crs(grid.crs), transform=grid.transform,
+                   compress="deflate", predictor=3, tiled=cols >= 256 and rows >= 256)
+    if profile["tiled"]:
+        profile.update(blockxsize=256, blockysize=256)
+    with atomic_output(path, overwrite=overwrite) as tmp:
+        with rasterio.open(tmp, "w", **profile) as dst:
+            dst.write(data)
+            dst.update_tags(**all_tags)
+            dst.set_band_description(1, "height")
+            dst.set_band_description(2, "filled")
+    return Path(path)
+
+
+@dataclass
+class TileSource:
+    """A tile file placed in the mosaic grid."""
+
+    path: Path
+    bounds: tuple
+    shape: tuple
+    resolution: float
+    overlap_px: int | None
+    count: int
+    window: object = None  # rasterio Window in the mosaic grid
+
+
+def _open_sources(paths: Sequence) -> tuple[list[TileSource], object]:
+    import rasterio
+
+    sources, crs = [], None
+    for p in paths:
+        p = Path(p)
+        if not p.exists():
+            raise InputFileNotFoundError("tile not found", path=p)
+        try:
+            with rasterio.open(p) as ds:
+                t = ds.transform
+                if t.b != 0 or t.d != 0 or abs(t.a + t.e) > 1e-9 * abs(t.a):
+                    raise InputError("tile is rotated or has non-square pixels", path=p,
+                                     hint="mosaic only north-up tiles with square pixels")
+                tags = ds.tags()
+                ov = tags.get(TAG_OVERLAP)
+                sources.append(TileSource(p, tuple(ds.bounds), (ds.height, ds.width), t.a,
+                                          None if ov is None else int(ov), ds.count))
+                if crs is None:
+                    crs = ds.crs
+                elif ds.crs != crs:
+                    raise InputError(f"tile CRS {ds.crs} differs from the first tile's {crs}", path=p,
+                                     hint="mosaic tiles of one run only")
+        except rasterio.errors.RasterioIOError as exc:
+            raise CorruptInputError(f"not a readable GeoTIFF ({exc})", path=p) from exc
+    return sources, crs
+
+
+def _infer_feather(sources: list[TileSource], grid: GridSpec) -> None:
+    """Tiles without an overlap tag: feather over the overlap implied by the tile lattice."""
+    missing = [s for s in sources if s.overlap_px is None]
+    if not missing:
+        return
+    offs = sorted({s.window.col_off for s in sources} | set())
+    steps = np.diff(offs)
+    step = int(steps[steps > 0].min()) if len(steps) and (steps > 0).any() else None
+    for s in missing:
+        s.overlap_px = max(0, (s.shape[1] - step) // 2) if step else 0
+
+
+def find_tiles(inputs: Iterable) -> tuple[list[Path], object]:
+    """Expand the mosaic inputs: tile files, folders of ``*.tif``, or a tile index ``.gpkg``.
+
+    Returns (tile paths, the TileGrid of the index or None). A tile index's tiles are read from the
+    ``tiles/`` folder beside it (the layout of a ``geoimplicit dsm`` work folder); tiles not finished are
+    left out.
+    """
+    from geoimplicit.tiling.grid import FINISHED, TileGrid, read_statuses
+
+    paths, tilegrid = [], None
+    for item in inputs:
+        item = Path(item)
+        if item.suffix.lower() == ".gpkg":
+            tilegrid = TileGrid.read_index(item)
+            status = read_statuses(item)
+            folder = item.parent / "tiles"
+            for t in tilegrid.tiles:
+                f = folder / f"{t.id}.tif"
+                if status.get(t.id) in FINISHED and f.exists():
+                    paths.append(f)
+        elif item.is_dir():
+            paths.extend(sorted(p for p in item.glob("*.tif") if not p.name.startswith(".")))
+        elif item.exists():
+            paths.append(item)
+        else:
+            raise InputFileNotFoundError("tile, folder or tile index not found", path=item)
+    return paths, tilegrid
+
+
+class _Handles:
+    """A small LRU of open tile datasets."""
+
+    def __init__(self, size=64):
+        self.size = size
+        self.open = OrderedDict()
+
+    def get(self, path):
+        import rasterio
+
+        ds = self.open.pop(path, None)
+        if ds is None:
+            ds = rasterio.open(path)
+            if len(self.open) >= self.size:
+                _, old = self.open.popitem(last=False)
+                old.close()
+        self.open[path] = ds
+        return ds
+
+    def close(self):
+        for ds in self.open.values():
+            ds.close()
+        self.open.clear()
+
+
+def mosaic(
+    tiles: Sequence,
+    output,
+    *,
+    grid: GridSpec | None = None,
+    aoi=None,
+    crs=None,
+    tags: dict | None = None,
+    filled_output=None,
+    overwrite: bool = False,
+    block_px: int = 1024,
+    progress: ProgressCallback | None = None,
+    cancel: CancelCallback | None = None,
+) -> Path:
+    """Blend tile GeoTIFFs into one COG.
+
+    Args:
+        tiles: tile paths (all on one pixel lattice, one CRS).
+        output: the mosaic COG.
+        grid: the output grid (default: the union of the tiles' cores, or of their bounds for foreign tiles).
+            Must be aligned with the tiles' pixels.
+        aoi: shapely (Multi)Polygon in the grid's CRS; pixels whose centre lies outside become nodata.
+        crs: CRS to write when the tiles have none.
+        tags: metadata tags (method, inputs, ...); the software version and resolution are added.
+        filled_output: optional uint8 COG: 1 where the value comes from hole filling, 0 measured, 255 nodata.
+        overwrite: replace existing outputs.
+        block_px: side of the blocks computed at a time (memory ~ 24 bytes x block_px^2).
+
+    Raises:
+        NoDataError: no tile, or no valid pixel at all.
+        InputError: tiles not on one lattice, or not aligned with ``grid``.
+    """
+    import rasterio
+    import rasterio.shutil
+    from rasterio.features import geometry_mask
+    from rasterio.windows import Window
+
+    from geoimplicit import __version__
+
+    check_output(output, overwrite)
+    if filled_output is not None:
+        check_output(filled_output, overwrite)
+    tiles = [Path(t) for t in tiles]
+    if not tiles:
+        raise NoDataError("no tiles to mosaic", path=output, hint="check that the run produced tiles")
+    sources, tile_crs = _open_sources(tiles)
+    res = sources[0].resolution
+    if grid is None:
+        core = []
+        for s in sources:
+            with rasterio.open(s.path) as ds:
+                cb = ds.tags().get(TAG_CORE)
+            core.append(tuple(json.loads(cb)) if cb else s.bounds)
+        core = np.array(core)
+        grid = GridSpec((core[:, 0].min(), core[:, 1].min(), core[:, 2].max(), core[:, 3].max()), res,
+                        crs if tile_crs is None else tile_crs)
+    for s in sources:
+        sg = GridSpec(s.bounds, s.resolution)
+        if not sg.is_aligned_with(grid):
+            raise InputError("tile is not on the mosaic's pixel grid (other resolution or origin)", path=s.path,
+                             hint="mosaic tiles made with one tile grid")
+        s.window = grid.window(s.bounds)
+    _infer_feather(sources, grid)
+    from geoimplicit.io.crs import to_rasterio_crs
+
+    out_crs = next((c for c in (grid.crs, tile_crs, crs) if c is not None), None)
+
+    rio_crs = None if out_crs is None else to_rasterio_crs(out_crs)
+    rows, cols = grid.shape
+    bx = max(256, (int(block_px) // 256) * 256)
+    # which tiles touch which block
+    buckets: dict[tuple[int, int], list[int]] = {}
+    for i, s in enumerate(sources):
+        w = s.window
+        r0, r1 = max(0, w.row_off), min(rows, w.row_off + w.height)
+        c0, c1 = max(0, w.col_off), min(cols, w.col_off + w.width)
+        if r1 <= r0 or c1 <= c0:
+            continue
+        for br in range(r0 // bx, (r1 - 1) // bx + 1):
+            for bc in range(c0 // bx, (c1 - 1) // bx + 1):
+                buckets.setdefault((br, bc), []).append(i)
+    n_blocks_r, n_blocks_c = -(-rows // bx), -(-cols // bx)
+    total = n_blocks_r * n_blocks_c
+    weight_cache: dict[tuple, np.ndarray] = {}
+
+    all_tags = {"AREA_OR_POINT": "Area", "software": f"geoimplicit {__version__}", "resolution": repr(grid.resolution),
+                "tiles": str(len(sources))}
+    all_tags.update({str(k): (v if isinstance(v, str) else json.dumps(v)) for k, v in (tags or {}).items()})
+    profile = dict(driver="GTiff", width=cols, height=rows, count=1, dtype="float32", nodata=NODATA,
+                   crs=rio_crs, transform=grid.transform, tiled=True, blockxsize=256, blockysize=256,
+                   compress="deflate", zlevel=1, predictor=3, BIGTIFF="IF_SAFER")
+    want_filled = filled_output is not None
+    tmp = partial_path(Path(output).with_name(Path(output).stem + "_blocks.tif"))
+    tmp_f = partial_path(Path(output).with_name(Path(output).stem + "_filled_blocks.tif")) if want_filled else None
+    handles = _Handles()
+    n_valid = 0
+    try:
+        dst = rasterio.open(tmp, "w", **profile)
+        dst_f = None
+        if want_filled:
+            dst_f = rasterio.open(tmp_f, "w", **{**profile, "dtype": "uint8", "nodata": 255, "predictor": 2})
+        try:
+            done = 0
+            for br in range(n_blocks_r):
+                for bc in range(n_blocks_c):
+                    check_cancel(cancel)
+                    r0, c0 = br * bx, bc * bx
+                    h, w = min(bx, rows - r0), min(bx, cols - c0)
+                    acc = np.zeros((h, w))
+                    wsum = np.zeros((h, w))
+                    facc = np.zeros((h, w)) if want_filled else None
+                    for i in buckets.get((br, bc), ()):
+                        s = sources[i]
+                        tw = s.window
+                        rr0, rr1 = max(r0, tw.row_off), min(r0 + h, tw.row_off + tw.height)
+                        cc0, cc1 = max(c0, tw.col_off), min(c0 + w, tw.col_off + tw.width)
+                        if rr1 <= rr0 or cc1 <= cc0:
+                            continue
+                        key = (s.shape, s.overlap_px)
+                        wt = weight_cache.get(key)
+                        if wt is None:
+                            wt = weight_cache[key] = feather_weights(s.shape, 2 * s.overlap_px)
+                        win = Window(cc0 - tw.col_off, rr0 - tw.row_off, cc1 - cc0, rr1 - rr0)
+                        ds = handles.get(s.path)
+                        bands = [1, 2] if (want_filled and s.count >= 2) else [1]
+                        data = ds.read(bands, window=win).astype(np.float64)
+                        vals = data[0]
+                        nd = ds.nodata
+                        ok = np.isfinite(vals)
+                        if nd is not None:
+                            ok &= vals != nd
+                        wwin = wt[win.row_off:win.row_off + win.height, win.col_off:win.col_off + win.width] * ok
+                        sl = (slice(rr0 - r0, rr1 - r0), slice(cc0 - c0, cc1 - c0))
+                        acc[sl] += wwin * np.where(ok, vals, 0.0)
+                        wsum[sl] += wwin
+                        if want_filled and len(bands) == 2:
+                            facc[sl] += wwin * np.where(ok, data[1], 0.0)
+                    valid = wsum > 0
+                    if aoi is not None and valid.any():
+                        btrans = grid.subgrid(Window(c0, r0, w, h)).transform
+                        inside = geometry_mask([aoi], out_shape=(h, w), transform=btrans, invert=True)
+                        valid &= inside
+                    out = np.full((h, w), NODATA, np.float32)
+                    with np.errstate(invalid="ignore", divide="ignore"):
+                        out[valid] = (acc[valid] / wsum[valid]).astype(np.float32)
+                    n_valid += int(valid.sum())
+                    dst.write(out, 1, window=Window(c0, r0, w, h))
+                    if want_filled:
+                        fo = np.full((h, w), 255, np.uint8)
+                        with np.errstate(invalid="ignore", divide="ignore"):
+                            fo[valid] = (facc[valid] / wsum[valid] > 0.5).astype(np.uint8)
+                        dst_f.write(fo, 1, window=Window(c0, r0, w, h))
+                    done += 1
+                    if progress is not None:
+                        progress(done, total, "mosaic", f"block {done}/{total}")
+            dst.update_tags(**all_tags)
+            dst.set_band_description(1, str((tags or {}).get("band", "height")))
+            if want_filled:
+                dst_f.update_tags(**{**all_tags, "band": "filled: 1 filled hole, 0 measured, 255 nodata"})
+        finally:
+            dst.close()
+            if dst_f is not None:
+                dst_f.close()
+            handles.close()
+        if n_valid == 0:
+            raise NoDataError("the mosaic has no valid pixel (every tile is nodata or outside the AOI)",
+                              path=output, hint="check that the AOI overlaps the data")
+        _to_cog(tmp, output, overwrite, predictor="FLOATING_POINT")
+        if want_filled:
+            _to_cog(tmp_f, filled_output, overwrite, predictor="STANDARD", resampling="NEAREST")
+    finally:
+        for t in (tmp, tmp_f):
+            if t is not None and Path(t).exists():
+                Path(t).unlink()
+    return Path(output)
+
+
+def _to_cog(src, output, overwrite, *, predictor="FLOATING_POINT", resampling="AVERAGE") -> None:
+    import rasterio.shutil
+
+    with atomic_output(output, overwrite=overwrite) as tmp:
+        rasterio.shutil.copy(
+            src, tmp, driver="COG", COMPRESS="DEFLATE", PREDICTOR=predictor, BLOCKSIZE=256,
+            OVERVIEWS="AUTO", RESAMPLING=resampling, BIGTIFF="IF_SAFER", NUM_THREADS="1",
+        )

@@ -1,0 +1,137 @@
+"""Mosaic: feathered blending without seams, nodata, AOI clipping, COG layout and tags, atomic outputs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import rasterio
+import shapely
+
+from geoimplicit.errors import InputError, NoDataError, OutputExistsError
+from geoimplicit.mosaic import NODATA, find_tiles, mosaic, write_tile
+from geoimplicit.tiling.grid import TileGrid
+
+X0, Y0 = 500000.0, 4500000.0
+
+
+def _plane(xx, yy):
+    return 120.0 + 0.3 * (xx - X0) - 0.2 * (yy - Y0)
+
+
+def _write_tiles(tmp_path, fn, crs="EPSG:32632", res=0.5, holes=False):
+    tg = TileGrid.from_aoi((X0, Y0, X0 + 140, Y0 + 45), tile_size=16, overlap=3, resolution=res, crs=crs)
+    paths = []
+    for t in tg.tiles:
+        xs, ys = t.grid.pixel_centers()
+        xx, yy = np.meshgrid(xs, ys)
+        h = fn(xx, yy).astype(np.float32)
+        valid = np.ones(h.shape, bool)
+        if holes and t.row == 1 and t.col == 1:
+            valid[:] = False  # an empty tile
+        paths.append(write_tile(tmp_path / "tiles" / f"{t.id}.tif", h, valid, t))
+    return tg, paths
+
+
+def _truth(grid, fn):
+    xs, ys = grid.pixel_centers()
+    xx, yy = np.meshgrid(xs, ys)
+    return fn(xx, yy).astype(np.float32)
+
+
+@pytest.mark.parametrize("fn", [lambda x, y: np.full(x.shape, 42.5), _plane], ids=["constant", "planar"])
+def test_constant_and_planar_surfaces_come_back_unchanged(tmp_path, fn):
+    tg, paths = _write_tiles(tmp_path, fn)
+    out = mosaic(paths, tmp_path / "m.tif", grid=tg.grid, tags={"method": "test"}, block_px=256)
+    with rasterio.open(out) as ds:
+        a = ds.read(1)
+        assert ds.transform.almost_equals(tg.grid.transform)
+        assert ds.crs.to_epsg() == 32632
+    assert (a != NODATA).all()
+    assert np.abs(a - _truth(tg.grid, fn)).max() <= 1e-4
+
+
+def test_seams_are_blended_and_nodata_respected(tmp_path):
+    tg, paths = _write_tiles(tmp_path, _plane, holes=True)
+    # a tile offset by +1 m: the blend must ramp smoothly, never jump by the full step
+    t = tg.tiles[0]
+    xs, ys = t.grid.pixel_centers()
+    xx, yy = np.meshgrid(xs, ys)
+    write_tile(paths[0], (_plane(xx, yy) + 1.0).astype(np.float32), np.ones(xx.shape, bool), t)
+    out = mosaic(paths, tmp_path / "m.tif", grid=tg.grid)
+    with rasterio.open(out) as ds:
+        a = ds.read(1)
+    truth = _truth(tg.grid, _plane)
+    d = np.where(a != NODATA, a - truth, np.nan)
+    # inside tile 0's core, away from the overlaps: the offset is there in full
+    assert np.nanmax(d[8:20, 8:20]) == pytest.approx(1.0, abs=1e-4)
+    # along a row crossing the seam, consecutive differences are small (no step of 1 m)
+    row = d[10, :60]
+    assert np.nanmax(np.abs(np.diff(row))) < 0.15
+    # the empty tile's core far from its neighbours is nodata; its overlap is covered by the neighbours
+    w = tg.grid.window(tg.tiles[[x.id for x in tg.tiles].index("r0001_c0001")].core_bounds)
+    core = a[w.row_off + 6: w.row_off + w.height - 6, w.col_off + 6: w.col_off + w.width - 6]
+    assert (core == NODATA).all()
+    near_edge = a[w.row_off + 1, w.col_off + 10]
+    assert near_edge != NODATA and near_edge == pytest.approx(truth[w.row_off + 1, w.col_off + 10], abs=1e-3)
+
+
+def test_cog_layout_tags_and_aoi_clip(tmp_path):
+    tg, paths = _write_tiles(tmp_path, _plane)
+    circle = shapely.Point(X0 + 35, Y0 + 22).buffer(15)
+    out = mosaic(paths, tmp_path / "m.tif", grid=tg.grid, aoi=circle, tags={"method": "raster", "inputs": ["a.laz"]},
+                 filled_output=tmp_path / "m_filled.tif")
+    with rasterio.open(out) as ds:
+        a = ds.read(1)
+        tags = ds.tags()
+        assert ds.profile["compress"] == "deflate" and ds.profile["tiled"]
+        assert ds.tags(ns="IMAGE_STRUCTURE").get("LAYOUT") == "COG"
+        assert ds.tags(ns="IMAGE_STRUCTURE").get("PREDICTOR") == "3"
+        assert ds.overviews(1)
+        t = ds.transform
+    assert tags["method"] == "raster" and tags["software"].startswith("geoimplicit ")
+    assert float(tags["resolution"]) == 0.5 and "a.laz" in tags["inputs"]
+    xs, ys = tg.grid.pixel_centers()
+    xx, yy = np.meshgrid(xs, ys)
+    inside = shapely.contains_xy(circle, xx, yy)
+    assert ((a != NODATA) == inside).all()
+    with rasterio.open(tmp_path / "m_filled.tif") as ds:
+        f = ds.read(1)
+    assert set(np.unique(f)) <= {0, 255} and ((f == 0) == inside).all()
+    assert not [p for p in tmp_path.iterdir() if ".partial-" in p.name]
+
+
+def test_mosaic_from_a_folder_infers_the_grid(tmp_path):
+    tg, paths = _write_tiles(tmp_path, _plane)
+    files, index = find_tiles([tmp_path / "tiles"])
+    assert len(files) == len(tg.tiles) and index is None
+    out = mosaic(files, tmp_path / "m.tif")
+    with rasterio.open(out) as ds:
+        # the union of the cores (tags written by write_tile) = the tile lattice
+        assert ds.bounds.left == tg.tiles[0].core_bounds[0] and ds.bounds.top == tg.tiles[0].core_bounds[3]
+
+
+def test_bad_mosaic_inputs(tmp_path):
+    tg, paths = _write_tiles(tmp_path, _plane)
+    out = mosaic(paths, tmp_path / "m.tif", grid=tg.grid)
+    with pytest.raises(OutputExistsError):
+        mosaic(paths, out, grid=tg.grid)
+    with pytest.raises(NoDataError):
+        mosaic([], tmp_path / "n.tif")
+    # a tile off the lattice by a quarter pixel
+    import dataclasses
+
+    from geoimplicit.tiling.grid import GridSpec
+
+    t = tg.tiles[0]
+    b = tuple(v + 0.125 for v in t.bounds)
+    shifted = dataclasses.replace(t, bounds=b, grid=GridSpec(b, 0.5, t.grid.crs))
+    bad = write_tile(tmp_path / "bad" / "x.tif", np.zeros(t.grid.shape, np.float32), np.ones(t.grid.shape, bool),
+                     shifted)
+    with pytest.raises(InputError, match="pixel grid"):
+        mosaic(paths + [bad], tmp_path / "b.tif", grid=tg.grid)
+    assert not (tmp_path / "b.tif").exists()
+    # all nodata -> a clean error and no output
+    with pytest.raises(NoDataError):
+        mosaic(paths, tmp_path / "far.tif", grid=tg.grid, aoi=shapely.box(0, 0, 1, 1))
+    assert not (tmp_path / "far.tif").exists()
+    assert not [p for p in tmp_path.iterdir() if ".partial-" in p.name]
