@@ -202,15 +202,10 @@ def crs_equal(a: pyproj.CRS | None, b: pyproj.CRS | None) -> bool:
         return False
     if linear_units(a)[0] != linear_units(b)[0]:
         return False
-    area = a.area_of_use or b.area_of_use
-    if area is None:
-        return False
     try:
-        west, south, east, north = area.bounds
-        lons = np.array([west, east, west, east, (west + east) / 2.0]) * 0.8 + 0.2 * (west + east) / 2.0
-        lats = np.array([south, south, north, north, (south + north) / 2.0]) * 0.8 + 0.2 * (south + north) / 2.0
-        to_a = pyproj.Transformer.from_crs("EPSG:4326", a, always_xy=True)
-        xa, ya = to_a.transform(lons, lats)
+        xa, ya = _sample_points(a, b)
+        if xa is None:
+            return False
         a_to_b = pyproj.Transformer.from_crs(a, b, always_xy=True)
         xb, yb = a_to_b.transform(xa, ya)
         if not (np.all(np.isfinite(xb)) and np.all(np.isfinite(yb))):
@@ -218,6 +213,27 @@ def crs_equal(a: pyproj.CRS | None, b: pyproj.CRS | None) -> bool:
         return bool(np.max(np.hypot(np.subtract(xb, xa), np.subtract(yb, ya))) < _SAME_TOLERANCE)
     except Exception:
         return False
+
+
+def _sample_points(a: pyproj.CRS, b: pyproj.CRS):
+    """Points in ``a``'s coordinates spread over the area of use of a or b, else around a's false origin."""
+    area = a.area_of_use or b.area_of_use
+    if area is not None:
+        west, south, east, north = area.bounds
+        lons = np.array([west, east, west, east, (west + east) / 2.0]) * 0.8 + 0.2 * (west + east) / 2.0
+        lats = np.array([south, south, north, north, (south + north) / 2.0]) * 0.8 + 0.2 * (south + north) / 2.0
+        to_a = pyproj.Transformer.from_crs("EPSG:4326", a, always_xy=True)
+        return to_a.transform(lons, lats)
+    op = _horizontal(a).coordinate_operation
+    if op is None:
+        return None, None
+    east = next((p.value for p in op.params if "easting" in p.name.lower()), None)
+    north = next((p.value for p in op.params if "northing" in p.name.lower()), None)
+    if east is None or north is None:
+        return None, None
+    d = 50_000.0 / (linear_units(a)[1] or 1.0)
+    offsets = np.array([(-d, -d), (d, -d), (-d, d), (d, d), (0.0, 0.0)])
+    return east + offsets[:, 0], north + offsets[:, 1]
 
 
 def choose_working_crs(named: Mapping[str, pyproj.CRS | None], user_crs=None) -> pyproj.CRS:

@@ -1,0 +1,158 @@
+"""Bad input through the CLI: one ``Error:`` line naming the file, what is wrong and the fix; exit 2; no traceback."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from affine import Affine
+from shapely.geometry import box
+
+from conftest import assert_clean_error
+from geoimplicit.io.pointcloud import write_las
+from geoimplicit.io.raster import write_geotiff
+from geoimplicit.io.vector import write_aoi
+
+
+def _pts(origin, n=2000, seed=0):
+    rng = np.random.default_rng(seed)
+    return {"x": origin[0] + rng.random(n) * 50, "y": origin[1] + rng.random(n) * 50, "z": 30 + rng.random(n)}
+
+
+@pytest.fixture
+def l93_laz(tmp_path):
+    return write_las(tmp_path / "l93.laz", _pts((770500.0, 6277500.0), n=40000), "EPSG:2154")
+
+
+def test_missing_file(cli, tmp_path):
+    for name in ("missing.laz", "missing.tif", "missing.geojson"):
+        assert_clean_error(cli("info", tmp_path / name), name, "not found")
+    assert_clean_error(cli("info", str(tmp_path / "*.laz")), "matches no")
+
+
+def test_truncated_laz_and_las(cli, tmp_path, l93_laz):
+    cut = tmp_path / "cut.laz"
+    cut.write_bytes(l93_laz.read_bytes()[: l93_laz.stat().st_size // 2])
+    assert_clean_error(cli("info", cut), "cut.laz", "truncated", "re-export")
+    las = write_las(tmp_path / "p.las", _pts((770500.0, 6277500.0)), "EPSG:2154", point_format=1, version="1.2")
+    cut_las = tmp_path / "cut.las"
+    cut_las.write_bytes(las.read_bytes()[:-500])
+    assert_clean_error(cli("info", cut_las), "cut.las", "truncated")
+    junk = tmp_path / "junk.las"
+    junk.write_bytes(b"LASF" + b"\x00" * 40)
+    assert_clean_error(cli("info", junk), "junk.las", "corrupt")
+
+
+def test_tiff_that_is_not_a_raster(cli, tmp_path):
+    bad = tmp_path / "not_raster.tif"
+    bad.write_bytes(b"II*\x00\x08\x00\x00\x00" + b"\xff" * 64)
+    assert_clean_error(cli("info", bad), "not_raster.tif", "not a readable raster")
+    text = tmp_path / "notes.tif"
+    text.write_text("this is a text file with a .tif name\n")
+    assert_clean_error(cli("info", text), "notes.tif")
+
+
+def test_truncated_geotiff(cli, tmp_path):
+    rng = np.random.default_rng(0)
+    good = write_geotiff(tmp_path / "good.tif", rng.random((600, 600)), Affine(1, 0, 0, 0, -1, 600), "EPSG:2154",
+                         overviews=False)
+    cut = tmp_path / "cut.tif"
+    cut.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    assert_clean_error(cli("info", cut), "cut.tif")
+
+
+def test_no_crs_anywhere(cli, tmp_path):
+    none = write_las(tmp_path / "nocrs.las", _pts((770500.0, 6277500.0)), None, point_format=1, version="1.2")
+    assert cli("info", none).exit_code == 0  # describing is fine: it says "pass --crs"
+    assert "pass --crs" in cli("info", none).stdout
+    assert_clean_error(cli("info", "--check", none), "nocrs.las", "--crs")
+    ok = cli("info", "--check", none, "--crs", "EPSG:2154")
+    assert ok.exit_code == 0, ok.output
+    # a world-file image without CRS next to a LAS file without CRS
+    from PIL import Image
+
+    Image.fromarray(np.zeros((10, 10, 3), np.uint8)).save(tmp_path / "img.png")
+    (tmp_path / "img.wld").write_text("1\n0\n0\n-1\n770500.5\n6277549.5\n")
+    assert_clean_error(cli("info", "--check", none, tmp_path / "img.png"), "no CRS", "--crs")
+
+
+def test_crs_disagree(cli, tmp_path, l93_laz):
+    utm = write_las(tmp_path / "utm.laz", _pts((500000.0, 5000000.0)), "EPSG:32632")
+    assert_clean_error(cli("info", "--check", l93_laz, utm), "l93.laz", "utm.laz", "EPSG:2154", "EPSG:32632", "--crs")
+    # the same data set mixing CRSs within a folder
+    assert_clean_error(cli("info", "--check", tmp_path), "--crs")
+    assert cli("info", "--check", l93_laz, utm, "--crs", "EPSG:2154").exit_code == 0
+
+
+def test_geographic_crs(cli, tmp_path):
+    geo = write_las(tmp_path / "lonlat.laz", {"x": np.array([3.87, 3.88]), "y": np.array([43.60, 43.61]),
+                                               "z": np.array([1.0, 2.0])}, "EPSG:4326", scale=1e-7)
+    assert_clean_error(cli("info", "--check", geo), "lonlat.laz", "geographic", "EPSG:32631")
+    dem = write_geotiff(tmp_path / "dem_ll.tif", np.ones((10, 10), np.float32),
+                        Affine(0.001, 0, 3.87, 0, -0.001, 43.61), "EPSG:4326")
+    assert_clean_error(cli("info", "--check", dem), "dem_ll.tif", "projected", "EPSG:32631")
+    assert cli("info", "--check", dem, "--crs", "EPSG:32631").exit_code == 0
+
+
+def test_aoi_misses_the_data(cli, tmp_path, l93_laz):
+    far = write_aoi(tmp_path / "far.geojson", box(3.0, 45.0, 3.01, 45.01), "EPSG:4326")
+    assert_clean_error(cli("info", l93_laz, "--aoi", far), "far.geojson", "does not overlap")
+    assert_clean_error(cli("info", l93_laz, "--bbox", 0, 0, 10, 10), "does not overlap")
+    assert_clean_error(cli("info", l93_laz, "--bbox", 10, 10, 0, 0), "inverted")
+    near = write_aoi(tmp_path / "near.gpkg", box(770510, 6277510, 770520, 6277520), "EPSG:2154")
+    assert cli("info", l93_laz, "--aoi", near).exit_code == 0
+    pts = tmp_path / "points.geojson"
+    pts.write_text(json.dumps({"type": "Feature", "properties": {},
+                               "geometry": {"type": "Point", "coordinates": [3.87, 43.6]}}))
+    assert_clean_error(cli("info", l93_laz, "--aoi", pts), "points.geojson", "no polygon")
+
+
+def test_nan_and_nodata_only_rasters(cli, tmp_path):
+    t = Affine(0.5, 0, 770500, 0, -0.5, 6277600)
+    nan = write_geotiff(tmp_path / "nan.tif", np.full((20, 20), np.nan), t, "EPSG:2154")  # written as nodata
+    assert_clean_error(cli("info", nan), "nan.tif", "only", "nodata")
+    import rasterio
+
+    raw = tmp_path / "raw_nan.tif"
+    with rasterio.open(raw, "w", driver="GTiff", width=8, height=8, count=1, dtype="float32",
+                       crs="EPSG:2154", transform=t) as ds:  # NaN pixels and no nodata value at all
+        ds.write(np.full((1, 8, 8), np.nan, np.float32))
+    assert_clean_error(cli("info", raw), "raw_nan.tif", "NaN")
+    ok = cli("info", "--json", write_geotiff(tmp_path / "half.tif", np.where(np.eye(20) > 0, np.nan, 1.0), t,
+                                             "EPSG:2154"))
+    assert ok.exit_code == 0 and json.loads(ok.stdout)["valid_fraction"] == pytest.approx(0.95)
+
+
+def test_verbose_shows_traceback(cli, tmp_path):
+    result = cli("-v", "info", tmp_path / "missing.laz")
+    assert result.exit_code == 2 and "Traceback" in result.stderr
+
+
+@pytest.mark.shared
+def test_real_files(cli, shared_data):
+    autzen = shared_data / "autzen"
+    assert_clean_error(cli("info", "--check", autzen / "autzen-thin-srs.las"), "autzen-thin-srs.las", "--crs")
+    ok = cli("info", "--json", "--check", autzen / "autzen-thin-srs.las", "--crs", autzen / "autzen-srs.wkt")
+    assert ok.exit_code == 0 and json.loads(ok.stdout)["check"]["units"] == "foot"
+    assert_clean_error(cli("info", "--check", autzen / "autzen_trim.laz", shared_data / "ign_montpellier"),
+                       "autzen_trim.laz", "ign_montpellier", "--crs")
+    assert_clean_error(cli("info", "--check", shared_data / "demcompare" / "srtm_ref.tif"), "srtm_ref.tif",
+                       "geographic")
+    assert_clean_error(cli("info", autzen / "autzen.jpg", "--check"), "autzen.jpg", "--crs")
+    # the IGN ortho's CRS has no EPSG code and still agrees with the tiles
+    ok = cli("info", "--check", shared_data / "ign_montpellier", shared_data / "ign_montpellier" / "test_data_rgb.tif")
+    assert ok.exit_code == 0, ok.output
+    assert_clean_error(cli("info", shared_data / "ign_montpellier", "--bbox", 0, 0, 100, 100), "does not overlap")
+
+
+@pytest.mark.shared
+def test_info_real_json(cli, shared_data):
+    out = cli("info", "--json", shared_data / "ign_montpellier", shared_data / "autzen" / "autzen_trim.laz",
+              shared_data / "autzen" / "autzen.jpg", "--crs", shared_data / "autzen" / "autzen-srs.wkt")
+    assert out.exit_code == 0, out.output
+    ign, autzen, jpg = json.loads(out.stdout)
+    assert ign["point_count"] == 405937 and ign["files"] == 6 and ign["units"] == "metre"
+    assert autzen["units"] == "foot" and autzen["z_units"] == "foot" and autzen["point_count"] == 110000
+    assert jpg["georeferencing"] == "world file" and jpg["crs_source"].startswith("assumed")
+    assert jpg["size"] == [3248, 4385] and jpg["units"] == "foot"
