@@ -104,3 +104,35 @@ def test_ign_dsm_against_itself_shifted_by_a_constant(shared_data, tmp_path, cli
     assert o["nmad"] < 1e-4 and o["std"] < 1e-4
     assert o["within_0.5"] == 1.0 and o["within_1"] == 1.0
     assert report["overlap"]["valid_overlap_fraction"] == 1.0
+
+
+@pytest.mark.shared
+def test_ign_max_binned_lidar_against_ign_dsm_per_las_class(shared_data, tmp_path, cli):
+    """A plain numpy max-per-cell DSM of the LiDAR tile vs IGN's own DSM: median residual about 0.1 m."""
+    import laspy
+
+    d = shared_data / "ign_montpellier"
+    truth = d / "DSM_test_data_77055_627760_LA93_IGN69_50CM.tif"
+    laz = d / "test_data_77055_627760_LA93_IGN69.laz"
+    las = laspy.read(laz)
+    with rasterio.open(truth) as src:
+        t, shape = src.transform, src.shape
+    keep = ~np.isin(np.asarray(las.classification), [7, 18])  # noise
+    col = np.floor((np.asarray(las.x) - t.c) / t.a).astype(int)
+    row = np.floor((np.asarray(las.y) - t.f) / t.e).astype(int)
+    ok = keep & (col >= 0) & (col < shape[1]) & (row >= 0) & (row < shape[0])
+    dsm = np.full(shape, -np.inf)
+    np.maximum.at(dsm, (row[ok], col[ok]), np.asarray(las.z)[ok])
+    dsm[~np.isfinite(dsm)] = np.nan
+    write_dem(tmp_path / "maxdsm.tif", dsm, t)
+    result = cli("eval", tmp_path / "maxdsm.tif", truth, "-o", tmp_path / "rep", "--class-points", laz,
+                 "--dilate-buildings", "2")
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "rep" / "report.json").read_text())
+    assert report["overlap"]["valid_overlap_fraction"] > 0.99
+    assert 0.0 < report["overall"]["median"] < 0.2  # measured 0.093 m
+    per = {e["class"]: e for e in report["per_class"]}
+    assert set(per) == {"ground", "building", "vegetation"}
+    assert abs(per["ground"]["median"]) < 0.1 and per["ground"]["nmad"] < 0.1  # measured 0.025 / 0.03 m
+    assert per["vegetation"]["nmad"] > per["ground"]["nmad"]
+    assert (tmp_path / "rep" / "figures" / "per_class.png").exists()
