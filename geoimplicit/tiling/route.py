@@ -1,0 +1,167 @@
+"""Route a point cloud to the tiles that need it, reading every input once, in chunks.
+
+A large area is far bigger than memory, and reading the input files once per tile would read every point
+several times. Instead the clouds are streamed chunk by chunk; each point goes to every tile whose bounds
+(core plus overlap) contain it, and each tile's share is appended to its own folder of ``.npy`` pieces in the
+run's work folder. Peak memory depends on the chunk size, not on the area. A finished routing leaves a
+manifest; a re-run with the same inputs and grid reuses it, an interrupted one starts the routing again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+
+from geoimplicit.progress import CancelCallback, ProgressCallback, check_cancel
+
+log = logging.getLogger(__name__)
+
+MANIFEST = "routing.json"
+
+
+def _lattice(tiles: Sequence) -> tuple[float, float, float, dict]:
+    """Origin (left, top) and step of the regular tile lattice, and (row, col) -> position in ``tiles``."""
+    first = tiles[0]
+    left, bottom, right, top = first.core_bounds
+    step = right - left
+    origin_left = left - first.col * step
+    origin_top = top + first.row * step
+    return origin_left, origin_top, step, {(t.row, t.col): i for i, t in enumerate(tiles)}
+
+
+def routing_key(files: Iterable[str | os.PathLike], tiles: Sequence, fields: Sequence[str]) -> str:
+    """A fingerprint of the inputs (path, size, mtime), the tiles' bounds and the fields routed."""
+    h = hashlib.sha256()
+    for f in sorted(str(Path(p).resolve()) for p in files):
+        st = os.stat(f)
+        h.update(f"{f}|{st.st_size}|{st.st_mtime_ns}".encode())
+    for t in tiles:
+        h.update(f"{t.id}|{tuple(round(v, 6) for v in t.bounds)}".encode())
+    h.update("|".join(fields).encode())
+    return h.hexdigest()
+
+
+def assign_to_tiles(x: np.ndarray, y: np.ndarray, tiles: Sequence) -> tuple[np.ndarray, np.ndarray]:
+    """Pairs (point index, tile position) for every tile whose bounds contain a point (overlap included).
+
+    The overlap may be at most one tile step, so a point can only belong to its own lattice cell's tile and
+    the 8 around it.
+    """
+    origin_left, origin_top, step, index = _lattice(tiles)
+    rows = np.array([t.row for t in tiles])
+    cols = np.array([t.col for t in tiles])
+    r0, c0 = rows.min() - 1, cols.min() - 1
+    lookup = np.full((rows.max() - r0 + 2, cols.max() - c0 + 2), -1, dtype=np.int64)
+    lookup[rows - r0, cols - c0] = np.arange(len(tiles))
+    bounds = np.array([t.bounds for t in tiles], dtype=np.float64)
+
+    col = np.floor((x - origin_left) / step).astype(np.int64)
+    row = np.floor((origin_top - y) / step).astype(np.int64)
+    point_ids, tile_ids = [], []
+    for dr in (-1, 0, 1):
+        for dc in (-1, 0, 1):
+            rr = row + dr - r0
+            cc = col + dc - c0
+            inside = (rr >= 0) & (rr < lookup.shape[0]) & (cc >= 0) & (cc < lookup.shape[1])
+            cand = np.full(x.shape, -1, dtype=np.int64)
+            cand[inside] = lookup[rr[inside], cc[inside]]
+            ok = cand >= 0
+            b = bounds[np.where(ok, cand, 0)]
+            # half-open on the right and top edges so a point on a shared edge is not counted twice
+            ok &= (x >= b[:, 0]) & (x < b[:, 2]) & (y >= b[:, 1]) & (y < b[:, 3])
+            idx = np.nonzero(ok)[0]
+            point_ids.append(idx)
+            tile_ids.append(cand[idx])
+    return np.concatenate(point_ids), np.concatenate(tile_ids)
+
+
+def route_points(
+    dataset,
+    tiles: Sequence,
+    route_dir: str | os.PathLike,
+    *,
+    fields: Sequence[str] = ("x", "y", "z"),
+    chunk_size: int = 2_000_000,
+    progress: ProgressCallback | None = None,
+    cancel: CancelCallback | None = None,
+) -> Path:
+    """Stream ``dataset`` (a :class:`~geoimplicit.io.pointcloud.PointCloudDataset`) into per-tile pieces.
+
+    Returns ``route_dir``; each tile's points are in ``route_dir/<tile id>/*.npy`` (read them with
+    :func:`load_tile_points`). Only points inside the union of the tiles' bounds are kept.
+    """
+    route_dir = Path(route_dir)
+    tiles = list(tiles)
+    key = routing_key([f.path for f in dataset.files], tiles, fields)
+    manifest = route_dir / MANIFEST
+    if manifest.exists():
+        try:
+            if json.loads(manifest.read_text()).get("key") == key:
+                log.info("reusing routed points in %s", route_dir)
+                return route_dir
+        except (OSError, ValueError):
+            pass
+    if route_dir.exists():
+        shutil.rmtree(route_dir)
+    route_dir.mkdir(parents=True)
+
+    left = min(t.bounds[0] for t in tiles)
+    bottom = min(t.bounds[1] for t in tiles)
+    right = max(t.bounds[2] for t in tiles)
+    top = max(t.bounds[3] for t in tiles)
+    dtype = np.dtype([(f, np.float64 if f in ("x", "y", "z") else np.float32) for f in fields])
+    total = int(dataset.point_count)
+    read = routed = 0
+    counts = np.zeros(len(tiles), dtype=np.int64)
+    for chunk_no, chunk in enumerate(
+        dataset.iter_chunks((left, bottom, right, top), chunk_size=chunk_size, fields=tuple(fields))
+    ):
+        check_cancel(cancel)
+        n = len(chunk["x"])
+        read += n
+        if n:
+            pid, tid = assign_to_tiles(chunk["x"], chunk["y"], tiles)
+            order = np.argsort(tid, kind="stable")
+            pid, tid = pid[order], tid[order]
+            starts = np.flatnonzero(np.r_[True, tid[1:] != tid[:-1]]) if len(tid) else np.array([], int)
+            ends = np.r_[starts[1:], len(tid)]
+            for s, e in zip(starts, ends):
+                sel = pid[s:e]
+                rec = np.empty(len(sel), dtype=dtype)
+                for f in fields:
+                    rec[f] = chunk[f][sel]
+                tile_dir = route_dir / tiles[tid[s]].id
+                tile_dir.mkdir(exist_ok=True)
+                np.save(tile_dir / f"{chunk_no:06d}.npy", rec)
+                counts[tid[s]] += len(sel)
+            routed += len(pid)
+        if progress is not None:
+            progress(min(read, total), total, "read points", f"{read:,} points read")
+    manifest.write_text(
+        json.dumps({"key": key, "fields": list(fields), "points_read": read, "points_routed": routed,
+                    "tiles": {t.id: int(c) for t, c in zip(tiles, counts)}}, indent=1)
+    )
+    return route_dir
+
+
+def load_tile_points(route_dir: str | os.PathLike, tile_id: str) -> dict[str, np.ndarray]:
+    """The points routed to one tile as a dict of arrays (empty arrays when the tile got none)."""
+    tile_dir = Path(route_dir) / tile_id
+    pieces = [np.load(p) for p in sorted(tile_dir.glob("*.npy"))] if tile_dir.exists() else []
+    if not pieces:
+        fields = json.loads((Path(route_dir) / MANIFEST).read_text())["fields"]
+        return {f: np.empty(0, dtype=np.float64 if f in ("x", "y", "z") else np.float32) for f in fields}
+    rec = np.concatenate(pieces)
+    return {name: np.ascontiguousarray(rec[name]) for name in rec.dtype.names}
+
+
+def routed_counts(route_dir: str | os.PathLike) -> dict[str, int]:
+    """Points routed to each tile, from the manifest."""
+    return json.loads((Path(route_dir) / MANIFEST).read_text())["tiles"]

@@ -1,0 +1,68 @@
+"""Executors: local and a real Dask LocalCluster give the same DSM, also when a worker is killed mid-run."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import numpy as np
+import pytest
+import rasterio
+
+from geoimplicit.executors import DaskExecutor, LocalExecutor
+from geoimplicit.run import run_dsm
+from geoimplicit.synthetic import generate_city, scene_bounds, write_city
+
+
+@pytest.fixture(scope="module")
+def city(tmp_path_factory):
+    out = tmp_path_factory.mktemp("city") / "scene"
+    bounds = scene_bounds(160.0, crs="EPSG:2154", resolution=0.5)
+    scene = generate_city(11, bounds=bounds, resolution=0.5, crs="EPSG:2154")
+    return write_city(scene, out, seed=11, points=True, views=False, density=6.0)
+
+
+def _read(path):
+    with rasterio.open(path) as ds:
+        return ds.read(1, masked=True), ds.transform, ds.crs
+
+
+def _run(city, out, executor, **kw):
+    return run_dsm(city["points"], out, resolution=0.5, aoi=city["aoi"], method="raster", tile_size=24.0,
+                   overlap=4.0, executor=executor, **kw)
+
+
+def test_local_executor_prefetch_keeps_order():
+    seen = []
+    ex = LocalExecutor(lookahead=2)
+    out = list(ex.map(lambda job, data: (seen.append(job), data * 10)[1], range(7), prefetch=lambda j: j + 1))
+    assert [job for job, _ in out] == list(range(7)) and [r for _, r in out] == [10 * (j + 1) for j in range(7)]
+    assert seen == list(range(7))
+
+
+@pytest.mark.dask
+def test_dask_cluster_survives_a_killed_worker(city, tmp_path):
+    local = _run(city, tmp_path / "local.tif", LocalExecutor())
+    ex = DaskExecutor(n_workers=2)
+    try:
+        pids = ex.worker_pids()
+        assert len(pids) == 2 and os.getpid() not in pids
+        killed = []
+
+        def kill_one_worker(done, total, stage="", message=""):
+            # once the first tiles are back, kill a worker while others are still queued
+            if stage == "tiles" and not killed and done >= 3 and done < total - 4:
+                os.kill(pids[0], signal.SIGKILL)
+                killed.append((done, total))
+
+        dask_out = _run(city, tmp_path / "dask.tif", ex, progress=kill_one_worker)
+        assert killed, "the run ended before a worker could be killed: make the scene larger"
+        # the cluster replaced or routed around the dead worker and every tile was computed
+        assert pids[0] not in ex.worker_pids()
+    finally:
+        ex.close()
+    a, ta, ca = _read(local["dsm"])
+    b, tb, cb = _read(dask_out["dsm"])
+    assert ta == tb and ca == cb
+    assert np.array_equal(a.mask, b.mask)
+    np.testing.assert_array_equal(a.filled(np.nan), b.filled(np.nan))
