@@ -165,3 +165,419 @@ def test_cancel_kills_process_group_and_partial_outputs(tmp_path, fake_cli, mode
         assert not _alive(pid), f"process {pid} still running after cancel"
     assert not out.exists() and not Path(record["partial"]).exists()
     assert list(tmp_path.glob(".dsm.partial-*")) == []
+
+
+# ---------------------------------------------------------------- QGIS ---------------------------------------
+def _qgis_missing_reason():
+    if not SYSTEM_PYTHON.exists():
+        return f"{SYSTEM_PYTHON} not found"
+    probe = subprocess.run([str(SYSTEM_PYTHON), "-c", "import qgis.core"], capture_output=True, text=True)
+    if probe.returncode != 0:
+        return "QGIS's Python bindings are missing (apt-get install qgis python3-qgis qgis-providers)"
+    if not (QGIS_PLUGINS / "processing").is_dir():
+        return f"the Processing plugin is missing under {QGIS_PLUGINS}"
+    return None
+
+
+QGIS_MISSING = _qgis_missing_reason()
+needs_qgis = pytest.mark.skipif(QGIS_MISSING is not None, reason=f"QGIS not installed: {QGIS_MISSING}")
+qgis_test = [pytest.mark.qgis, needs_qgis]
+
+
+def _cli_has(*names) -> bool:
+    """Whether this venv's geoimplicit offers the command (``"dsm"``, or ``"nvs", "fit"``)."""
+    from cli.main import LazyGroup
+
+    command = LazyGroup._load(names[0], quiet=True)
+    for name in names[1:]:
+        command = None if command is None else getattr(command, "commands", {}).get(name)
+    return command is not None
+
+
+def _skip_unless_cli(*names):
+    return pytest.mark.skipif(
+        not _cli_has(*names), reason=f"'geoimplicit {' '.join(names)}' is not available yet in this checkout"
+    )
+
+
+def _qgis_env(home: Path, extra_path=()) -> dict:
+    """Environment for QGIS's own Python: offscreen, a throwaway profile, system Python first on PATH."""
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV")}
+    runtime = home / "xdg-runtime"
+    runtime.mkdir(parents=True, exist_ok=True)
+    runtime.chmod(0o700)
+    env.update(
+        HOME=str(home), QT_QPA_PLATFORM="offscreen", XDG_RUNTIME_DIR=str(runtime),
+        # /usr/bin first (qgis_process's embedded Python must find the system's), then this venv's geoimplicit
+        PATH=os.pathsep.join(["/usr/bin", "/bin", *map(str, extra_path), str(VENV_BIN)]),
+    )
+    return env
+
+
+def _write_dem(path, array, crs, *, left=500000.0, top=5000000.0, res=0.5, nodata=-9999.0):
+    import rasterio
+    from affine import Affine
+
+    with rasterio.open(
+        path, "w", driver="GTiff", width=array.shape[1], height=array.shape[0], count=1, dtype="float32",
+        crs=crs, transform=Affine(res, 0.0, left, 0.0, -res, top), nodata=nodata,
+    ) as dst:
+        dst.write(array.astype("float32"), 1)
+    return path
+
+
+def _surface(rows, cols, seed):
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:rows, 0:cols].astype(float)
+    z = 100.0 + 0.05 * x + 0.02 * y
+    for _ in range(6):  # buildings
+        r0, c0 = rng.integers(0, rows - 10), rng.integers(0, cols - 10)
+        z[r0:r0 + rng.integers(5, 12), c0:c0 + rng.integers(5, 12)] += rng.uniform(5, 20)
+    return z
+
+
+def _geoimplicit(*args) -> subprocess.CompletedProcess:
+    return subprocess.run([str(VENV_BIN / "geoimplicit"), *map(str, args)], capture_output=True, text=True,
+                          timeout=300)
+
+
+def _processes_mentioning(text: str):
+    """pids of live processes whose command line contains ``text``."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                if text.encode() in (proc / "cmdline").read_bytes() and _alive(int(proc.name)):
+                    pids.append(int(proc.name))
+            except OSError:
+                pass
+    return pids
+
+
+@pytest.fixture(scope="module")
+def qgis_runs(tmp_path_factory):
+    """Every in-process algorithm run of this module, in ONE headless QGIS (results keyed by job id)."""
+    if QGIS_MISSING:
+        pytest.skip(f"QGIS not installed: {QGIS_MISSING}")
+    root = tmp_path_factory.mktemp("qgis")
+    data = root / "data"
+    data.mkdir()
+    truth = _surface(60, 80, seed=1)
+    rng = np.random.default_rng(2)
+    pred = truth + 0.25 + rng.normal(0, 0.1, truth.shape)
+    pred[:5, :7] = -9999.0  # nodata corner
+    _write_dem(data / "truth.tif", truth, "EPSG:32632")
+    _write_dem(data / "pred.tif", pred, "EPSG:32632")
+    _write_dem(data / "pred_l93.tif", pred, "EPSG:2154", left=700000.0, top=6600000.0)
+    big = _surface(1500, 1500, seed=3)
+    _write_dem(data / "big_truth.tif", big, "EPSG:32632")
+    _write_dem(data / "big_pred.tif", big + 0.5, "EPSG:32632")
+    fake = root / "fakebin" / "geoimplicit"
+    fake.parent.mkdir()
+    fake.write_text(f"#!{sys.executable}\n" + FAKE_CLI.read_text())
+    fake.chmod(0o755)
+    out = root / "out"
+    out.mkdir()
+
+    jobs = [
+        {"id": "eval", "alg": "geoimplicit:eval",
+         "params": {"DSM": str(data / "pred.tif"), "REFERENCE": str(data / "truth.tif"), "OUTPUT": str(out / "rep")}},
+        {"id": "eval_cancel", "alg": "geoimplicit:eval", "cancel_after": 1,
+         "params": {"DSM": str(data / "big_pred.tif"), "REFERENCE": str(data / "big_truth.tif"),
+                    "OUTPUT": str(out / "rep_cancel")}},
+        {"id": "eval_bad", "alg": "geoimplicit:eval",
+         "params": {"DSM": str(data / "pred_l93.tif"), "REFERENCE": str(data / "truth.tif"),
+                    "OUTPUT": str(out / "rep_bad")}},
+        {"id": "no_start", "alg": "geoimplicit:eval", "executable": str(root / "nowhere" / "geoimplicit"),
+         "params": {"DSM": str(data / "pred.tif"), "REFERENCE": str(data / "truth.tif"), "OUTPUT": str(out / "x")}},
+        {"id": "fake_crash", "alg": "geoimplicit:dsm", "executable": str(fake), "env": {"FAKE_MODE": "crash"},
+         "params": {"POINTS": [str(data / "p.laz")], "EXTENT": "500000,500040,4999970,5000000 [EPSG:32632]",
+                    "OUTPUT": str(out / "crash.tif")}},
+        {"id": "fake_cancel", "alg": "geoimplicit:dsm", "executable": str(fake), "cancel_after": 3,
+         "env": {"FAKE_MODE": "slow", "FAKE_LOG": str(root / "fake_cancel.json")},
+         "params": {"POINTS": [str(data / "p.laz")], "EXTENT": "500000,500040,4999970,5000000 [EPSG:32632]",
+                    "OUTPUT": {"load": str(out / "cancelled.tif")}}},
+    ]
+    expected = {"data": data, "out": out, "root": root}
+    city = CITY if (CITY / "points.laz").exists() else None
+    if _cli_has("dsm") or _cli_has("tile"):
+        if city is None:
+            city = root / "city"
+            done = _geoimplicit("generate", city, "--size", "48", "--seed", "5")
+            assert done.returncode == 0, done.stderr
+    expected["city"] = city
+    if _cli_has("dsm"):
+        jobs.append({"id": "dsm_raster", "alg": "geoimplicit:dsm",
+                     "params": {"POINTS": [str(city / "points.laz")], "AOI": str(city / "aoi.geojson"),
+                                "METHOD": 1, "RESOLUTION": 0.5, "OUTPUT": {"load": str(out / "dsm_raster.tif")}}})
+    if _cli_has("tile"):
+        jobs.append({"id": "tile", "alg": "geoimplicit:tile",
+                     "params": {"AOI": str(city / "aoi.geojson"), "TILE_SIZE": 16, "OVERLAP": 2, "RESOLUTION": 0.5,
+                                "OUTPUT": {"load": str(out / "tiles.gpkg")}}})
+    spec = root / "jobs.json"
+    spec.write_text(json.dumps({"plugin_dir": str(PLUGIN_SRC), "executable": "", "jobs": jobs}))
+    results = root / "results.json"
+    proc = subprocess.run(
+        [str(SYSTEM_PYTHON), str(Path(__file__).with_name("qgis_harness.py")), str(spec), str(results)],
+        env=_qgis_env(root / "home"), capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0 and results.exists(), proc.stdout + proc.stderr
+    expected["runs"] = json.loads(results.read_text())
+    return expected
+
+
+@pytest.mark.qgis
+@needs_qgis
+def test_provider_offers_every_algorithm_with_help(qgis_runs):
+    runs = qgis_runs["runs"]
+    assert runs["registered"]
+    algs = runs["algorithms"]
+    assert set(algs) == {"geoimplicit:dsm", "geoimplicit:eval", "geoimplicit:tile", "geoimplicit:mosaic",
+                         "geoimplicit:nvs_fit", "geoimplicit:nvs_render"}
+    for alg_id, alg in algs.items():
+        assert len(alg["help"]) > 200 and "geoimplicit" in alg["help"], alg_id
+    dsm = algs["geoimplicit:dsm"]["params"]
+    assert dsm["POINTS"] == "multilayer" and dsm["ORTHO"] == "raster" and dsm["AOI"] == "source"
+    assert dsm["EXTENT"] == "extent" and dsm["CRS"] == "crs" and dsm["METHOD"] == "enum"
+    assert dsm["RESOLUTION"] == "number" and dsm["OUTPUT"] == "rasterDestination"
+    assert algs["geoimplicit:eval"]["outputs"]["OUTPUT_HTML"] == "outputHtml"
+    assert algs["geoimplicit:tile"]["params"]["OUTPUT"] == "vectorDestination"
+    assert algs["geoimplicit:mosaic"]["params"]["TILES"] == "multilayer"
+    assert algs["geoimplicit:nvs_fit"]["params"]["VIEWS"] == "file"
+
+
+@pytest.mark.qgis
+@needs_qgis
+def test_eval_in_qgis_matches_cli_and_numpy(qgis_runs):
+    job = qgis_runs["runs"]["jobs"]["eval"]
+    assert job["ok"], job.get("traceback")
+    data, out = qgis_runs["data"], qgis_runs["out"]
+    # the real CLI of this venv ran, found on PATH
+    assert job["commands"][0].startswith(f"{VENV_BIN / 'geoimplicit'} --progress json eval ")
+    res = job["results"]
+    assert Path(res["OUTPUT_HTML"]).is_file() and res["OUTPUT_HTML"].endswith("report.html")
+    assert "<html" in Path(res["OUTPUT_HTML"]).read_text().lower()
+    # the same command through the CLI gives the same report
+    cli_dir = qgis_runs["root"] / "cli_rep"
+    done = _geoimplicit("eval", data / "pred.tif", data / "truth.tif", "-o", cli_dir)
+    assert done.returncode == 0, done.stderr
+    ours = json.loads(Path(res["REPORT_JSON"]).read_text())["overall"]
+    theirs = json.loads((cli_dir / "report.json").read_text())["overall"]
+    assert ours == theirs
+    # and the numbers agree with numpy on the residual
+    import rasterio
+
+    with rasterio.open(data / "pred.tif") as p, rasterio.open(data / "truth.tif") as t:
+        e = p.read(1, masked=True).astype(float) - t.read(1).astype(float)
+    e = e.compressed()
+    assert res["BIAS"] == pytest.approx(e.mean(), abs=1e-4)
+    assert res["RMSE"] == pytest.approx(np.sqrt((e ** 2).mean()), abs=1e-4)
+    assert res["MAE"] == pytest.approx(np.abs(e).mean(), abs=1e-4)
+    assert res["NMAD"] == pytest.approx(1.4826 * np.median(np.abs(e - np.median(e))), abs=1e-3)
+    # the residual raster is loaded, on the truth's grid and CRS
+    with rasterio.open(cli_dir / "residual.tif") as r1, rasterio.open(res["RESIDUAL"]) as r2:
+        np.testing.assert_array_equal(r1.read(), r2.read())
+        assert r2.crs.to_epsg() == 32632 and r2.transform == r1.transform
+    layer = job["layers"][res["RESIDUAL"]]
+    assert layer["valid"] and layer["crs"] == "EPSG:32632" and (layer["width"], layer["height"]) == (80, 60)
+    # progress went forward to the end
+    assert job["progress"] == sorted(job["progress"]) and job["progress"][-1] == 100.0
+
+
+@pytest.mark.qgis
+@needs_qgis
+def test_cancel_in_qgis_stops_the_real_cli(qgis_runs):
+    job = qgis_runs["runs"]["jobs"]["eval_cancel"]
+    assert not job["ok"] and job["canceled"]
+    assert "cancelled" in job["error"]
+    folder = qgis_runs["out"] / "rep_cancel"
+    assert _processes_mentioning(str(folder)) == []
+    assert not (folder / "report.html").exists() and not (folder / "report.json").exists()
+    assert list(folder.parent.glob(".rep_cancel.partial-*")) == []
+    assert job["seconds"] < 30
+
+
+@pytest.mark.qgis
+@needs_qgis
+def test_cancel_in_qgis_kills_children_and_partial_files(qgis_runs):
+    job = qgis_runs["runs"]["jobs"]["fake_cancel"]
+    assert not job["ok"] and job["canceled"] and "cancelled" in job["error"]
+    record = json.loads((qgis_runs["root"] / "fake_cancel.json").read_text())
+    for _ in range(30):
+        if not (_alive(record["pid"]) or _alive(record["child"])):
+            break
+        time.sleep(0.1)
+    assert not _alive(record["pid"]) and not _alive(record["child"])
+    assert not Path(record["partial"]).exists() and not (qgis_runs["out"] / "cancelled.tif").exists()
+
+
+@pytest.mark.qgis
+@needs_qgis
+def test_bad_input_gives_the_cli_message(qgis_runs):
+    job = qgis_runs["runs"]["jobs"]["eval_bad"]
+    assert not job["ok"] and job["error_type"] == "QgsProcessingException"
+    data = qgis_runs["data"]
+    done = _geoimplicit("eval", data / "pred_l93.tif", data / "truth.tif", "-o", qgis_runs["root"] / "cli_bad")
+    assert done.returncode == 2
+    line = done.stderr.strip().splitlines()[-1]
+    assert line.startswith("Error: ")
+    assert job["error"].startswith("geoimplicit failed: " + line[len("Error: "):])
+    if "--reproject" in line:  # the CLI's option is named as the algorithm's parameter
+        assert job["error"].endswith("(here: --reproject is the parameter "
+                                     "'Reproject the DSM onto the reference when their CRSs differ')")
+    assert "pred_l93.tif" in job["error"] and "Traceback" not in job["error"]
+    assert not (qgis_runs["out"] / "rep_bad").exists()
+
+
+@pytest.mark.qgis
+@needs_qgis
+def test_could_not_start_and_crash_are_told_apart(qgis_runs):
+    jobs = qgis_runs["runs"]["jobs"]
+    assert not jobs["no_start"]["ok"]
+    assert jobs["no_start"]["error"].startswith("could not start geoimplicit:")
+    assert "does not exist" in jobs["no_start"]["error"] and "Processing" in jobs["no_start"]["error"]
+    assert not jobs["fake_crash"]["ok"]
+    assert jobs["fake_crash"]["error"].startswith("geoimplicit crashed (killed by signal SIGSEGV)")
+
+
+@pytest.mark.qgis
+@needs_qgis
+@_skip_unless_cli("dsm")
+def test_dsm_raster_in_qgis_matches_cli_and_is_styled(qgis_runs):
+    import rasterio
+
+    job = qgis_runs["runs"]["jobs"]["dsm_raster"]
+    assert job["ok"], job.get("error")
+    city = qgis_runs["city"]
+    path = job["results"]["OUTPUT"]
+    cli_out = qgis_runs["root"] / "cli_dsm.tif"
+    done = _geoimplicit("dsm", "--points", city / "points.laz", "--aoi", city / "aoi.geojson", "--method",
+                        "raster", "--resolution", "0.5", "-o", cli_out)
+    assert done.returncode == 0, done.stderr
+    with rasterio.open(path) as ours, rasterio.open(cli_out) as theirs:
+        assert ours.crs == theirs.crs and ours.transform == theirs.transform and ours.shape == theirs.shape
+        assert ours.count == 1 and ours.nodata == theirs.nodata
+        np.testing.assert_array_equal(ours.read(), theirs.read())
+        crs = ours.crs
+    layer = job["layers"][path]
+    assert layer["post_processor"] and layer["renderer"] == "singlebandpseudocolor"
+    assert layer["crs"] == f"EPSG:{crs.to_epsg()}"
+    low, high = layer["classification"]
+    assert low < high
+    assert job["progress"] and job["progress"][-1] == 100.0
+
+
+@pytest.mark.qgis
+@needs_qgis
+@_skip_unless_cli("tile")
+def test_tile_index_in_qgis_matches_cli_and_is_loaded(qgis_runs):
+    import pyogrio
+
+    job = qgis_runs["runs"]["jobs"]["tile"]
+    assert job["ok"], job.get("error")
+    path = job["results"]["OUTPUT"]
+    city = qgis_runs["city"]
+    cli_out = qgis_runs["root"] / "cli_tiles.gpkg"
+    done = _geoimplicit("tile", "--aoi", city / "aoi.geojson", "--tile-size", 16, "--overlap", 2,
+                        "--resolution", 0.5, "-o", cli_out)
+    assert done.returncode == 0, done.stderr
+    ours = pyogrio.read_dataframe(path.split("|")[0], layer="tiles")
+    theirs = pyogrio.read_dataframe(cli_out, layer="tiles")
+    assert list(ours["id"]) == list(theirs["id"]) and len(ours) > 1
+    assert ours.geometry.geom_equals(theirs.geometry).all()
+    layer = job["layers"][path]
+    assert layer["valid"] and layer["features"] == len(theirs) and "id" in layer["fields"]
+
+
+# ---------------------------------------------------------------- zip and qgis_process ------------------------
+def _build_zip(dest: Path) -> Path:
+    spec = importlib.util.spec_from_file_location("geoimplicit_qgis_build_zip", PLUGIN_SRC / "build_zip.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.build(dest)
+
+
+def test_zip_has_one_plugin_folder_and_no_caches(tmp_path):
+    (PLUGIN_SRC / PLUGIN_NAME / "__pycache__").mkdir(exist_ok=True)  # as left by any import of the plugin
+    path = _build_zip(tmp_path / "dist" / "plugin.zip")
+    with zipfile.ZipFile(path) as zf:
+        names = zf.namelist()
+        assert zf.testzip() is None
+        metadata = zf.read(f"{PLUGIN_NAME}/metadata.txt").decode()
+    assert {n.split("/")[0] for n in names} == {PLUGIN_NAME}
+    assert not any("__pycache__" in n or n.endswith(".pyc") for n in names)
+    for required in ("__init__.py", "metadata.txt", "provider.py", "runner.py", "algorithms.py", "icon.svg"):
+        assert f"{PLUGIN_NAME}/{required}" in names
+    assert "hasProcessingProvider=yes" in metadata and "qgisMinimumVersion=3.22" in metadata
+
+
+@pytest.fixture(scope="module")
+def qgis_profile(tmp_path_factory):
+    """A throwaway QGIS profile with the built zip installed as "Install from ZIP" does, and the plugin enabled."""
+    if QGIS_MISSING:
+        pytest.skip(f"QGIS not installed: {QGIS_MISSING}")
+    if not QGIS_PROCESS.exists():
+        pytest.skip(f"{QGIS_PROCESS} not found")
+    root = tmp_path_factory.mktemp("qgis_process")
+    home = root / "home"
+    plugins = home / ".local/share/QGIS/QGIS3/profiles/default/python/plugins"
+    plugins.mkdir(parents=True)
+    zip_path = _build_zip(root / "geoimplicit_qgis_plugin.zip")
+    env = _qgis_env(home)
+    install = subprocess.run(
+        [str(SYSTEM_PYTHON), "-c",
+         "import sys; sys.path.insert(0, '/usr/share/qgis/python'); from pyplugin_installer.unzip import unzip; "
+         f"unzip({str(zip_path)!r}, {str(plugins)!r})"],
+        env=env, capture_output=True, text=True,
+    )
+    assert install.returncode == 0, install.stderr
+    assert (plugins / PLUGIN_NAME / "metadata.txt").exists()
+    enable = subprocess.run([str(QGIS_PROCESS), "plugins", "enable", PLUGIN_NAME], env=env, capture_output=True,
+                            text=True, timeout=120)
+    assert enable.returncode == 0, enable.stdout + enable.stderr
+    return {"root": root, "env": env}
+
+
+def _qgis_process_run(profile, alg, **params):
+    args = [str(QGIS_PROCESS), "--json", "run", f"geoimplicit:{alg}", "--"]
+    args += [f"{k}={v}" for k, v in params.items()]
+    return subprocess.run(args, env=profile["env"], capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.qgis
+@needs_qgis
+def test_qgis_process_runs_the_installed_plugin(qgis_profile):
+    root = qgis_profile["root"]
+    truth = _surface(40, 50, seed=7)
+    _write_dem(root / "truth.tif", truth, "EPSG:2994", left=2_000_000.0, top=700_000.0, res=1.5)  # feet CRS
+    _write_dem(root / "pred.tif", truth - 1.0, "EPSG:2994", left=2_000_000.0, top=700_000.0, res=1.5)
+    done = _qgis_process_run(qgis_profile, "eval", DSM=root / "pred.tif", REFERENCE=root / "truth.tif",
+                             OUTPUT=root / "report")
+    assert done.returncode == 0, done.stdout + done.stderr
+    result = json.loads(done.stdout)
+    assert result["provider_details"]["name"] == "geoimplicit"
+    res = result["results"]
+    assert res["BIAS"] == pytest.approx(-1.0, abs=1e-5) and res["RMSE"] == pytest.approx(1.0, abs=1e-5)
+    assert Path(res["OUTPUT_HTML"]).is_file()
+    cli_dir = root / "cli_report"
+    cli = _geoimplicit("eval", root / "pred.tif", root / "truth.tif", "-o", cli_dir)
+    assert cli.returncode == 0, cli.stderr
+    assert json.loads((cli_dir / "report.json").read_text())["overall"] == \
+        json.loads(Path(res["REPORT_JSON"]).read_text())["overall"]
+
+
+@pytest.mark.qgis
+@needs_qgis
+def test_qgis_process_reports_a_bad_input(qgis_profile):
+    root = qgis_profile["root"]
+    surface = _surface(20, 20, seed=9)
+    truth = _write_dem(root / "truth_utm.tif", surface, "EPSG:32632")
+    pred = _write_dem(root / "pred_l93.tif", surface, "EPSG:2154", left=700000.0, top=6600000.0)
+    done = _qgis_process_run(qgis_profile, "eval", DSM=pred, REFERENCE=truth, OUTPUT=root / "r")
+    assert done.returncode != 0
+    cli = _geoimplicit("eval", pred, truth, "-o", root / "cli_r")
+    assert cli.returncode == 2
+    message = cli.stderr.strip().splitlines()[-1][len("Error: "):]
+    assert f"geoimplicit failed: {message}" in done.stdout + done.stderr
+    assert "Traceback" not in done.stdout + done.stderr
+    assert not (root / "r").exists()

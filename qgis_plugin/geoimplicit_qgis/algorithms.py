@@ -19,6 +19,7 @@ from qgis.core import (
     QgsProcessingParameterRasterDestination,
     QgsProcessingParameterRasterLayer,
     QgsProcessingParameterVectorDestination,
+    QgsProcessingParameterVectorLayer,
 )
 
 from .base import GeoImplicitAlgorithm
@@ -34,6 +35,9 @@ class ReconstructDsm(GeoImplicitAlgorithm):
     DISPLAY = "Reconstruct DSM"
     GROUP = DSM_GROUP
     COMMAND = "dsm"
+    OPTION_PARAMS = {"--crs": "CRS", "--aoi": "AOI", "--bbox": "EXTENT", "--resolution": "RESOLUTION",
+                     "--tile-size": "TILE_SIZE", "--overlap": "OVERLAP", "--weights": "WEIGHTS", "--device": "DEVICE",
+                     "--ortho": "ORTHO", "--points": "POINTS"}
     HELP = (
         "<p>A digital surface model (GeoTIFF, float32, nodata set) from LAS/LAZ point clouds, on the exact grid "
         "given by the resolution and the area of interest.</p>"
@@ -111,6 +115,8 @@ class AccuracyReport(GeoImplicitAlgorithm):
     DISPLAY = "Accuracy report"
     GROUP = DSM_GROUP
     COMMAND = "eval"
+    OPTION_PARAMS = {"--reproject": "REPROJECT", "--coregister": "COREGISTER", "--classes": "CLASSES",
+                     "--tiles": "TILES", "--overwrite": "OUTPUT"}
     HELP = (
         "<p>Height-error statistics of a DSM against a reference DSM, as photogrammetrists expect them "
         "(demcompare, ASP geodiff): bias, median, standard deviation, MAE, RMSE, NMAD, LE68/LE90/LE95/LE99 and "
@@ -129,6 +135,14 @@ class AccuracyReport(GeoImplicitAlgorithm):
         )
         self.addParameter(QgsProcessingParameterBoolean("COREGISTER", "Co-register before the statistics",
                                                         defaultValue=False))
+        self.addParameter(QgsProcessingParameterBoolean(
+            "REPROJECT", "Reproject the DSM onto the reference when their CRSs differ", defaultValue=False))
+        self.add_advanced(
+            QgsProcessingParameterVectorLayer("TILES", "Tile index (statistics per tile; optional)",
+                                              [QgsProcessing.TypeVectorPolygon], optional=True)
+        )
+        self.add_number("DILATE_BUILDINGS", "Dilate the building class by (pixels)", 0, minimum=0, advanced=True,
+                        integer=True)
         self.add_extra_args_parameter()
         self.addParameter(QgsProcessingParameterFolderDestination("OUTPUT", "Report folder"))
         self.addOutput(QgsProcessingOutputHtml("OUTPUT_HTML", "Accuracy report"))
@@ -148,10 +162,18 @@ class AccuracyReport(GeoImplicitAlgorithm):
             args += ["--classes", classes]
         if self.parameterAsBoolean(parameters, "COREGISTER", context):
             args.append("--coregister")
+        if self.parameterAsBoolean(parameters, "REPROJECT", context):
+            args.append("--reproject")
+        tiles = self.parameterAsVectorLayer(parameters, "TILES", context)
+        if tiles is not None:
+            args += ["--tiles", tiles.source().split("|")[0]]
+        dilate = self.parameterAsInt(parameters, "DILATE_BUILDINGS", context)
+        if dilate > 0:
+            args += ["--dilate-buildings", str(dilate)]
         args += self.extra_args(parameters, context)
         args += ["--overwrite", "-o", folder]
         announced = self.run_geoimplicit(args, feedback, outputs=[folder])
-        html = announced.get("html") or os.path.join(folder, "report.html")
+        html = announced.get("report") or announced.get("html") or os.path.join(folder, "report.html")
         report_json = announced.get("json") or os.path.join(folder, "report.json")
         residual = announced.get("residual") or _first_existing(folder, ("residual.tif", "error.tif"))
         results = {"OUTPUT": folder, "OUTPUT_HTML": html, "REPORT_JSON": report_json, "RESIDUAL": residual}
@@ -177,6 +199,8 @@ class TileIndex(GeoImplicitAlgorithm):
     DISPLAY = "Tile index"
     GROUP = "Tiling"
     COMMAND = "tile"
+    OPTION_PARAMS = {"--crs": "CRS", "--aoi": "AOI", "--bbox": "EXTENT", "--resolution": "RESOLUTION",
+                     "--tile-size": "TILE_SIZE", "--overlap": "OVERLAP"}
     HELP = (
         "<p>A grid of tiles over the area of interest, with a tile size and an overlap in CRS units, snapped to "
         "the output pixel grid (every tile's pixels line up with the mosaic's); only tiles that touch the area "

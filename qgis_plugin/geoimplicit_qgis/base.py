@@ -33,6 +33,7 @@ class GeoImplicitAlgorithm(QgsProcessingAlgorithm):
     GROUP = ""
     HELP = ""
     COMMAND = ""  # the CLI command, e.g. "dsm" or "nvs fit"
+    OPTION_PARAMS = {}  # CLI option -> parameter name, to translate the CLI's hints ("pass --reproject")
 
     # -- identity --------------------------------------------------------------------------------------------
     def name(self):
@@ -196,12 +197,21 @@ class GeoImplicitAlgorithm(QgsProcessingAlgorithm):
             if "No such command" in message:
                 message += (f" (this geoimplicit has no '{self.COMMAND}' command: update geoimplicit, or set the "
                             "executable of a newer install in the Processing settings)")
-            raise QgsProcessingException(f"geoimplicit failed: {message}") from exc
+            raise QgsProcessingException(f"geoimplicit failed: {message}{self._option_hints(message)}") from exc
         except runner.RunError as exc:
             raise QgsProcessingException(str(exc)) from exc
         feedback.setProgress(100.0)
         feedback.pushInfo(f"geoimplicit {self.COMMAND} finished in {result.seconds:.1f} s")
         return result.outputs
+
+    def _option_hints(self, message):
+        """``" (here: --reproject is the parameter 'Reproject ...')"`` for the options a CLI message names."""
+        hints = []
+        for option, name in self.OPTION_PARAMS.items():
+            definition = self.parameterDefinition(name)
+            if definition is not None and option in message.split():
+                hints.append(f"{option} is the parameter '{definition.description()}'")
+        return f" (here: {'; '.join(hints)})" if hints else ""
 
     @staticmethod
     def load_dsm_on_completion(path, context, name="DSM"):

@@ -71,6 +71,9 @@ class GeoImplicitProvider(QgsProcessingProvider):
     def supportedOutputVectorLayerExtensions(self):  # noqa: N802
         return ["gpkg"]
 
+    def supportsNonFileBasedOutput(self):  # noqa: N802 - the CLI writes files
+        return False
+
     def loadAlgorithms(self):  # noqa: N802
         from .algorithms import ALGORITHMS
 
