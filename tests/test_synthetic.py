@@ -25,7 +25,8 @@ from tests.conftest import assert_clean_error
 
 @pytest.fixture(scope="module")
 def scene():
-    return generate_city(7, bounds=scene_bounds(96.0, crs="EPSG:2154"), building_density=0.35)
+    return generate_city(8, bounds=scene_bounds(96.0, crs="EPSG:2154"), building_density=0.35,
+                         roof_mix=(0.5, 0.25, 0.25))
 
 
 def _files(folder):
@@ -189,3 +190,67 @@ def test_cli_generate_and_refuse_overwrite(tmp_path, cli):
     res = cli("generate", tmp_path / "geo", "--crs", "EPSG:4326", "--size", 32)
     assert_clean_error(res, "geographic")
     assert not (tmp_path / "geo").exists()
+
+
+# ------------------------------------------------------------------------------------------------ views
+@pytest.fixture(scope="module")
+def view_set(tmp_path_factory, scene):
+    from geoimplicit.synthetic.views import render_view_set
+
+    out = tmp_path_factory.mktemp("views") / "views"
+    render_view_set(scene, out, seed=7, n_views=6, size=96, n_track=5)
+    return out
+
+
+def test_view_set_layout_loads(view_set, scene):
+    from geoimplicit.io.cameras import ViewSet
+
+    vs = ViewSet.load(view_set)
+    assert vs.ids == [f"{i:03d}" for i in range(6)]
+    assert len(vs.track) == 5 and len(vs.depth_paths) == 6
+    assert len(vs.train_ids) + len(vs.test_ids) == 6 and vs.test_ids and "000" in vs.train_ids
+    assert vs.crs.to_epsg() == 2154
+    for vid in vs.ids:
+        cam = vs.cameras[vid]
+        assert (cam.width, cam.height) == (96, 96)
+        assert cam.center[0] > 700000 and cam.center[1] > 6000000  # real Lambert-93 coordinates
+        depth = vs.read_depth(vid)
+        assert depth.shape == (96, 96) and np.all(np.isfinite(depth))
+        assert cam.depth_min <= np.nanmin(depth) and np.nanmax(depth) <= cam.depth_max
+        assert vs.read_image(vid).shape == (96, 96, 3)
+    # the camera looks down at the scene: the scene centre projects into the image
+    uv, d = vs.cameras["000"].project(np.array([[*scene.center, float(np.median(scene.dsm))]]))
+    assert d[0] > 0 and np.all((uv >= 0) & (uv < 96))
+
+
+def test_rendered_depth_is_z_cam_of_a_known_roof_point(scene):
+    from geoimplicit.synthetic.views import render_view, view_cameras
+
+    cams = view_cameras(scene, n_views=6, size=128, seed=7)
+    flats = [b for b in scene.buildings if b["roof"] == "flat" and b["structure"] is None]
+    if not flats:
+        pytest.skip("no plain flat roof")
+    checked = 0
+    for cam in cams:
+        _, depth = render_view(scene, cam)
+        for bld in flats:
+            roof_z = bld["base"] + bld["eave_height"]
+            uv, _ = cam.project(np.array([[bld["cx"], bld["cy"], roof_z]]))
+            u, v = np.round(uv[0]).astype(int)
+            if not (0 <= u < 128 and 0 <= v < 128):
+                continue
+            # the ray of pixel (u, v) meets the roof plane at z_cam = t (independent computation)
+            ray = cam.R.T @ np.linalg.solve(cam.K, np.array([u, v, 1.0]))
+            t = (roof_z - cam.center[2]) / ray[2]
+            hit = cam.center + t * ray
+            row, col = scene.pixel_of(hit[0], hit[1])
+            r0, r1, c0, c1 = row - 2, row + 3, col - 2, col + 3
+            if r0 < 0 or c0 < 0 or r1 > scene.shape[0] or c1 > scene.shape[1]:
+                continue
+            if not np.all(scene.building_id[r0:r1, c0:c1] == bld["id"]):
+                continue  # too near the roof's edge
+            if depth[v, u] < t - 1e-3:
+                continue  # occluded by something nearer (a tree, a taller building)
+            assert depth[v, u] == pytest.approx(t, abs=1e-3)
+            checked += 1
+    assert checked >= 2
