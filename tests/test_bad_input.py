@@ -156,3 +156,30 @@ def test_info_real_json(cli, shared_data):
     assert autzen["units"] == "foot" and autzen["z_units"] == "foot" and autzen["point_count"] == 110000
     assert jpg["georeferencing"] == "world file" and jpg["crs_source"].startswith("assumed")
     assert jpg["size"] == [3248, 4385] and jpg["units"] == "foot"
+
+
+def _dsm_cli_available():
+    from cli.main import LazyGroup
+
+    try:
+        return LazyGroup._load("dsm") is not None
+    except Exception:
+        return False
+
+
+@pytest.mark.skipif(not _dsm_cli_available(), reason="geoimplicit dsm is not installed in this build")
+def test_dsm_bad_inputs_leave_no_output(cli, tmp_path, l93_laz):
+    out = tmp_path / "out" / "dsm.tif"
+    cut = tmp_path / "cut.laz"
+    cut.write_bytes(l93_laz.read_bytes()[: l93_laz.stat().st_size // 2])
+    utm = write_las(tmp_path / "utm.laz", _pts((500000.0, 5000000.0)), "EPSG:32632")
+    cases = [
+        (("--points", tmp_path / "missing.laz"), ("missing.laz",)),
+        (("--points", cut), ("cut.laz",)),
+        (("--points", l93_laz, "--points", utm), ("--crs",)),
+        (("--points", l93_laz, "--bbox", 0, 0, 10, 10), ("overlap",)),
+    ]
+    for args, fragments in cases:
+        result = cli("dsm", *args, "--resolution", 1.0, "-o", out)
+        assert_clean_error(result, *fragments)
+        assert not out.exists(), args
