@@ -1,0 +1,366 @@
+"""Per-scene fitting of an MPI to the train views of a LEVIR-NVS view set.
+
+Loss: ``l1 * |I - I*| + ssim * (1 - SSIM) + smooth * edge-aware depth smoothness`` on whole rendered views (a
+random train view, or a few, per step). Mixed precision (bfloat16 autocast) on CUDA; progress through the
+``progress`` callback; a checkpoint every ``checkpoint_every`` steps for ``resume``; ``config.json`` (the resolved
+:class:`FitConfig`) beside ``model.pt``. With ``refine_cameras`` a small pose correction per train view is learned
+(the first train view is held fixed: it sets the gauge) and the corrected cameras go to ``MODEL_DIR/cameras/``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from geoimplicit.errors import CameraFileError, ConfigError, DeviceError, OutputExistsError
+from geoimplicit.io.cameras import PinholeCamera, ViewSet, write_camera
+from geoimplicit.mpi.composite import render_mpi
+from geoimplicit.mpi.metrics import edge_aware_smoothness, psnr, ssim
+from geoimplicit.mpi.model import build_model
+from geoimplicit.mpi.planes import PlaneSet, fronto_planes, geo_planes
+from geoimplicit.mpi.scene import MPIScene
+from geoimplicit.mpi.warp import plane_homographies, render_camera, so3_exp
+from geoimplicit.progress import check_cancel
+
+log = logging.getLogger(__name__)
+
+__all__ = ["FitConfig", "FitResult", "fit_mpi", "resolve_device", "scene_geometry"]
+
+
+@dataclass
+class FitConfig:
+    """Settings of one MPI fit (saved resolved as ``config.json``)."""
+
+    planes: int = 32
+    """Number of planes."""
+    layout: str = "fronto"
+    """Plane layout: ``fronto`` (ImMPI, parallel to a reference camera) or ``geo`` (horizontal, map grid)."""
+    model: str = "direct"
+    """Generator: ``direct`` (per-plane pyramid), ``conv`` (latent + decoder), ``mlp`` (implicit)."""
+    steps: int = 1500
+    """Optimisation steps."""
+    views_per_step: int = 2
+    """Train views rendered per step."""
+    lr: float | None = None
+    """Adam learning rate of the generator (decays to 10 % with a cosine); default 0.03 direct, 0.003 others."""
+    l1_weight: float = 1.0
+    ssim_weight: float = 0.2
+    smooth_weight: float = 0.01
+    """Edge-aware smoothness of depth (normalised by the plane depth range)."""
+    image_scale: float = 1.0
+    """Fit on images resized by this factor (cameras scaled alike)."""
+    margin: float = 0.1
+    """Fronto layout: texture margin around the reference image, as a fraction of its size."""
+    texture_scale: float = 1.0
+    """Geo layout: texture pixel = ground sample distance / texture_scale."""
+    max_texture: int = 1024
+    """Geo layout: largest texture side in pixels."""
+    height_range: tuple[float, float] | None = None
+    """Geo layout: (min, max) world heights of the planes; default from the cameras' depth ranges."""
+    init_from_views: bool = True
+    """Start plane colours from the plane-sweep mean of the train views."""
+    refine_cameras: bool = False
+    pose_lr: float = 1e-3
+    amp: bool = True
+    device: str = "auto"
+    seed: int = 0
+    checkpoint_every: int = 250
+    progress_every: int = 10
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "FitConfig":
+        known = {f for f in cls.__dataclass_fields__}
+        bad = sorted(set(d) - known)
+        if bad:
+            raise ConfigError(f"unknown MPI fit settings: {', '.join(bad)}", hint=f"known: {', '.join(sorted(known))}")
+        return cls(**d)
+
+    def validate(self) -> None:
+        if self.layout not in ("fronto", "geo"):
+            raise ConfigError(f"layout must be 'fronto' or 'geo', not {self.layout!r}")
+        if self.planes < 2:
+            raise ConfigError("need at least 2 planes")
+        if self.steps < 0:
+            raise ConfigError("steps must be >= 0")
+
+
+@dataclass
+class FitResult:
+    model_dir: Path
+    steps: int
+    seconds: float
+    final_loss: float
+    train_psnr: float
+    outputs: dict = field(default_factory=dict)
+
+
+def resolve_device(device: str) -> torch.device:
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if str(device).startswith("cuda") and not torch.cuda.is_available():
+        raise DeviceError("--device cuda but no CUDA GPU is available", hint="use --device cpu or auto")
+    return torch.device(device)
+
+
+def _look_points(cams: list[PinholeCamera], depth_of) -> np.ndarray:
+    pts = []
+    for c in cams:
+        centre = np.array([[(c.width - 1) / 2, (c.height - 1) / 2]])
+        pts.append(c.unproject(centre, np.array([depth_of(c)]))[0])
+    return np.array(pts)
+
+
+def scene_geometry(views: ViewSet, cfg: FitConfig, ids: list[str]) -> PlaneSet:
+    """Local origin and plane set for the train views ``ids`` (cameras scaled by ``cfg.image_scale``)."""
+    cams = [views.cameras[i].scaled(cfg.image_scale) if cfg.image_scale != 1 else views.cameras[i] for i in ids]
+    mid = _look_points(cams, lambda c: 0.5 * (c.depth_min + c.depth_max))
+    origin = mid.mean(axis=0)
+    crs = None if views.crs is None else (views.crs.to_string() if hasattr(views.crs, "to_string") else str(views.crs))
+    if cfg.layout == "fronto":
+        centres = np.array([c.center for c in cams])
+        ref = int(np.argmin(np.linalg.norm(centres - centres.mean(0), axis=1)))
+        return fronto_planes(cams[ref].with_origin(origin), cfg.planes, margin=cfg.margin, origin=origin, crs=crs)
+    top_pts = _look_points(cams, lambda c: c.depth_min) - origin
+    bot_pts = _look_points(cams, lambda c: c.depth_max) - origin
+    if cfg.height_range is not None:
+        h_lo, h_hi = (float(v) - origin[2] for v in cfg.height_range)
+    else:
+        h_hi, h_lo = float(np.max(top_pts[:, 2])), float(np.min(bot_pts[:, 2]))
+    if not h_hi > h_lo:
+        raise CameraFileError(
+            "cannot derive a height range from the cameras' depth ranges",
+            path=views.root,
+            hint="pass height_range (min, max) in world units",
+        )
+    corners = []
+    gsd = []
+    for c in cams:
+        lc = c.with_origin(origin)
+        uv = np.array([[0, 0], [c.width - 1, 0], [0, c.height - 1], [c.width - 1, c.height - 1]], float)
+        for hz in (h_lo, h_hi):
+            # intersect the corner rays with the plane z = hz
+            rays = np.concatenate([uv, np.ones((4, 1))], 1) @ np.linalg.inv(lc.K).T @ lc.R  # world directions
+            cen = lc.center
+            s = (hz - cen[2]) / rays[:, 2]
+            corners.append(cen + s[:, None] * rays)
+        d = 0.5 * (c.depth_min + c.depth_max)
+        gsd.append(d / c.K[0, 0])
+    corners = np.concatenate(corners)
+    res = float(np.median(gsd)) / cfg.texture_scale
+    left, right = corners[:, 0].min(), corners[:, 0].max()
+    bottom, top = corners[:, 1].min(), corners[:, 1].max()
+    side = max(right - left, top - bottom)
+    if side / res > cfg.max_texture:
+        res = side / cfg.max_texture
+    return geo_planes((left, bottom, right, top), res, h_lo, h_hi, cfg.planes, origin=origin, crs=crs)
+
+
+def _load_images(views: ViewSet, ids, scale: float, device) -> dict[str, torch.Tensor]:
+    out = {}
+    for vid in ids:
+        img = torch.from_numpy(views.read_image(vid)).permute(2, 0, 1)
+        if scale != 1:
+            cam = views.cameras[vid].scaled(scale)
+            img = F.interpolate(img[None], size=(cam.height, cam.width), mode="area")[0]
+        out[vid] = img.to(device)
+    return out
+
+
+@torch.no_grad()
+def plane_sweep_mean(planes: PlaneSet, cams: list, images: list[torch.Tensor], device) -> torch.Tensor:
+    """Mean colour (D, 3, h, w) of the views projected onto each plane (grey where no view sees it)."""
+    D, h, w = planes.num_planes, planes.height, planes.width
+    acc = torch.zeros(D, 3, h, w, device=device)
+    cnt = torch.zeros(D, 1, h, w, device=device)
+    v, u = torch.meshgrid(torch.arange(h, device=device), torch.arange(w, device=device), indexing="ij")
+    tex = torch.stack([u.reshape(-1), v.reshape(-1), torch.ones(h * w, device=device)]).double()
+    for rc, img in zip(cams, images):
+        warp = plane_homographies(planes.A, rc)
+        Hf = torch.linalg.inv(warp.Hinv)  # texture -> target
+        q = Hf @ tex  # (D, 3, N)
+        x = q[:, 0] / q[:, 2]
+        y = q[:, 1] / q[:, 2]
+        H_, W_ = img.shape[-2:]
+        valid = (q[:, 2] > 0) & (x > -0.5) & (x < W_ - 0.5) & (y > -0.5) & (y < H_ - 0.5)
+        grid = torch.stack([(2 * x + 1) / W_ - 1, (2 * y + 1) / H_ - 1], -1).float().reshape(D, h, w, 2)
+        s = F.grid_sample(img[None].expand(D, -1, -1, -1), grid, align_corners=False)
+        m = valid.reshape(D, 1, h, w).float()
+        acc += s * m
+        cnt += m
+    mean = acc / cnt.clamp_min(1)
+    return torch.where(cnt > 0, mean, torch.full_like(mean, 0.5))
+
+
+def _pose_cameras(cams_local, deltas, scales, device):
+    out = []
+    for i, c in enumerate(cams_local):
+        d = None
+        if deltas is not None:
+            d = torch.cat([deltas[i, :3] * scales[0], deltas[i, 3:] * scales[1]])
+        out.append(render_camera(c, None, device=device, pose_delta=d))
+    return out
+
+
+def _corrected_camera(cam_local: PinholeCamera, delta: np.ndarray, origin: np.ndarray) -> PinholeCamera:
+    d = torch.as_tensor(delta, dtype=torch.float64)
+    corr = np.eye(4)
+    corr[:3, :3] = so3_exp(d[:3]).numpy()
+    corr[:3, 3] = d[3:].numpy()
+    ext = corr @ cam_local.extrinsic
+    out = PinholeCamera(ext, cam_local.intrinsic, cam_local.depth_min, cam_local.depth_max, cam_local.width,
+                        cam_local.height)
+    return out.with_origin(-np.asarray(origin))
+
+
+def fit_mpi(
+    views_dir: str | os.PathLike,
+    model_dir: str | os.PathLike,
+    config: FitConfig | dict | None = None,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    progress=None,
+    cancel=None,
+    train_ids: list[str] | None = None,
+) -> FitResult:
+    """Fit an MPI to the train views of ``views_dir`` and save it in ``model_dir``."""
+    cfg = config if isinstance(config, FitConfig) else FitConfig.from_dict(dict(config or {}))
+    cfg.validate()
+    model_dir = Path(model_dir)
+    ckpt_path = model_dir / "checkpoint.pt"
+    if (model_dir / "model.pt").exists() and not overwrite and not resume:
+        raise OutputExistsError("a fitted MPI is already here", path=model_dir,
+                                hint="pass --overwrite to refit or --resume to continue")
+    views = ViewSet.load(views_dir)
+    ids = list(train_ids or views.train_ids)
+    if not ids:
+        raise CameraFileError("no train views", path=views.root, hint="list train ids in view_split.txt")
+    device = resolve_device(cfg.device)
+    torch.manual_seed(cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
+
+    planes = scene_geometry(views, cfg, ids)
+    cams = [views.cameras[i].scaled(cfg.image_scale) if cfg.image_scale != 1 else views.cameras[i] for i in ids]
+    cams_local = [c.with_origin(planes.origin) for c in cams]
+    images = _load_images(views, ids, cfg.image_scale, device)
+    img_list = [images[i] for i in ids]
+    density_scale = 1.0 / planes.spacing
+    model = build_model(cfg.model, planes.num_planes, planes.height, planes.width, density_scale).to(device)
+    depth_span = float(np.ptp(planes.values)) or 1.0
+
+    deltas = None
+    if cfg.lr is None:
+        cfg.lr = 0.03 if cfg.model == "direct" else 0.003
+    params = [{"params": model.parameters(), "lr": cfg.lr}]
+    if cfg.refine_cameras:
+        deltas = torch.nn.Parameter(torch.zeros(len(ids), 6, device=device, dtype=torch.float64))
+        params.append({"params": [deltas], "lr": cfg.pose_lr})
+    pose_scales = (0.01, planes.spacing)  # radians, world units per unit of the learned delta
+    opt = torch.optim.Adam(params)
+
+    start = 0
+    model_dir.mkdir(parents=True, exist_ok=True)
+    if resume and ckpt_path.exists():
+        blob = torch.load(ckpt_path, map_location=device, weights_only=False)
+        model.load_state_dict(blob["model"])
+        opt.load_state_dict(blob["optim"])
+        if deltas is not None and blob.get("deltas") is not None:
+            with torch.no_grad():
+                deltas.copy_(blob["deltas"])
+        start = int(blob["step"])
+        log.info("resuming from step %d", start)
+    elif resume and (model_dir / "model.pt").exists():
+        log.info("%s is already fitted; nothing to resume", model_dir)
+        scene = MPIScene.load(model_dir, device)
+        return FitResult(model_dir, 0, 0.0, float("nan"), float("nan"), {"model": model_dir / "model.pt"})
+    elif cfg.init_from_views and cfg.model == "direct":
+        rcs = _pose_cameras(cams_local, None, pose_scales, device)
+        model.init_colour(plane_sweep_mean(planes, rcs, img_list, device))
+
+    cfg_dict = asdict(cfg)
+    (model_dir / "config.json").write_text(json.dumps(cfg_dict, indent=2))
+    use_amp = cfg.amp and device.type == "cuda"
+    t0 = time.perf_counter()
+    loss_val = float("nan")
+    n_views = len(ids)
+    for step in range(start, cfg.steps):
+        check_cancel(cancel)
+        frac = step / max(1, cfg.steps)
+        lr_f = 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * frac))
+        opt.param_groups[0]["lr"] = cfg.lr * lr_f
+        pick = rng.choice(n_views, size=min(cfg.views_per_step, n_views), replace=False)
+        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_amp):
+            mpi = model()
+        loss = 0.0
+        for k in pick:
+            if deltas is not None and k != 0:
+                d = torch.cat([deltas[k, :3] * pose_scales[0], deltas[k, 3:] * pose_scales[1]])
+            else:
+                d = None
+            rc = render_camera(cams_local[k], None, device=device, pose_delta=d)
+            out = render_mpi(mpi.float(), planes.A, rc)
+            target = img_list[k]
+            l = cfg.l1_weight * (out["rgb"] - target).abs().mean()
+            if cfg.ssim_weight:
+                l = l + cfg.ssim_weight * (1 - ssim(out["rgb"], target))
+            if cfg.smooth_weight:
+                l = l + cfg.smooth_weight * edge_aware_smoothness(out["depth"] / depth_span, target)
+            loss = loss + l / len(pick)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        loss_val = float(loss.detach())
+        done = step + 1
+        if progress is not None and (done % cfg.progress_every == 0 or done == cfg.steps):
+            progress(done, cfg.steps, "fit", f"loss {loss_val:.4f}")
+        if cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done < cfg.steps:
+            _save_checkpoint(ckpt_path, model, opt, deltas, done)
+    seconds = time.perf_counter() - t0
+
+    scene = MPIScene(model, planes, (cams[0].width, cams[0].height), cfg_dict)
+    # train PSNR of the final model (no pose corrections for views other than through `deltas`)
+    with torch.no_grad():
+        mpi = model().float()
+        ps = []
+        for k in range(n_views):
+            d = None
+            if deltas is not None and k != 0:
+                d = torch.cat([deltas[k, :3] * pose_scales[0], deltas[k, 3:] * pose_scales[1]])
+            rc = render_camera(cams_local[k], None, device=device, pose_delta=d)
+            ps.append(psnr(render_mpi(mpi, planes.A, rc)["rgb"].clamp(0, 1), img_list[k]))
+    train_psnr = float(np.mean(ps))
+    outputs = {"model": scene.save(model_dir / "model.pt", {"train_ids": ids, "fit_seconds": seconds,
+                                                             "steps": cfg.steps}),
+               "config": model_dir / "config.json"}
+    if deltas is not None:
+        cam_dir = model_dir / "cameras"
+        cam_dir.mkdir(exist_ok=True)
+        scale_back = 1.0 / cfg.image_scale
+        for k, vid in enumerate(ids):
+            dk = np.zeros(6) if k == 0 else np.concatenate(
+                [deltas[k, :3].detach().cpu().numpy() * pose_scales[0], deltas[k, 3:].detach().cpu().numpy() * pose_scales[1]])
+            cam = _corrected_camera(cams_local[k], dk, planes.origin)
+            if cfg.image_scale != 1:
+                cam = cam.scaled(scale_back)
+            write_camera(cam_dir / f"{vid}.txt", cam)
+        outputs["cameras"] = cam_dir
+    if ckpt_path.exists():
+        ckpt_path.unlink()
+    log.info("fitted %s MPI: %d steps in %.1f s, train PSNR %.2f dB", cfg.model, cfg.steps, seconds, train_psnr)
+    return FitResult(model_dir, cfg.steps, seconds, loss_val, train_psnr, outputs)
+
+
+def _save_checkpoint(path: Path, model, opt, deltas, step: int) -> None:
+    tmp = path.with_name(f".{path.name}.partial")
+    torch.save({"model": model.state_dict(), "optim": opt.state_dict(),
+                "deltas": None if deltas is None else deltas.detach(), "step": step}, tmp)
+    os.replace(tmp, path)

@@ -1,0 +1,159 @@
+"""Where an MPI's colour and density come from.
+
+Three generators of the same (D, 4, h, w) tensor (rgb in [0, 1], density >= 0 in 1 / world units):
+
+- ``direct``: per-plane parameters, stored as a sum of a full-resolution and two coarser grids (1/4, 1/16) so
+  that the coarse levels spread the gradient of few views quickly (a Laplacian-pyramid parametrisation);
+- ``conv``: ImMPI-style convolutional decoder of a learned latent feature grid, conditioned on a positional
+  encoding of the plane index (ImMPI feeds image features from a pretrained prior here; that prior cannot be
+  downloaded, so the latent is learned per scene);
+- ``mlp``: an implicit MLP over Fourier features of (x, y) and of the plane index.
+
+Which one fits best was measured (``bench/mpi_fit.py``, ``docs/nvs.md``): ``direct`` is the default.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+__all__ = ["MPIGenerator", "DirectMPI", "ConvMPI", "MLPMPI", "build_model", "MODEL_KINDS"]
+
+DENSITY_INIT = 0.05  # softplus(raw) at init: alpha ~ 1 - exp(-0.05) per plane spacing
+
+
+def _inv_softplus(y: float) -> float:
+    return math.log(math.expm1(y))
+
+
+def fourier(x: torch.Tensor, n_freq: int) -> torch.Tensor:
+    """[x, sin(2^k pi x), cos(2^k pi x)] along the last dimension."""
+    freqs = (2.0 ** torch.arange(n_freq, device=x.device, dtype=x.dtype)) * math.pi
+    xf = x.unsqueeze(-1) * freqs
+    return torch.cat([x, torch.sin(xf).flatten(-2), torch.cos(xf).flatten(-2)], dim=-1)
+
+
+class MPIGenerator(nn.Module):
+    """Base: ``forward() -> (D, 4, h, w)``; ``density_scale`` turns softplus units into 1 / world units."""
+
+    kind = "base"
+
+    def __init__(self, num_planes: int, height: int, width: int, density_scale: float = 1.0):
+        super().__init__()
+        self.num_planes, self.height, self.width = int(num_planes), int(height), int(width)
+        self.register_buffer("density_scale", torch.tensor(float(density_scale)))
+
+    def raw(self) -> torch.Tensor:  # (D, 4, h, w) before activation
+        raise NotImplementedError
+
+    def forward(self) -> torch.Tensor:
+        raw = self.raw()
+        rgb = torch.sigmoid(raw[:, :3])
+        density = F.softplus(raw[:, 3:4].float()) * self.density_scale
+        return torch.cat([rgb.to(density.dtype), density], dim=1)
+
+    @torch.no_grad()
+    def init_colour(self, rgb: torch.Tensor) -> None:
+        """Start from per-plane colours (D, 3, h, w) (e.g. the plane-sweep mean of the train views)."""
+
+
+class DirectMPI(MPIGenerator):
+    kind = "direct"
+
+    def __init__(self, num_planes, height, width, density_scale=1.0, levels=(1, 4, 16)):
+        super().__init__(num_planes, height, width, density_scale)
+        self.levels = tuple(int(v) for v in levels)
+        self.grids = nn.ParameterList()
+        for lv in self.levels:
+            h, w = max(1, math.ceil(height / lv)), max(1, math.ceil(width / lv))
+            self.grids.append(nn.Parameter(torch.zeros(num_planes, 4, h, w)))
+        with torch.no_grad():
+            self.grids[-1][:, 3] = _inv_softplus(DENSITY_INIT)
+
+    def raw(self):
+        out = self.grids[0]
+        if out.shape[-2:] != (self.height, self.width):
+            out = F.interpolate(out, size=(self.height, self.width), mode="bilinear", align_corners=False)
+        for g in self.grids[1:]:
+            out = out + F.interpolate(g, size=(self.height, self.width), mode="bilinear", align_corners=False)
+        return out
+
+    @torch.no_grad()
+    def init_colour(self, rgb):
+        logit = torch.logit(rgb.clamp(0.02, 0.98))
+        coarse = self.grids[-1]
+        low = F.interpolate(logit, size=coarse.shape[-2:], mode="area")
+        coarse[:, :3] = low
+        up = F.interpolate(low, size=(self.height, self.width), mode="bilinear", align_corners=False)
+        fine = self.grids[0]
+        fine[:, :3] = F.interpolate(logit - up, size=fine.shape[-2:], mode="area")
+
+
+class ConvMPI(MPIGenerator):
+    kind = "conv"
+
+    def __init__(self, num_planes, height, width, density_scale=1.0, features=16, hidden=32, pe_freq=4):
+        super().__init__(num_planes, height, width, density_scale)
+        self.latent = nn.Parameter(torch.randn(1, features, max(1, height // 2), max(1, width // 2)) * 0.1)
+        self.pe_freq = pe_freq
+        pe_dim = 1 + 2 * pe_freq
+        self.net = nn.Sequential(
+            nn.Conv2d(features + pe_dim, hidden, 3, padding=1), nn.ReLU(),
+            nn.Conv2d(hidden, hidden, 3, padding=1), nn.ReLU(),
+            nn.Upsample(size=(height, width), mode="bilinear", align_corners=False),
+            nn.Conv2d(hidden, 4, 3, padding=1),
+        )
+        with torch.no_grad():
+            self.net[-1].bias[3] = _inv_softplus(DENSITY_INIT)
+
+    def raw(self):
+        D = self.num_planes
+        t = torch.linspace(-1, 1, D, device=self.latent.device).unsqueeze(-1)
+        pe = fourier(t, self.pe_freq)  # (D, P)
+        lat = self.latent.expand(D, -1, -1, -1)
+        pe = pe[:, :, None, None].expand(-1, -1, lat.shape[2], lat.shape[3])
+        return self.net(torch.cat([lat, pe], dim=1))
+
+
+class MLPMPI(MPIGenerator):
+    kind = "mlp"
+
+    def __init__(self, num_planes, height, width, density_scale=1.0, hidden=64, layers=4, xy_freq=8, pe_freq=4):
+        super().__init__(num_planes, height, width, density_scale)
+        self.xy_freq, self.pe_freq = xy_freq, pe_freq
+        in_dim = 2 * (1 + 2 * xy_freq) + (1 + 2 * pe_freq)
+        mods, d = [], in_dim
+        for _ in range(layers):
+            mods += [nn.Linear(d, hidden), nn.ReLU()]
+            d = hidden
+        mods.append(nn.Linear(d, 4))
+        self.net = nn.Sequential(*mods)
+        with torch.no_grad():
+            self.net[-1].bias[3] = _inv_softplus(DENSITY_INIT)
+
+    def raw(self):
+        D, h, w = self.num_planes, self.height, self.width
+        dev = self.net[0].weight.device
+        ys = torch.linspace(-1, 1, h, device=dev)
+        xs = torch.linspace(-1, 1, w, device=dev)
+        yy, xx = torch.meshgrid(ys, xs, indexing="ij")
+        xy = fourier(torch.stack([xx, yy], -1).reshape(-1, 2), self.xy_freq).reshape(h * w, -1)  # (hw, 2(1+2L))
+        # fourier() on a (N, 2) input yields [x, y, sin.., cos..]: fine as a feature vector
+        t = fourier(torch.linspace(-1, 1, D, device=dev).unsqueeze(-1), self.pe_freq)  # (D, P)
+        feats = torch.cat([xy.unsqueeze(0).expand(D, -1, -1), t.unsqueeze(1).expand(-1, h * w, -1)], dim=-1)
+        out = self.net(feats)  # (D, hw, 4)
+        return out.permute(0, 2, 1).reshape(D, 4, h, w)
+
+
+MODEL_KINDS = {"direct": DirectMPI, "conv": ConvMPI, "mlp": MLPMPI}
+
+
+def build_model(kind: str, num_planes: int, height: int, width: int, density_scale: float) -> MPIGenerator:
+    try:
+        cls = MODEL_KINDS[kind]
+    except KeyError:
+        raise ValueError(f"unknown MPI model {kind!r}; choose one of {sorted(MODEL_KINDS)}") from None
+    return cls(num_planes, height, width, density_scale)
