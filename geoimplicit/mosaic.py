@@ -369,3 +369,29 @@ def _to_cog(src, output, overwrite, *, predictor="FLOATING_POINT", resampling="A
             src, tmp, driver="COG", COMPRESS="DEFLATE", PREDICTOR=predictor, BLOCKSIZE=256,
             OVERVIEWS="AUTO", RESAMPLING=resampling, BIGTIFF="IF_SAFER", NUM_THREADS="1",
         )
+
+
+def mosaic_inputs(inputs: Sequence, output, *, aoi=None, filled_output=None, overwrite: bool = False,
+                  progress: ProgressCallback | None = None, cancel: CancelCallback | None = None) -> Path:
+    """``geoimplicit mosaic``: expand ``inputs`` (:func:`find_tiles`), read the AOI file, mosaic.
+
+    With a tile index the output grid is the index's (and its AOI polygon clips unless ``aoi`` is given).
+    """
+    import rasterio
+
+    paths, tilegrid = find_tiles(inputs)
+    if not paths:
+        raise NoDataError("no finished tile found", path=", ".join(str(i) for i in inputs),
+                          hint="give tile GeoTIFFs, a folder of them, or the tiles.gpkg of a run")
+    grid = tilegrid.grid if tilegrid is not None else None
+    geometry = tilegrid.aoi_geometry if tilegrid is not None else None
+    if aoi is not None:
+        from geoimplicit.io.vector import read_aoi
+
+        with rasterio.open(paths[0]) as ds:
+            crs = ds.crs
+        if crs is None:
+            raise InputError("the tiles have no CRS: cannot place the AOI", path=paths[0])
+        geometry = read_aoi(aoi, crs=crs).geometry
+    return mosaic(paths, output, grid=grid, aoi=geometry, filled_output=filled_output, overwrite=overwrite,
+                  progress=progress, cancel=cancel)

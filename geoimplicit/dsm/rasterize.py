@@ -312,10 +312,12 @@ def find_outliers(x, y, z, *, radius: float, min_neighbors: int = 3, k_sigma: fl
 def fill_holes(height: np.ndarray, valid: np.ndarray, max_hole_px: float) -> tuple[np.ndarray, np.ndarray]:
     """Fill holes up to ``max_hole_px`` pixels wide with a membrane (Laplace) surface.
 
-    A hole is a 4-connected group of cells without value; its width is ``2 * d - 1`` where ``d`` is the largest
-    distance (pixels) from one of its cells to the nearest valid cell. Holes wider than ``max_hole_px`` stay
-    empty. The membrane takes the surrounding valid cells as fixed values (the grid's edge is a free boundary),
-    so it stays between the lowest and highest of them (no ringing) and reproduces a plane exactly.
+    A cell without value is left empty when a disc of diameter ``max_hole_px`` that contains only empty cells
+    covers it (a morphological opening of the empty cells, computed with distance transforms); every other
+    empty cell is filled. The test is local (it looks at most ``max_hole_px`` away), so tiles with an overlap
+    of at least ``max_hole_px`` decide alike; beyond the array's edge counts as empty (unknown). The membrane
+    takes the surrounding valid cells as fixed values (unfilled cells and the array's edge are free
+    boundaries), so it stays between the lowest and highest of them (no ringing) and reproduces a plane.
 
     Returns:
         (height float32 with the filled cells set, filled bool mask).
@@ -328,11 +330,16 @@ def fill_holes(height: np.ndarray, valid: np.ndarray, max_hole_px: float) -> tup
     holes = ~valid
     if max_hole_px <= 0 or not holes.any() or not valid.any():
         return height, filled
-    labels, nlab = ndimage.label(holes)
-    dist = ndimage.distance_transform_edt(holes)
-    width = 2.0 * ndimage.maximum(dist, labels, np.arange(1, nlab + 1)) - 1.0
-    ok = np.concatenate(([False], width <= max_hole_px + 1e-9))
-    unknown = ok[labels]
+    r = max_hole_px / 2.0
+    pad = int(math.ceil(r)) + 1
+    padded = np.pad(holes, pad, constant_values=True)
+    core = ndimage.distance_transform_edt(padded) > r  # centres of empty discs wider than the limit
+    if core.any():
+        big = ndimage.distance_transform_edt(~core) <= r + 1e-9
+        big = big[pad:-pad, pad:-pad]
+    else:
+        big = np.zeros_like(holes)
+    unknown = holes & ~big
     if not unknown.any():
         return height, filled
     out = height.copy()
@@ -427,3 +434,43 @@ def rasterize(points: Mapping[str, np.ndarray], grid: GridSpec, config: Rasteriz
         valid = valid | filled
     n_in = int(count.sum()) if config.stat != "idw" else int(len(x))
     return RasterResult(values.astype(np.float32), valid, filled, count, n_in, n_outliers)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the method of the tiled run (``--method raster``)
+# ---------------------------------------------------------------------------------------------------------
+class RasterMethod:
+    """``geoimplicit dsm --method raster``: :func:`rasterize` per tile. Options: the fields of
+    :class:`RasterizeConfig` (``stat``, ``fill_max_hole``, ``remove_outliers`` ...)."""
+
+    name = "raster"
+    point_fields = ("x", "y", "z", "classification")
+    needs_ortho = False
+    needs_gpu = False
+
+    def __init__(self, **options):
+        self.config = RasterizeConfig(**{k: v for k, v in options.items() if v is not None})
+
+    def default_tiling(self, resolution: float, density: float) -> tuple[float, float]:
+        """Tiles of 500 pixels (few tiles, little per-tile overhead); overlap = the reach of the options."""
+        margin = self.config.margin(resolution, density)
+        overlap = math.ceil(margin / resolution) * resolution
+        return 500 * resolution, max(overlap, resolution)
+
+    def prepare(self, inputs) -> dict:
+        return {"density": float(inputs.density) if inputs.density else None}
+
+    def run_tile(self, tile, points, ortho, state):
+        from geoimplicit.dsm.method import TileOutput
+
+        r = rasterize(points, tile.grid, self.config, density=(state or {}).get("density"))
+        return TileOutput(r.height, r.valid, r.filled,
+                          {"points": r.n_points, "outliers": r.n_outliers, "filled": int(r.filled.sum())})
+
+    def tags(self) -> dict:
+        c = self.config
+        t = {"method": "raster", "stat": c.stat, "remove_outliers": c.remove_outliers,
+             "fill_max_hole": c.fill_max_hole, "exclude_classes": list(c.exclude_classes)}
+        if c.stat == "idw":
+            t.update(idw_radius=c.idw_radius, idw_power=c.idw_power)
+        return t

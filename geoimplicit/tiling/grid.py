@@ -455,3 +455,45 @@ def read_statuses(path) -> dict[str, str]:
         return dict(con.execute("SELECT id, status FROM tiles").fetchall())
     finally:
         con.close()
+
+
+def make_tile_index(*, aoi=None, bbox=None, bbox_crs=None, crs=None, tile_size: float, overlap: float,
+                    resolution: float, output, overwrite: bool = False) -> tuple[Path, int]:
+    """``geoimplicit tile``: the tile grid over an AOI file or a bbox, written as a GeoPackage index.
+
+    The working CRS is ``crs``, else the AOI file's CRS, else ``bbox_crs``. A bbox in the working CRS keeps
+    its exact corner; an AOI polygon's bounds are snapped to the resolution.
+
+    Returns:
+        (index path, number of tiles).
+    """
+    from geoimplicit.errors import MissingCRSError
+    from geoimplicit.io.crs import parse_crs, require_projected
+    from geoimplicit.io.vector import read_aoi
+
+    if crs is not None:
+        work = parse_crs(crs, source="--crs")
+    elif aoi is not None:
+        if not Path(aoi).exists():
+            raise InputFileNotFoundError("file not found", path=aoi, hint="check the path of the AOI file")
+        import pyogrio
+
+        try:
+            file_crs = pyogrio.read_info(aoi).get("crs")
+        except Exception as exc:
+            raise CorruptInputError(f"cannot read the AOI ({exc})", path=aoi) from exc
+        if file_crs is None:
+            raise MissingCRSError("the AOI file has no CRS", path=aoi, hint="pass --crs")
+        work = parse_crs(file_crs, source=aoi)
+    elif bbox_crs is not None:
+        work = parse_crs(bbox_crs, source="--bbox-crs")
+    else:
+        raise MissingCRSError("no CRS for --bbox", hint="pass --crs (e.g. EPSG:2154)")
+    require_projected(work, aoi or "--crs")
+    area = read_aoi(aoi, bbox=bbox, bbox_crs=bbox_crs, crs=work)
+    exact = aoi is None and bbox_crs is None
+    geometry = area.geometry.bounds if exact else area.geometry
+    tg = TileGrid.from_aoi(geometry, tile_size=tile_size, overlap=overlap, resolution=resolution, crs=work,
+                           snap=not exact)
+    path = tg.write_index(output, "pending", overwrite=overwrite)
+    return path, len(tg.tiles)

@@ -1,0 +1,66 @@
+"""``geoimplicit dsm --points PATHS... --aoi AOI|--bbox ... --resolution 0.5 --method raster -o dsm.tif``."""
+
+from __future__ import annotations
+
+import click
+
+from cli.options import aoi_options, crs_option, overwrite_option, resolution_option
+
+STATS = ("max", "min", "mean", "median", "idw", "count", "stdev")
+
+
+@click.command("dsm", context_settings={"show_default": True})
+@click.option("--points", "points", multiple=True, required=True, type=click.Path(),
+              help="LAS/LAZ file, folder or glob; repeat --points for several.")
+@click.option("--ortho", "ortho", multiple=True, type=click.Path(dir_okay=False),
+              help="Ortho GeoTIFF(s) for methods that use them (repeat for RGB and IR).")
+@aoi_options()
+@resolution_option
+@click.option("--method", default="raster", metavar="NAME",
+              help="DSM method: raster (cell statistics) or occupancy (neural occupancy field).")
+# --- raster method options ---------------------------------------------------------------------------------
+@click.option("--stat", type=click.Choice(STATS), default=None,
+              help="[raster] Cell statistic (default max: the highest return, a DSM).")
+@click.option("--fill-max-hole", type=click.FloatRange(min=0), default=None,
+              help="[raster] Fill holes up to this width (CRS units) with a smooth membrane; 0: no filling. "
+                   "Default 5.")
+@click.option("--no-outlier-removal", is_flag=True, help="[raster] Keep isolated points far above/below.")
+@click.option("--idw-radius", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="[raster] Search radius of --stat idw (CRS units; default resolution x sqrt(2)).")
+# --- occupancy method options: added by the occupancy method (--weights, --device) ---------------------------
+# --- tiling and run -------------------------------------------------------------------------------------------
+@click.option("--tile-size", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Tile side in CRS units (default: what suits the method).")
+@click.option("--overlap", type=click.FloatRange(min=0), default=None,
+              help="Tile margin in CRS units (default: the method's reach).")
+@crs_option
+@click.option("--assume-crs", default=None, metavar="CRS", help="CRS of point files whose header has none.")
+@click.option("--workdir", type=click.Path(file_okay=False), default=None,
+              help="Work folder (tile index, tiles); re-running the same command resumes there. "
+                   "Default: <output stem>_work beside the output.")
+@click.option("--keep-points", is_flag=True, help="Keep the points routed to each tile in the work folder.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False), required=True, help="Output DSM (COG).")
+@overwrite_option
+@click.pass_context
+def dsm(ctx, points, ortho, aoi, bbox_crs, bbox, resolution, method, stat, fill_max_hole, no_outlier_removal,
+        idw_radius, tile_size, overlap, crs, assume_crs, workdir, keep_points, output, overwrite):
+    """Make a DSM (Cloud-Optimized GeoTIFF, float32, nodata -9999) from point clouds on the exact grid asked
+    for, tile by tile, resumable. Also writes <output stem>_filled.tif (1 = hole filled, 0 = measured).
+    """
+    from geoimplicit.run import run_dsm
+
+    if len(ortho) > 2:
+        raise click.BadParameter("at most two ortho images (RGB and IR)", param_hint="--ortho")
+    options = {}
+    if method == "raster":
+        options = {"stat": stat, "fill_max_hole": fill_max_hole, "idw_radius": idw_radius,
+                   "remove_outliers": False if no_outlier_removal else None}
+    elif any(v is not None for v in (stat, fill_max_hole, idw_radius)) or no_outlier_removal:
+        raise click.BadParameter("--stat, --fill-max-hole, --idw-radius, --no-outlier-removal are options of "
+                                 "--method raster", param_hint="--method")
+    progress = ctx.obj["progress"]
+    outputs = run_dsm(list(points), output, resolution=resolution, aoi=aoi, bbox=bbox, bbox_crs=bbox_crs, crs=crs,
+                      assume_crs=assume_crs, ortho=list(ortho), method=method, method_options=options,
+                      tile_size=tile_size, overlap=overlap, workdir=workdir, overwrite=overwrite,
+                      keep_points=keep_points, progress=progress)
+    progress.result(**outputs)

@@ -1,0 +1,144 @@
+"""DSM methods: the small protocol a tiled run needs, and the registry of methods by name.
+
+A method turns one tile's points (and ortho crops) into a height grid on the tile's grid. The tiled run
+(:mod:`geoimplicit.run`) does everything else: reading and routing the points, cropping the orthos, writing
+tiles atomically, resuming, executors, the mosaic. See ``docs/dsm.md``.
+
+Methods are registered by name as "module:attribute" strings so that heavy imports (torch) only happen when
+the method is used::
+
+    register_method("occupancy", "geoimplicit.dsm.occupancy.method:OccupancyMethod")
+    method = get_method("occupancy", weights="model.pt", device="cuda")
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+
+from geoimplicit.errors import InputError
+
+__all__ = ["TileOutput", "RunInputs", "DsmMethod", "register_method", "get_method", "method_names"]
+
+
+@dataclass
+class TileOutput:
+    """What a method returns for one tile, on ``tile.grid`` (overlap included).
+
+    Attributes:
+        height: (rows, cols) float32 heights in the CRS's vertical units; anything where ``valid`` is False.
+        valid: (rows, cols) bool, True where ``height`` is a value.
+        filled: optional (rows, cols) bool, True where the value was interpolated rather than measured.
+        stats: small JSON-able numbers about the tile (points used, outliers, seconds ...), logged.
+    """
+
+    height: np.ndarray
+    valid: np.ndarray
+    filled: np.ndarray | None = None
+    stats: dict = field(default_factory=dict)
+
+
+@dataclass
+class RunInputs:
+    """Everything a method may need once per run (picklable: paths and numbers, no arrays).
+
+    Attributes:
+        points: point cloud paths (files, folders or globs as given).
+        ortho: ortho GeoTIFF paths (may be empty).
+        crs_wkt: the working CRS as WKT.
+        resolution: output pixel size (CRS units).
+        bounds: (left, bottom, right, top) of the mosaic grid.
+        density: points per square CRS unit of the point data set (from the headers).
+        z_range: (min, max) height of the points (from the headers).
+        point_count: total points of the data set.
+        workdir: the run's work folder (a method may cache things there, e.g. a trained model).
+    """
+
+    points: list
+    ortho: list
+    crs_wkt: str
+    resolution: float
+    bounds: tuple
+    density: float
+    z_range: tuple
+    point_count: int
+    workdir: str
+
+
+@runtime_checkable
+class DsmMethod(Protocol):
+    """The interface of a DSM method.
+
+    Class attributes:
+        name: registry name (``--method``).
+        point_fields: point fields the method needs, "x", "y", "z" first (e.g. + "classification", "red").
+        needs_ortho: whether ``run_tile`` wants ortho crops.
+        needs_gpu: tiles are annotated with a GPU resource on Dask.
+    """
+
+    name: str
+    point_fields: tuple
+    needs_ortho: bool
+    needs_gpu: bool
+
+    def default_tiling(self, resolution: float, density: float) -> tuple[float, float]:
+        """(tile_size, overlap) in CRS units that suit the method (overlap >= its spatial reach)."""
+
+    def prepare(self, inputs: RunInputs) -> Any:
+        """Once per process before its first tile (load a model, fit a normaliser ...); returns a state."""
+
+    def run_tile(self, tile, points: dict, ortho: list, state: Any) -> TileOutput:
+        """Heights on ``tile.grid`` from the points inside ``tile.bounds`` and the ortho crops (RasterData
+        on the tile's bounds, or an empty list)."""
+
+    def tags(self) -> dict:
+        """Metadata tags for the mosaic (method name, options)."""
+
+
+_REGISTRY: dict[str, Any] = {
+    "raster": "geoimplicit.dsm.rasterize:RasterMethod",
+    "occupancy": "geoimplicit.dsm.occupancy.method:OccupancyMethod",
+}
+
+
+def register_method(name: str, target) -> None:
+    """Register a method class (or a "module:attribute" string, imported when first used) under ``name``."""
+    _REGISTRY[name] = target
+
+
+def method_names() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def _resolve(name: str):
+    target = _REGISTRY.get(name)
+    if target is None:
+        raise InputError(f"unknown DSM method {name!r}", hint=f"use one of {', '.join(method_names())}")
+    if isinstance(target, str):
+        module_name, attr = target.split(":")
+        try:
+            module = importlib.import_module(module_name)
+            target = getattr(module, attr)
+        except (ModuleNotFoundError, AttributeError) as exc:
+            if isinstance(exc, ModuleNotFoundError) and exc.name not in (module_name, *_parents(module_name)):
+                raise
+            raise InputError(f"DSM method {name!r} is not available in this installation ({exc})",
+                             hint="use --method raster") from exc
+    return target
+
+
+def _parents(module_name: str) -> list[str]:
+    parts = module_name.split(".")
+    return [".".join(parts[:i]) for i in range(1, len(parts))]
+
+
+def get_method(name: str, **options) -> DsmMethod:
+    """An instance of the method ``name`` configured with ``options`` (unknown options -> InputError)."""
+    cls = _resolve(name)
+    try:
+        return cls(**options)
+    except TypeError as exc:
+        raise InputError(f"bad options for DSM method {name!r}: {exc}") from exc
