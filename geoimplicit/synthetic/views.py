@@ -287,7 +287,7 @@ def render_view_set(
         check_cancel(cancel)
         img, depth = render_view(scene, cam)
         Image.fromarray(img).save(out / "Images" / f"{i:03d}.png", optimize=True)
-        Image.fromarray(depth, mode="F").save(out / "Depths" / f"{i:03d}.tiff", compression="tiff_deflate")
+        _write_depth(out / "Depths" / f"{i:03d}.tiff", depth)
         write_camera(out / "Cams" / f"{i:03d}.txt", cam)
         if progress is not None:
             progress(i + 1, len(cams), "views", f"view {i:03d}")
@@ -302,3 +302,17 @@ def render_view_set(
     epsg = scene.crs.to_epsg()
     (out / "crs.txt").write_text((f"EPSG:{epsg}" if epsg else scene.crs.to_wkt()) + "\n", encoding="utf-8")
     return out
+
+
+def _write_depth(path: Path, depth: np.ndarray) -> None:
+    """A float32 TIFF (DEFLATE, floating-point predictor), no georeferencing: it is an image."""
+    import warnings
+
+    import rasterio
+    from rasterio.errors import NotGeoreferencedWarning
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        with rasterio.open(path, "w", driver="GTiff", width=depth.shape[1], height=depth.shape[0], count=1,
+                           dtype="float32", compress="deflate", predictor=3, tiled=False) as ds:
+            ds.write(depth.astype(np.float32), 1)
