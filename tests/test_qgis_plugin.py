@@ -309,7 +309,12 @@ def qgis_runs(tmp_path_factory):
     if _cli_has("dsm"):
         jobs.append({"id": "dsm_raster", "alg": "geoimplicit:dsm",
                      "params": {"POINTS": [str(city / "points.laz")], "AOI": str(city / "aoi.geojson"),
-                                "METHOD": 1, "RESOLUTION": 0.5, "OUTPUT": {"load": str(out / "dsm_raster.tif")}}})
+                                "METHOD": 1, "RESOLUTION": 0.5, "TILE_SIZE": 32, "OVERLAP": 4,
+                                "OUTPUT": {"load": str(out / "dsm_raster.tif")}}})
+    if _cli_has("dsm") and _cli_has("mosaic"):  # the tiles of the DSM run above, mosaicked again
+        jobs.append({"id": "mosaic", "alg": "geoimplicit:mosaic",
+                     "params": {"TILE_SOURCE": str(out / "dsm_raster_work" / "tiles.gpkg"),
+                                "AOI": str(city / "aoi.geojson"), "OUTPUT": {"load": str(out / "mosaic.tif")}}})
     if _cli_has("tile"):
         jobs.append({"id": "tile", "alg": "geoimplicit:tile",
                      "params": {"AOI": str(city / "aoi.geojson"), "TILE_SIZE": 16, "OVERLAP": 2, "RESOLUTION": 0.5,
@@ -452,7 +457,7 @@ def test_dsm_raster_in_qgis_matches_cli_and_is_styled(qgis_runs):
     path = job["results"]["OUTPUT"]
     cli_out = qgis_runs["root"] / "cli_dsm.tif"
     done = _geoimplicit("dsm", "--points", city / "points.laz", "--aoi", city / "aoi.geojson", "--method",
-                        "raster", "--resolution", "0.5", "-o", cli_out)
+                        "raster", "--resolution", "0.5", "--tile-size", 32, "--overlap", 4, "-o", cli_out)
     assert done.returncode == 0, done.stderr
     with rasterio.open(path) as ours, rasterio.open(cli_out) as theirs:
         assert ours.crs == theirs.crs and ours.transform == theirs.transform and ours.shape == theirs.shape
@@ -465,6 +470,27 @@ def test_dsm_raster_in_qgis_matches_cli_and_is_styled(qgis_runs):
     low, high = layer["classification"]
     assert low < high
     assert job["progress"] and job["progress"][-1] == 100.0
+    assert Path(job["results"]["FILLED"]).is_file() and Path(job["results"]["TILES"]).is_file()
+
+
+@pytest.mark.qgis
+@needs_qgis
+@_skip_unless_cli("dsm")
+@_skip_unless_cli("mosaic")
+def test_mosaic_in_qgis_matches_cli(qgis_runs):
+    import rasterio
+
+    job = qgis_runs["runs"]["jobs"]["mosaic"]
+    assert job["ok"], job.get("error")
+    city, path = qgis_runs["city"], job["results"]["OUTPUT"]
+    cli_out = qgis_runs["root"] / "cli_mosaic.tif"
+    done = _geoimplicit("mosaic", qgis_runs["out"] / "dsm_raster_work" / "tiles.gpkg", "--aoi",
+                        city / "aoi.geojson", "-o", cli_out)
+    assert done.returncode == 0, done.stderr
+    with rasterio.open(path) as ours, rasterio.open(cli_out) as theirs:
+        assert ours.crs == theirs.crs and ours.transform == theirs.transform
+        np.testing.assert_array_equal(ours.read(), theirs.read())
+    assert job["layers"][path]["renderer"] == "singlebandpseudocolor"
 
 
 @pytest.mark.qgis

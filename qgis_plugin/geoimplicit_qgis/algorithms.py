@@ -13,6 +13,7 @@ from qgis.core import (
     QgsProcessingOutputRasterLayer,
     QgsProcessingParameterBoolean,
     QgsProcessingParameterEnum,
+    QgsProcessingParameterFeatureSource,
     QgsProcessingParameterFile,
     QgsProcessingParameterFolderDestination,
     QgsProcessingParameterMultipleLayers,
@@ -25,6 +26,9 @@ from qgis.core import (
 from .base import GeoImplicitAlgorithm
 
 METHODS = ["occupancy", "raster"]
+STATS = ["max", "max", "min", "mean", "median", "idw", "count", "stdev"]  # index 0 = the CLI's default
+STAT_LABELS = ["Default (maximum: the highest return)", "Maximum", "Minimum", "Mean", "Median",
+               "Inverse distance weighting", "Point count", "Standard deviation"]
 METHOD_LABELS = ["Occupancy field (neural, ImpliCity)", "Raster (cell statistics of the points)"]
 DSM_GROUP = "Elevation"
 VIEWS_GROUP = "Novel views"
@@ -67,6 +71,13 @@ class ReconstructDsm(GeoImplicitAlgorithm):
         self.add_advanced(
             QgsProcessingParameterRasterLayer("ORTHO2", "Second ortho-image (stereo, occupancy only)", optional=True)
         )
+        self.add_advanced(
+            QgsProcessingParameterEnum("STAT", "Cell statistic (raster method)", options=STAT_LABELS, defaultValue=0)
+        )
+        self.add_number("FILL_MAX_HOLE", "Fill holes up to this width (CRS units; raster method; empty = default, "
+                        "0 = no filling)", None, minimum=0.0, optional=True, advanced=True)
+        self.add_advanced(QgsProcessingParameterBoolean(
+            "NO_OUTLIER_REMOVAL", "Keep isolated points far above/below (raster method)", defaultValue=False))
         self.add_number("TILE_SIZE", "Tile size (CRS units, 0 = method default)", 0.0, minimum=0.0, advanced=True)
         self.add_number("OVERLAP", "Tile overlap (CRS units, 0 = method default)", 0.0, minimum=0.0, advanced=True)
         self.add_advanced(
@@ -76,6 +87,8 @@ class ReconstructDsm(GeoImplicitAlgorithm):
         self.add_device_parameter()
         self.add_extra_args_parameter()
         self.addParameter(QgsProcessingParameterRasterDestination("OUTPUT", "DSM"))
+        self.addOutput(QgsProcessingOutputRasterLayer("FILLED", "Filled cells (1 = hole filled, 0 = measured)"))
+        self.addOutput(QgsProcessingOutputFile("TILES", "Tile index of the run (GeoPackage)"))
 
     def processAlgorithm(self, parameters, context, feedback):  # noqa: N802
         points = self.parameterAsFileList(parameters, "POINTS", context)
@@ -98,16 +111,26 @@ class ReconstructDsm(GeoImplicitAlgorithm):
             value = self.parameterAsDouble(parameters, name, context)
             if value > 0:
                 args += [option, repr(value)]
-        weights = self.parameterAsFile(parameters, "WEIGHTS", context)
-        if weights and method == "occupancy":
-            args += ["--weights", weights]
-        if method == "occupancy":
-            args += self.device_args(parameters, context)
+        if method == "raster":
+            stat = self.parameterAsEnum(parameters, "STAT", context)
+            if stat > 0:
+                args += ["--stat", STATS[stat]]
+            if parameters.get("FILL_MAX_HOLE") not in (None, ""):
+                args += ["--fill-max-hole", repr(self.parameterAsDouble(parameters, "FILL_MAX_HOLE", context))]
+            if self.parameterAsBoolean(parameters, "NO_OUTLIER_REMOVAL", context):
+                args.append("--no-outlier-removal")
+        else:
+            weights = self.parameterAsFile(parameters, "WEIGHTS", context)
+            if weights:
+                args += ["--weights", weights]
+            device = self.parameterAsEnum(parameters, "DEVICE", context)
+            if device > 0:  # auto is the CLI's default
+                args += self.device_args(parameters, context)
         args += self.extra_args(parameters, context)
         args += ["--overwrite", "-o", output]
-        self.run_geoimplicit(args, feedback, outputs=[output])
+        announced = self.run_geoimplicit(args, feedback, outputs=[output])
         self.load_dsm_on_completion(output, context, name=f"DSM ({method})")
-        return {"OUTPUT": output}
+        return {"OUTPUT": output, "FILLED": announced.get("filled"), "TILES": announced.get("tiles")}
 
 
 class AccuracyReport(GeoImplicitAlgorithm):
@@ -242,6 +265,7 @@ class Mosaic(GeoImplicitAlgorithm):
     DISPLAY = "Mosaic"
     GROUP = "Tiling"
     COMMAND = "mosaic"
+    OPTION_PARAMS = {"--aoi": "AOI", "--filled": "FILLED"}
     HELP = (
         "<p>Tiles (GeoTIFFs on one pixel grid, e.g. the tiles of a DSM run) blended over their overlap with "
         "feathered weights into one Cloud-Optimized GeoTIFF: no seams, nodata respected, optionally clipped to "
@@ -249,28 +273,49 @@ class Mosaic(GeoImplicitAlgorithm):
     )
 
     def initAlgorithm(self, config=None):  # noqa: N802
-        self.addParameter(QgsProcessingParameterMultipleLayers("TILES", "Tiles", QgsProcessing.TypeRaster))
-        self.add_aoi_parameters()
+        self.addParameter(
+            QgsProcessingParameterMultipleLayers("TILES", "Tiles", QgsProcessing.TypeRaster, optional=True)
+        )
+        self.addParameter(
+            QgsProcessingParameterFile("TILE_SOURCE", "Or: a folder of tiles, or the tile index (.gpkg) of a DSM run",
+                                       optional=True, fileFilter="Tile index (*.gpkg);;All files (*)")
+        )
+        self.addParameter(
+            QgsProcessingParameterFeatureSource("AOI", "Clip to polygons (optional)",
+                                                [QgsProcessing.TypeVectorPolygon], optional=True)
+        )
         self.add_extra_args_parameter()
         self.addParameter(QgsProcessingParameterRasterDestination("OUTPUT", "Mosaic"))
+        self.addParameter(QgsProcessingParameterRasterDestination(
+            "FILLED", "Filled-cells mask (tiles' band 2)", optional=True, createByDefault=False))
 
     def processAlgorithm(self, parameters, context, feedback):  # noqa: N802
-        layers = self.parameterAsLayerList(parameters, "TILES", context)
-        if not layers:
-            raise QgsProcessingException("Tiles: give at least one raster")
         paths = []
-        for layer in layers:
+        for layer in self.parameterAsLayerList(parameters, "TILES", context):
             path = layer.source().split("|")[0]
             if not os.path.isfile(path):
                 raise QgsProcessingException(f"{layer.name()}: not a raster file ({layer.source()})")
             paths.append(path)
+        source = self.parameterAsFile(parameters, "TILE_SOURCE", context)
+        if source:
+            paths.append(source)
+        if not paths:
+            raise QgsProcessingException("Tiles: give raster tiles, or a folder of tiles or a tile index")
         output = self.parameterAsOutputLayer(parameters, "OUTPUT", context)
-        args = ["mosaic", *paths] + self.aoi_args(parameters, context, feedback, required=False)
+        args = ["mosaic", *paths]
+        if parameters.get("AOI"):
+            args += self.aoi_args(parameters, context, feedback)
+        filled = self.parameterAsOutputLayer(parameters, "FILLED", context) if parameters.get("FILLED") else None
+        if filled:
+            args += ["--filled", filled]
         args += self.extra_args(parameters, context)
         args += ["--overwrite", "-o", output]
-        self.run_geoimplicit(args, feedback, outputs=[output])
+        self.run_geoimplicit(args, feedback, outputs=[output, filled])
         self.load_dsm_on_completion(output, context, name="Mosaic")
-        return {"OUTPUT": output}
+        results = {"OUTPUT": output}
+        if filled:
+            results["FILLED"] = filled
+        return results
 
 
 class NovelViewsFit(GeoImplicitAlgorithm):
