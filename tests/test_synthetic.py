@@ -254,3 +254,34 @@ def test_rendered_depth_is_z_cam_of_a_known_roof_point(scene):
             assert depth[v, u] == pytest.approx(t, abs=1e-3)
             checked += 1
     assert checked >= 2
+
+
+# ------------------------------------------------------------------------------------------------ sample data
+def test_committed_sample_scene_is_complete(sample_data):
+    from geoimplicit.io.cameras import ViewSet
+
+    city = sample_data / "synthetic_city"
+    for name in ("truth_dsm.tif", "dtm.tif", "classes.tif", "ortho.tif"):
+        with rasterio.open(city / name) as ds:
+            assert ds.crs.to_epsg() == 2154 and ds.shape == (256, 256)
+            assert ds.bounds.left == 770000.0 and ds.bounds.bottom == 6277000.0
+    las = laspy.read(city / "points.laz")
+    assert las.header.parse_crs().to_epsg() == 2154 and len(las.x) > 100_000
+    vs = ViewSet.load(city / "views")
+    assert len(vs.ids) == 20 and len(vs.test_ids) == 4 and len(vs.track) == 60
+    ign = sample_data / "ign_montpellier"
+    with rasterio.open(ign / "DSM_test_data_77055_627760_LA93_IGN69_50CM.tif") as ds:
+        assert ds.crs.to_epsg() == 2154
+    assert "Etalab" in (sample_data / "README.md").read_text()
+
+
+@pytest.mark.slow
+def test_sample_scene_regenerates_byte_for_byte(tmp_path, cli, sample_data):
+    """The command in sample_data/README.md gives the committed files."""
+    out = tmp_path / "synthetic_city"
+    res = cli("generate", out, "--seed", 4, "--size", 128, "--density", 8, "--views", "--view-size", 256)
+    assert res.exit_code == 0, res.output
+    committed = sample_data / "synthetic_city"
+    for path in _files(committed):
+        rel = path.relative_to(committed)
+        assert (out / rel).read_bytes() == path.read_bytes(), rel
