@@ -127,7 +127,7 @@ def plane_homographies(A: torch.Tensor | np.ndarray, cam: RenderCamera) -> Plane
         depth_c = 1.0 / (depth_rows @ centre)
         inverse = True
     else:
-        depth_rows = (cam.view_dir @ A) @ Hinv  # (D, 3): d^T A H^-1
+        depth_rows = torch.einsum("i,dij,djk->dk", cam.view_dir, A, Hinv)  # (D, 3): d^T A H^-1
         depth_c = depth_rows @ centre
         inverse = False
     order = torch.argsort(depth_c.detach())

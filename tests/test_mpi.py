@@ -1,0 +1,218 @@
+"""MPI renderer, fitting and CLI: analytic checks, a tiny fitted scene, round trips, clean errors."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from tests.conftest import assert_clean_error
+
+from geoimplicit.io.cameras import AffineCamera, PinholeCamera, ViewSet, write_camera
+from geoimplicit.mpi.composite import composite, render_mpi, sample_planes
+from geoimplicit.mpi.demo import DEMO_ORIGIN, look_at_camera, make_analytic_views
+from geoimplicit.mpi.planes import fronto_planes, geo_planes
+from geoimplicit.mpi.warp import plane_homographies, render_camera
+
+ORIGIN = np.array([770000.0, 6277000.0, 50.0])
+
+
+def _nadir(offset=(0.0, 0.0), size=32, f=40.0, alt=100.0):
+    c = ORIGIN + np.array([offset[0], offset[1], alt])
+    return look_at_camera(c, ORIGIN + np.array([offset[0] * 0.5, offset[1] * 0.5, 0]), f, size, size, (80.0, 120.0))
+
+
+def test_opaque_front_plane_composites_to_itself():
+    cam = _nadir()
+    planes = fronto_planes(cam.with_origin(ORIGIN), 6)
+    mpi = torch.rand(6, 4, planes.height, planes.width)
+    mpi[:, 3] = torch.rand(6, planes.height, planes.width)  # arbitrary behind
+    mpi[0, 3] = 1e4  # opaque front plane
+    out = render_mpi(mpi, planes.A, render_camera(cam, ORIGIN))
+    torch.testing.assert_close(out["rgb"], mpi[0, :3], atol=1e-5, rtol=0)
+    torch.testing.assert_close(out["opacity"], torch.ones(32, 32), atol=1e-6, rtol=0)
+    np.testing.assert_allclose(out["depth"].numpy(), planes.values[0], rtol=1e-5)
+
+
+def test_reference_camera_is_identity_warp():
+    cam = _nadir(offset=(7.0, -3.0))
+    planes = fronto_planes(cam.with_origin(ORIGIN), 4)
+    warp = plane_homographies(planes.A, render_camera(cam, ORIGIN))
+    for d in range(4):
+        H = warp.Hinv[d].numpy()
+        # up to the projective scale (1 / depth), the map from reference pixels to the texture is the identity
+        np.testing.assert_allclose(H / H[2, 2], np.eye(3), atol=1e-9)
+    mpi = torch.rand(4, 4, 32, 32)
+    samples, depth, _ = sample_planes(mpi, warp)
+    torch.testing.assert_close(samples, mpi[warp.order], atol=1e-5, rtol=0)
+    np.testing.assert_allclose(depth[:, 5, 9].numpy(), np.sort(planes.values), rtol=1e-5)
+
+
+def test_warp_and_inverse_round_trip():
+    ref, other = _nadir(), _nadir(offset=(15.0, 8.0))
+    planes = fronto_planes(ref.with_origin(ORIGIN), 5)
+    Ha = torch.linalg.inv(plane_homographies(planes.A, render_camera(other, ORIGIN)).Hinv)  # texture -> other
+    Hb = plane_homographies(planes.A, render_camera(other, ORIGIN)).Hinv  # other -> texture
+    eye = (Hb @ Ha).numpy()
+    for d in range(5):
+        np.testing.assert_allclose(eye[d] / eye[d][2, 2], np.eye(3), atol=1e-9)
+    # and against direct projection of the plane points
+    ab = np.array([[3.0, 4.0], [20.0, 27.0]])
+    for d in range(5):
+        X = planes.plane_points(d, ab)
+        uv, z = other.with_origin(ORIGIN).project(X)
+        q = Ha[d].numpy() @ np.c_[ab, np.ones(2)].T
+        np.testing.assert_allclose((q[:2] / q[2]).T, uv, atol=1e-7)
+        np.testing.assert_allclose(q[2], z, rtol=1e-10)
+
+
+def test_affine_homography_matches_projection():
+    P = np.array([[1.9146, -0.0418, 0.2518, -429709.0], [-0.1062, -1.887, 0.4825, 7886960.4]])
+    cam = AffineCamera(P, 64, 64)
+    origin = np.array([315415.0, 4161774.0, 700.0])
+    planes = geo_planes((-20, -20, 20, 20), 1.0, -50.0, 100.0, 4, origin=origin)
+    rc = render_camera(cam, origin)
+    warp = plane_homographies(planes.A, rc)
+    Hf = torch.linalg.inv(warp.Hinv).numpy()
+    ab = np.array([[0.0, 0.0], [10.0, 33.0], [39.0, 5.0]])
+    for d in range(4):
+        X = planes.plane_points(d, ab)
+        uv, depth = cam.project(X + origin)
+        q = Hf[d] @ np.c_[ab, np.ones(3)].T
+        np.testing.assert_allclose((q[:2] / q[2]).T, uv, atol=1e-6)
+        pd = warp.depth_rows[d].numpy() @ np.c_[uv, np.ones(3)].T
+        np.testing.assert_allclose(pd + cam.view_direction @ origin, depth, atol=1e-6)
+    # the highest plane is in front for a downward-looking affine camera
+    assert int(warp.order[0]) == 0
+
+
+def test_nadir_orthographic_render_gives_heights():
+    from geoimplicit.mpi.render import nadir_camera
+
+    planes = geo_planes((-8, -8, 8, 8), 1.0, 0.0, 6.0, 4, origin=ORIGIN)  # heights 6, 4, 2, 0
+    mpi = torch.zeros(4, 4, 16, 16)
+    mpi[3, :3] = 0.2
+    mpi[3, 3] = 1e4
+    mpi[1, :3] = 0.9
+    mpi[1, 3, 4:8, 4:10] = 1e4  # a roof at 4 m
+    cam = nadir_camera(ORIGIN[0] - 8, ORIGIN[1] + 8, 1.0, 16, 16)
+    out = render_mpi(mpi, planes.A, render_camera(cam, ORIGIN))
+    height = -(out["depth"].numpy() + cam.view_direction @ ORIGIN)
+    assert np.allclose(height[4:8, 4:10], ORIGIN[2] + 4.0, atol=1e-3)
+    assert np.allclose(height[12:, 12:], ORIGIN[2], atol=1e-3)
+    assert np.allclose(out["rgb"][0, 5, 5].item(), 0.9, atol=1e-4)
+
+
+def test_composite_matches_numpy():
+    rng = np.random.default_rng(1)
+    D, H, W = 5, 3, 4
+    rgb = rng.random((D, 3, H, W))
+    dens = rng.random((D, H, W)) * 0.3
+    depth = np.cumsum(rng.random((D, H, W)) + 0.5, axis=0)
+    out = composite(torch.tensor(rgb), torch.tensor(dens), torch.tensor(depth))
+    T, acc = np.ones((H, W)), np.zeros((3, H, W))
+    for i in range(D):
+        delta = depth[i + 1] - depth[i] if i < D - 1 else 1e6
+        a = 1 - np.exp(-dens[i] * delta)
+        acc += T * a * rgb[i]
+        T = T * (1 - a)
+    np.testing.assert_allclose(out["rgb"].numpy(), acc, atol=1e-5)
+    np.testing.assert_allclose(out["opacity"].numpy(), 1 - T, atol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def views(tmp_path_factory):
+    return make_analytic_views(tmp_path_factory.mktemp("views"), size=40, n_views=8, n_test=2, seed=2)
+
+
+@pytest.fixture(scope="module")
+def fitted(views, tmp_path_factory):
+    from geoimplicit.mpi.fit import FitConfig, fit_mpi
+
+    out = tmp_path_factory.mktemp("model")
+    res = fit_mpi(views, out, FitConfig(planes=10, steps=120, device="cpu"), overwrite=True)
+    return out, res
+
+
+def test_tiny_scene_fit_reaches_psnr(views, fitted):
+    from geoimplicit.mpi.evaluate import evaluate_views
+
+    model_dir, res = fitted
+    assert res.train_psnr > 26.0, res
+    report = evaluate_views(model_dir, views, model_dir.parent / "eval", device="cpu")
+    assert report["mean"]["psnr"] > 23.0, report["mean"]
+    assert (model_dir.parent / "eval" / "index.html").exists()
+    cfg = json.loads((model_dir / "config.json").read_text())
+    assert cfg["planes"] == 10 and cfg["layout"] == "fronto"
+
+
+def test_fit_resume_and_refuse_overwrite(views, tmp_path):
+    from geoimplicit.errors import OutputExistsError
+    from geoimplicit.mpi.fit import FitConfig, fit_mpi
+
+    calls = []
+    cfg = FitConfig(planes=4, steps=6, checkpoint_every=3, progress_every=1, device="cpu")
+
+    def cancel_after_4():
+        return len(calls) >= 4
+
+    from geoimplicit.errors import CancelledError
+
+    with pytest.raises(CancelledError):
+        fit_mpi(views, tmp_path / "m", cfg, progress=lambda *a: calls.append(a), cancel=cancel_after_4)
+    assert (tmp_path / "m" / "checkpoint.pt").exists()
+    res = fit_mpi(views, tmp_path / "m", cfg, resume=True, progress=lambda *a: calls.append(a))
+    assert (tmp_path / "m" / "model.pt").exists() and res.steps == 6
+    with pytest.raises(OutputExistsError):
+        fit_mpi(views, tmp_path / "m", cfg)
+
+
+def test_refine_cameras_writes_cameras(views, tmp_path):
+    from geoimplicit.io.cameras import read_camera
+    from geoimplicit.mpi.fit import FitConfig, fit_mpi
+
+    res = fit_mpi(views, tmp_path / "m", FitConfig(planes=4, steps=5, refine_cameras=True, layout="geo", device="cpu"))
+    vs = ViewSet.load(views)
+    first = read_camera(tmp_path / "m" / "cameras" / f"{vs.train_ids[0]}.txt")
+    np.testing.assert_allclose(first.extrinsic, vs.cameras[vs.train_ids[0]].extrinsic, atol=1e-6)
+    assert len(list((tmp_path / "m" / "cameras").glob("*.txt"))) == len(vs.train_ids)
+    assert "cameras" in res.outputs
+
+
+def test_cli_round_trip(views, fitted, cli, tmp_path):
+    model_dir, _ = fitted
+    r = cli("nvs", "render", model_dir, "--cams", views / "Track", "-o", tmp_path / "r", "--video")
+    assert r.exit_code == 0, r.output
+    assert len(list((tmp_path / "r" / "Images").glob("*.png"))) == 8
+    assert (tmp_path / "r" / "track.mp4").stat().st_size > 0 and (tmp_path / "r" / "track.gif").exists()
+    from PIL import Image
+
+    depth = np.array(Image.open(tmp_path / "r" / "Depths" / "000.tiff"))
+    assert depth.dtype == np.float32 and 70 < np.median(depth) < 130
+    r = cli("nvs", "eval", model_dir, views, "-o", tmp_path / "e")
+    assert r.exit_code == 0 and "psnr" in r.stdout, r.output
+    r = cli("nvs", "render", model_dir, "--cams", views / "Track", "-o", tmp_path / "r")
+    assert_clean_error(r, "already exists", "--overwrite")
+    r = cli("nvs", "fit", views, "-o", tmp_path / "g", "--planes", "4", "--steps", "3", "--layout", "geo",
+            "--device", "cpu", "--geo-products")
+    assert r.exit_code == 0, r.output
+    import rasterio
+
+    with rasterio.open(tmp_path / "g" / "height.tif") as ds:
+        assert ds.crs.to_epsg() == 2154 and ds.nodata == -9999
+        assert abs(ds.transform.c - DEMO_ORIGIN[0]) < 200
+
+
+def test_cli_malformed_camera_clean_error(views, fitted, cli, tmp_path):
+    model_dir, _ = fitted
+    bad = tmp_path / "cams"
+    bad.mkdir()
+    (bad / "000.txt").write_text("extrinsic\n1 0 0\n")
+    r = cli("nvs", "render", model_dir, "--cams", bad, "-o", tmp_path / "r")
+    assert_clean_error(r, "000.txt", "line 2")
+    r = cli("nvs", "fit", tmp_path / "nope", "-o", tmp_path / "m")
+    assert_clean_error(r, "nope")
+    r = cli("nvs", "render", tmp_path, "--cams", bad, "-o", tmp_path / "r2")
+    assert_clean_error(r, "model.pt")
