@@ -297,6 +297,29 @@ def find_outliers(x, y, z, *, radius: float, min_neighbors: int = 3, k_sigma: fl
 
     touched = binary_dilation(touched, np.ones((3, 3), bool))
     support = np.flatnonzero(touched.ravel()[flat])
+    # keep only support points in the 3 x 3 x 3 voxels (side = radius) around a candidate: the others are
+    # farther than the radius from every candidate (most support points lie on the surface, far in z)
+    vx = np.floor(x[support] / radius).astype(np.int64)
+    vy = np.floor(y[support] / radius).astype(np.int64)
+    vz = np.floor(dz[support] / radius).astype(np.int64)
+    lo = np.array([vx.min(), vy.min(), vz.min()]) - 1
+    span = np.array([vx.max(), vy.max(), vz.max()]) - lo + 2
+    def key(a, b, c):
+        return ((a - lo[0]) * span[1] + (b - lo[1])) * span[2] + (c - lo[2])
+    cvx = np.floor(x[cand_idx] / radius).astype(np.int64)
+    cvy = np.floor(y[cand_idx] / radius).astype(np.int64)
+    cvz = np.floor(dz[cand_idx] / radius).astype(np.int64)
+    ckeys = np.unique(np.concatenate([key(cvx + i, cvy + j, cvz + k)
+                                      for i in (-1, 0, 1) for j in (-1, 0, 1) for k in (-1, 0, 1)]))
+    skeys = key(vx, vy, vz)
+    size = int(np.prod(span))
+    if size <= 64_000_000:  # a dense lookup table (one byte a voxel) beats a search
+        table = np.zeros(size, dtype=bool)
+        table[ckeys] = True
+        support = support[table[skeys]]
+    else:
+        pos = np.minimum(np.searchsorted(ckeys, skeys), len(ckeys) - 1)
+        support = support[ckeys[pos] == skeys]
     ox, oy = x[support].mean(), y[support].mean()
     pts = np.column_stack((x[support] - ox, y[support] - oy, dz[support]))
     tree = cKDTree(pts)
