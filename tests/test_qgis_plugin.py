@@ -319,6 +319,23 @@ def qgis_runs(tmp_path_factory):
         jobs.append({"id": "tile", "alg": "geoimplicit:tile",
                      "params": {"AOI": str(city / "aoi.geojson"), "TILE_SIZE": 16, "OVERLAP": 2, "RESOLUTION": 0.5,
                                 "OUTPUT": {"load": str(out / "tiles.gpkg")}}})
+    if _cli_has("nvs", "fit"):  # a tiny view set: 4 views of 32 x 32 pixels
+        scene = root / "views_city"
+        done = _geoimplicit("generate", scene, "--size", "32", "--seed", "2", "--views", "--n-views", "4",
+                            "--view-size", "32", "--no-points")
+        assert done.returncode == 0, done.stderr
+        expected["views"] = scene / "views"
+        jobs.append({"id": "nvs_fit", "alg": "geoimplicit:nvs_fit",
+                     "params": {"VIEWS": str(scene / "views"), "LAYOUT": 1, "PLANES": 8, "STEPS": 5,
+                                "GEO_PRODUCTS": True, "DEVICE": 1, "OUTPUT": str(out / "mpi")}})
+        if _cli_has("nvs", "render"):
+            jobs.append({"id": "nvs_render", "alg": "geoimplicit:nvs_render",
+                         "params": {"MODEL": str(out / "mpi"), "CAMS": str(scene / "views" / "Cams"), "DEVICE": 1,
+                                    "OUTPUT": str(out / "rendered")}})
+        if _cli_has("nvs", "eval"):
+            jobs.append({"id": "nvs_eval", "alg": "geoimplicit:nvs_eval",
+                         "params": {"MODEL": str(out / "mpi"), "VIEWS": str(scene / "views"), "DEVICE": 1,
+                                    "OUTPUT": str(out / "nvs_report")}})
     spec = root / "jobs.json"
     spec.write_text(json.dumps({"plugin_dir": str(PLUGIN_SRC), "executable": "", "jobs": jobs}))
     results = root / "results.json"
@@ -338,7 +355,7 @@ def test_provider_offers_every_algorithm_with_help(qgis_runs):
     assert runs["registered"]
     algs = runs["algorithms"]
     assert set(algs) == {"geoimplicit:dsm", "geoimplicit:eval", "geoimplicit:tile", "geoimplicit:mosaic",
-                         "geoimplicit:nvs_fit", "geoimplicit:nvs_render"}
+                         "geoimplicit:nvs_fit", "geoimplicit:nvs_render", "geoimplicit:nvs_eval"}
     for alg_id, alg in algs.items():
         assert len(alg["help"]) > 200 and "geoimplicit" in alg["help"], alg_id
     dsm = algs["geoimplicit:dsm"]["params"]
@@ -349,6 +366,7 @@ def test_provider_offers_every_algorithm_with_help(qgis_runs):
     assert algs["geoimplicit:tile"]["params"]["OUTPUT"] == "vectorDestination"
     assert algs["geoimplicit:mosaic"]["params"]["TILES"] == "multilayer"
     assert algs["geoimplicit:nvs_fit"]["params"]["VIEWS"] == "file"
+    assert algs["geoimplicit:nvs_eval"]["outputs"]["OUTPUT_HTML"] == "outputHtml"
 
 
 @pytest.mark.qgis
@@ -513,6 +531,54 @@ def test_tile_index_in_qgis_matches_cli_and_is_loaded(qgis_runs):
     assert ours.geometry.geom_equals(theirs.geometry).all()
     layer = job["layers"][path]
     assert layer["valid"] and layer["features"] == len(theirs) and "id" in layer["fields"]
+
+
+@pytest.mark.qgis
+@needs_qgis
+@_skip_unless_cli("nvs", "fit")
+def test_nvs_fit_in_qgis_loads_geo_products(qgis_runs):
+    job = qgis_runs["runs"]["jobs"]["nvs_fit"]
+    assert job["ok"], job.get("error")
+    assert "--layout geo" in job["commands"][0] and "--device cpu" in job["commands"][0]
+    res = job["results"]
+    assert Path(res["MODEL"]).is_file()
+    crs = (qgis_runs["views"] / "crs.txt").read_text().strip()
+    height = job["layers"][res["HEIGHT"]]
+    assert height["renderer"] == "singlebandpseudocolor" and height["crs"] == crs
+    assert job["layers"][res["TRUE_ORTHO"]]["valid"]
+    assert job["progress"] == sorted(job["progress"]) and job["progress"][-1] == 100.0
+
+
+@pytest.mark.qgis
+@needs_qgis
+@_skip_unless_cli("nvs", "render")
+def test_nvs_render_in_qgis_matches_cli(qgis_runs):
+    import imageio.v3 as iio
+
+    job = qgis_runs["runs"]["jobs"]["nvs_render"]
+    assert job["ok"], job.get("error")
+    cli_out = qgis_runs["root"] / "cli_rendered"
+    done = _geoimplicit("nvs", "render", qgis_runs["out"] / "mpi", "--cams", qgis_runs["views"] / "Cams",
+                        "--device", "cpu", "-o", cli_out)
+    assert done.returncode == 0, done.stderr
+    ours = sorted(Path(job["results"]["IMAGES"]).iterdir())
+    theirs = sorted((cli_out / "Images").iterdir())
+    assert [p.name for p in ours] == [p.name for p in theirs] and len(ours) == 4
+    for a, b in zip(ours, theirs):
+        np.testing.assert_array_equal(iio.imread(a), iio.imread(b))
+
+
+@pytest.mark.qgis
+@needs_qgis
+@_skip_unless_cli("nvs", "eval")
+def test_nvs_eval_in_qgis_gives_html_and_numbers(qgis_runs):
+    job = qgis_runs["runs"]["jobs"]["nvs_eval"]
+    assert job["ok"], job.get("error")
+    res = job["results"]
+    assert Path(res["OUTPUT_HTML"]).is_file()
+    report = json.loads((Path(res["OUTPUT"]) / "report.json").read_text())
+    assert res["PSNR"] == pytest.approx(report["mean"]["psnr"], abs=0.01)
+    assert res["SSIM"] == pytest.approx(report["mean"]["ssim"], abs=1e-4)
 
 
 # ---------------------------------------------------------------- zip and qgis_process ------------------------

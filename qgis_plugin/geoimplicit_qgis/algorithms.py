@@ -24,12 +24,16 @@ from qgis.core import (
 )
 
 from .base import GeoImplicitAlgorithm
+from .styling import DsmStyler
 
 METHODS = ["occupancy", "raster"]
 STATS = ["max", "max", "min", "mean", "median", "idw", "count", "stdev"]  # index 0 = the CLI's default
 STAT_LABELS = ["Default (maximum: the highest return)", "Maximum", "Minimum", "Mean", "Median",
                "Inverse distance weighting", "Point count", "Standard deviation"]
 METHOD_LABELS = ["Occupancy field (neural, ImpliCity)", "Raster (cell statistics of the points)"]
+LAYOUTS = ["fronto", "geo"]
+LAYOUT_LABELS = ["fronto: parallel to a reference camera (ImMPI)", "geo: horizontal planes on the map grid"]
+GENERATORS = ["direct", "conv", "mlp"]
 DSM_GROUP = "Elevation"
 VIEWS_GROUP = "Novel views"
 
@@ -123,9 +127,7 @@ class ReconstructDsm(GeoImplicitAlgorithm):
             weights = self.parameterAsFile(parameters, "WEIGHTS", context)
             if weights:
                 args += ["--weights", weights]
-            device = self.parameterAsEnum(parameters, "DEVICE", context)
-            if device > 0:  # auto is the CLI's default
-                args += self.device_args(parameters, context)
+            args += self.optional_device_args(parameters, context)
         args += self.extra_args(parameters, context)
         args += ["--overwrite", "-o", output]
         announced = self.run_geoimplicit(args, feedback, outputs=[output])
@@ -323,10 +325,18 @@ class NovelViewsFit(GeoImplicitAlgorithm):
     DISPLAY = "Novel views: fit a multiplane image"
     GROUP = VIEWS_GROUP
     COMMAND = "nvs fit"
+    OPTION_PARAMS = {"--planes": "PLANES", "--layout": "LAYOUT", "--steps": "STEPS", "--device": "DEVICE",
+                     "--geo-products": "GEO_PRODUCTS", "--refine-cameras": "REFINE_CAMERAS"}
     HELP = (
         "<p>Fits a multiplane image (ImMPI) to a view set in the LEVIR-NVS layout (Images/, Cams/, optional "
-        "Depths/ and Track/, view_split.txt): trained on the train views with photometric losses. The model "
-        "folder is what <i>Novel views: render</i> reads. Runs on a CUDA GPU when there is one.</p>"
+        "Depths/ and Track/, view_split.txt) on its train views, with photometric losses. The model folder is "
+        "what <i>Novel views: render</i> and <i>Novel views: evaluate</i> read. Runs on a CUDA GPU when there "
+        "is one.</p>"
+        "<p><b>Plane layout</b>: <i>fronto</i> = planes parallel to a reference camera, uniform in disparity "
+        "(ImMPI); <i>geo</i> = horizontal planes at heights of the world CRS, so that the MPI renders straight "
+        "down into map space: with <b>Geo products</b> it also writes a true-ortho image and a height raster "
+        "(GeoTIFFs), loaded into the project. <b>Refine cameras</b> learns small pose corrections per view "
+        "(for noisy camera files) and writes the corrected cameras.</p>"
     )
 
     def initAlgorithm(self, config=None):  # noqa: N802
@@ -334,18 +344,53 @@ class NovelViewsFit(GeoImplicitAlgorithm):
             QgsProcessingParameterFile("VIEWS", "View set folder (LEVIR-NVS layout)",
                                        behavior=QgsProcessingParameterFile.Folder)
         )
+        self.addParameter(QgsProcessingParameterEnum("LAYOUT", "Plane layout", options=LAYOUT_LABELS,
+                                                     defaultValue=0))
+        self.add_number("PLANES", "Number of planes", 32, minimum=2, integer=True)
+        self.add_number("STEPS", "Optimisation steps", 1500, minimum=0, integer=True)
+        self.addParameter(QgsProcessingParameterBoolean(
+            "GEO_PRODUCTS", "Geo products: true-ortho and height rasters (geo layout)", defaultValue=False))
+        self.add_advanced(QgsProcessingParameterBoolean("REFINE_CAMERAS", "Refine cameras", defaultValue=False))
+        self.add_advanced(QgsProcessingParameterEnum("GENERATOR", "Generator of the planes", options=GENERATORS,
+                                                     defaultValue=0))
+        self.add_number("IMAGE_SCALE", "Fit on images resized by", 1.0, minimum=1e-6, advanced=True)
         self.add_device_parameter()
         self.add_extra_args_parameter()
         self.addParameter(QgsProcessingParameterFolderDestination("OUTPUT", "Model folder"))
+        self.addOutput(QgsProcessingOutputFile("MODEL", "Model file (model.pt)"))
+        self.addOutput(QgsProcessingOutputRasterLayer("TRUE_ORTHO", "True ortho (geo products)"))
+        self.addOutput(QgsProcessingOutputRasterLayer("HEIGHT", "Height raster (geo products)"))
 
     def processAlgorithm(self, parameters, context, feedback):  # noqa: N802
         views = self.parameterAsFile(parameters, "VIEWS", context)
         output = self.parameterAsString(parameters, "OUTPUT", context)
-        args = ["nvs", "fit", views] + self.device_args(parameters, context)
+        layout = LAYOUTS[self.parameterAsEnum(parameters, "LAYOUT", context)]
+        geo = self.parameterAsBoolean(parameters, "GEO_PRODUCTS", context)
+        if geo and layout != "geo":
+            raise QgsProcessingException("Geo products need the geo plane layout: choose Plane layout = geo")
+        args = ["nvs", "fit", views, "--layout", layout,
+                "--planes", str(self.parameterAsInt(parameters, "PLANES", context)),
+                "--steps", str(self.parameterAsInt(parameters, "STEPS", context)),
+                "--model", GENERATORS[self.parameterAsEnum(parameters, "GENERATOR", context)],
+                "--image-scale", repr(self.parameterAsDouble(parameters, "IMAGE_SCALE", context))]
+        if geo:
+            args.append("--geo-products")
+        if self.parameterAsBoolean(parameters, "REFINE_CAMERAS", context):
+            args.append("--refine-cameras")
+        args += self.optional_device_args(parameters, context)
         args += self.extra_args(parameters, context)
         args += ["--overwrite", "-o", output]
-        self.run_geoimplicit(args, feedback, outputs=[output])
-        return {"OUTPUT": output}
+        announced = self.run_geoimplicit(args, feedback, outputs=[output])
+        results = {"OUTPUT": output, "MODEL": announced.get("model")}
+        if announced.get("height"):
+            results["HEIGHT"] = announced["height"]
+            self.load_layer_on_completion(announced["height"], context, "MPI height", "HEIGHT")
+            if context.willLoadLayerOnCompletion(announced["height"]):
+                context.layerToLoadOnCompletionDetails(announced["height"]).setPostProcessor(DsmStyler.create())
+        if announced.get("ortho"):
+            results["TRUE_ORTHO"] = announced["ortho"]
+            self.load_layer_on_completion(announced["ortho"], context, "MPI true ortho", "TRUE_ORTHO")
+        return results
 
 
 class NovelViewsRender(GeoImplicitAlgorithm):
@@ -353,9 +398,11 @@ class NovelViewsRender(GeoImplicitAlgorithm):
     DISPLAY = "Novel views: render"
     GROUP = VIEWS_GROUP
     COMMAND = "nvs render"
+    OPTION_PARAMS = {"--cams": "CAMS", "--video": "VIDEO", "--device": "DEVICE"}
     HELP = (
-        "<p>Renders images and depth maps (float TIFF) of a fitted multiplane image for the camera files of a "
-        "folder (LEVIR-NVS camera format), and a video of the camera track.</p>"
+        "<p>Renders images and depth maps (float TIFF) of a fitted multiplane image for every camera file of a "
+        "folder (LEVIR-NVS camera format, e.g. a view set's Track/ or Cams/), and optionally the frames as an "
+        "MP4 video and a GIF (<b>Video</b>). Image size: the train images' unless given.</p>"
     )
 
     def initAlgorithm(self, config=None):  # noqa: N802
@@ -366,20 +413,79 @@ class NovelViewsRender(GeoImplicitAlgorithm):
         self.addParameter(
             QgsProcessingParameterFile("CAMS", "Camera files folder", behavior=QgsProcessingParameterFile.Folder)
         )
+        self.addParameter(QgsProcessingParameterBoolean("VIDEO", "Video (MP4 and GIF)", defaultValue=False))
+        self.add_number("FPS", "Video frames per second", 10, minimum=1, integer=True, advanced=True)
+        self.add_number("WIDTH", "Image width (0 = the train images')", 0, minimum=0, integer=True, advanced=True)
+        self.add_number("HEIGHT", "Image height (0 = the train images')", 0, minimum=0, integer=True, advanced=True)
         self.add_device_parameter()
         self.add_extra_args_parameter()
         self.addParameter(QgsProcessingParameterFolderDestination("OUTPUT", "Output folder"))
         self.addOutput(QgsProcessingOutputFolder("IMAGES", "Rendered images"))
+        self.addOutput(QgsProcessingOutputFolder("DEPTHS", "Rendered depth maps"))
+        self.addOutput(QgsProcessingOutputFile("VIDEO_FILE", "Video (MP4)"))
 
     def processAlgorithm(self, parameters, context, feedback):  # noqa: N802
         model = self.parameterAsFile(parameters, "MODEL", context)
         cams = self.parameterAsFile(parameters, "CAMS", context)
         output = self.parameterAsString(parameters, "OUTPUT", context)
-        args = ["nvs", "render", model, "--cams", cams] + self.device_args(parameters, context)
+        args = ["nvs", "render", model, "--cams", cams]
+        if self.parameterAsBoolean(parameters, "VIDEO", context):
+            args += ["--video", "--fps", str(self.parameterAsInt(parameters, "FPS", context))]
+        width, height = (self.parameterAsInt(parameters, k, context) for k in ("WIDTH", "HEIGHT"))
+        if width > 0 and height > 0:
+            args += ["--size", str(width), str(height)]
+        elif width > 0 or height > 0:
+            raise QgsProcessingException("Image width and height: give both, or neither")
+        args += self.optional_device_args(parameters, context)
         args += self.extra_args(parameters, context)
         args += ["--overwrite", "-o", output]
-        self.run_geoimplicit(args, feedback, outputs=[output])
-        return {"OUTPUT": output, "IMAGES": output}
+        announced = self.run_geoimplicit(args, feedback, outputs=[output])
+        return {"OUTPUT": output, "IMAGES": announced.get("images"), "DEPTHS": announced.get("depths"),
+                "VIDEO_FILE": announced.get("video")}
+
+
+class NovelViewsEval(GeoImplicitAlgorithm):
+    NAME = "nvs_eval"
+    DISPLAY = "Novel views: evaluate"
+    GROUP = VIEWS_GROUP
+    COMMAND = "nvs eval"
+    HELP = (
+        "<p>PSNR and SSIM of a fitted multiplane image on the test views of its view set (view_split.txt), and "
+        "the depth error where the view set has Depths/. Writes report.json and an HTML page with rendered, "
+        "true and error images side by side (shown in the results viewer).</p>"
+    )
+
+    def initAlgorithm(self, config=None):  # noqa: N802
+        self.addParameter(
+            QgsProcessingParameterFile("MODEL", "Model folder (from Novel views: fit)",
+                                       behavior=QgsProcessingParameterFile.Folder)
+        )
+        self.addParameter(
+            QgsProcessingParameterFile("VIEWS", "View set folder (LEVIR-NVS layout)",
+                                       behavior=QgsProcessingParameterFile.Folder)
+        )
+        self.add_device_parameter()
+        self.add_extra_args_parameter()
+        self.addParameter(QgsProcessingParameterFolderDestination("OUTPUT", "Report folder"))
+        self.addOutput(QgsProcessingOutputHtml("OUTPUT_HTML", "Novel view report"))
+        self.addOutput(QgsProcessingOutputNumber("PSNR", "Mean PSNR (dB)"))
+        self.addOutput(QgsProcessingOutputNumber("SSIM", "Mean SSIM"))
+
+    def processAlgorithm(self, parameters, context, feedback):  # noqa: N802
+        model = self.parameterAsFile(parameters, "MODEL", context)
+        views = self.parameterAsFile(parameters, "VIEWS", context)
+        output = self.parameterAsString(parameters, "OUTPUT", context)
+        args = ["nvs", "eval", model, views] + self.optional_device_args(parameters, context)
+        args += self.extra_args(parameters, context)
+        args += ["--overwrite", "-o", output]
+        announced = self.run_geoimplicit(args, feedback, outputs=[output])
+        results = {"OUTPUT": output, "OUTPUT_HTML": announced.get("html") or os.path.join(output, "index.html")}
+        for key in ("PSNR", "SSIM"):
+            try:
+                results[key] = float(announced[key.lower()])
+            except (KeyError, ValueError):
+                pass
+        return results
 
 
 def _first_existing(folder, names):
@@ -390,4 +496,4 @@ def _first_existing(folder, names):
     return None
 
 
-ALGORITHMS = [ReconstructDsm, AccuracyReport, TileIndex, Mosaic, NovelViewsFit, NovelViewsRender]
+ALGORITHMS = [ReconstructDsm, AccuracyReport, TileIndex, Mosaic, NovelViewsFit, NovelViewsRender, NovelViewsEval]

@@ -163,6 +163,10 @@ class GeoImplicitAlgorithm(QgsProcessingAlgorithm):
     def device_args(self, parameters, context):
         return ["--device", DEVICES[self.parameterAsEnum(parameters, "DEVICE", context)]]
 
+    def optional_device_args(self, parameters, context):
+        """``--device cpu|cuda``, or nothing for auto (the CLI's default)."""
+        return self.device_args(parameters, context) if self.parameterAsEnum(parameters, "DEVICE", context) else []
+
     # -- running ---------------------------------------------------------------------------------------------
     def run_geoimplicit(self, args, feedback, outputs=()):
         """Run the CLI with progress and cancellation bound to ``feedback``; return the announced outputs."""
