@@ -336,16 +336,21 @@ def qgis_runs(tmp_path_factory):
             jobs.append({"id": "nvs_eval", "alg": "geoimplicit:nvs_eval",
                          "params": {"MODEL": str(out / "mpi"), "VIEWS": str(scene / "views"), "DEVICE": 1,
                                     "OUTPUT": str(out / "nvs_report")}})
+    expected["runs"] = _run_harness(root, jobs)
+    return expected
+
+
+def _run_harness(root: Path, jobs: list) -> dict:
+    """Run ``jobs`` in one headless QGIS (tests/qgis_harness.py under /usr/bin/python3); return its results."""
     spec = root / "jobs.json"
     spec.write_text(json.dumps({"plugin_dir": str(PLUGIN_SRC), "executable": "", "jobs": jobs}))
     results = root / "results.json"
     proc = subprocess.run(
         [str(SYSTEM_PYTHON), str(Path(__file__).with_name("qgis_harness.py")), str(spec), str(results)],
-        env=_qgis_env(root / "home"), capture_output=True, text=True, timeout=600,
+        env=_qgis_env(root / "home"), capture_output=True, text=True, timeout=900,
     )
     assert proc.returncode == 0 and results.exists(), proc.stdout + proc.stderr
-    expected["runs"] = json.loads(results.read_text())
-    return expected
+    return json.loads(results.read_text())
 
 
 @pytest.mark.qgis
@@ -531,6 +536,41 @@ def test_tile_index_in_qgis_matches_cli_and_is_loaded(qgis_runs):
     assert ours.geometry.geom_equals(theirs.geometry).all()
     layer = job["layers"][path]
     assert layer["valid"] and layer["features"] == len(theirs) and "id" in layer["fields"]
+    assert job["results"]["COUNT"] == len(theirs)
+
+
+def _occupancy_available() -> bool:
+    return importlib.util.find_spec("geoimplicit.dsm.occupancy.method") is not None
+
+
+@pytest.mark.slow
+@pytest.mark.qgis
+@needs_qgis
+@_skip_unless_cli("dsm")
+@pytest.mark.skipif(not _occupancy_available(), reason="the occupancy DSM method is not available yet")
+def test_dsm_occupancy_in_qgis_matches_cli(tmp_path):
+    import rasterio
+
+    if not (CITY / "points.laz").exists():
+        pytest.skip(f"{CITY} not found")
+    out = tmp_path / "dsm_occupancy.tif"
+    runs = _run_harness(tmp_path, [{
+        "id": "occ", "alg": "geoimplicit:dsm",
+        "params": {"POINTS": [str(CITY / "points.laz")], "ORTHO": str(CITY / "ortho.tif"),
+                   "AOI": str(CITY / "aoi.geojson"), "METHOD": 0, "RESOLUTION": 0.5, "DEVICE": 1,
+                   "OUTPUT": {"load": str(out)}}}])
+    job = runs["jobs"]["occ"]
+    assert job["ok"], job.get("error")
+    assert "--method occupancy" in job["commands"][0]
+    cli_out = tmp_path / "cli.tif"
+    done = _geoimplicit("dsm", "--points", CITY / "points.laz", "--ortho", CITY / "ortho.tif", "--aoi",
+                        CITY / "aoi.geojson", "--resolution", 0.5, "--method", "occupancy", "--device", "cpu",
+                        "-o", cli_out)
+    assert done.returncode == 0, done.stderr
+    with rasterio.open(out) as ours, rasterio.open(cli_out) as theirs:
+        assert ours.crs == theirs.crs and ours.transform == theirs.transform
+        np.testing.assert_allclose(ours.read(), theirs.read(), atol=1e-3)
+    assert job["layers"][str(out)]["renderer"] == "singlebandpseudocolor"
 
 
 @pytest.mark.qgis

@@ -243,6 +243,7 @@ class TileIndex(GeoImplicitAlgorithm):
         self.addParameter(
             QgsProcessingParameterVectorDestination("OUTPUT", "Tile index", QgsProcessing.TypeVectorPolygon)
         )
+        self.addOutput(QgsProcessingOutputNumber("COUNT", "Number of tiles"))
 
     def processAlgorithm(self, parameters, context, feedback):  # noqa: N802
         output = self.parameterAsOutputLayer(parameters, "OUTPUT", context)
@@ -256,10 +257,13 @@ class TileIndex(GeoImplicitAlgorithm):
         args += self.crs_args(parameters, context)
         args += self.extra_args(parameters, context)
         args += ["--overwrite", "-o", path]
-        self.run_geoimplicit(args, feedback, outputs=[path])
+        announced = self.run_geoimplicit(args, feedback, outputs=[path])
         if context.willLoadLayerOnCompletion(output):
             context.layerToLoadOnCompletionDetails(output).name = "Tiles"
-        return {"OUTPUT": output}
+        results = {"OUTPUT": output}
+        if str(announced.get("count", "")).isdigit():
+            results["COUNT"] = int(announced["count"])
+        return results
 
 
 class Mosaic(GeoImplicitAlgorithm):
