@@ -408,6 +408,8 @@ def test_eval_in_qgis_matches_cli_and_numpy(qgis_runs):
         assert r2.crs.to_epsg() == 32632 and r2.transform == r1.transform
     layer = job["layers"][res["RESIDUAL"]]
     assert layer["valid"] and layer["crs"] == "EPSG:32632" and (layer["width"], layer["height"]) == (80, 60)
+    low, high = layer["classification"]  # diverging ramp centred on 0
+    assert layer["renderer"] == "singlebandpseudocolor" and low == pytest.approx(-high) and high > 0
     # progress went forward to the end
     assert job["progress"] == sorted(job["progress"]) and job["progress"][-1] == 100.0
 

@@ -24,7 +24,7 @@ from qgis.core import (
 )
 
 from .base import GeoImplicitAlgorithm
-from .styling import DsmStyler
+from .styling import DsmStyler, ResidualStyler
 
 METHODS = ["occupancy", "raster"]
 STATS = ["max", "max", "min", "mean", "median", "idw", "count", "stdev"]  # index 0 = the CLI's default
@@ -216,6 +216,8 @@ class AccuracyReport(GeoImplicitAlgorithm):
                 feedback.pushInfo(f"{field}: {value:.4g}")
         if residual:
             self.load_layer_on_completion(residual, context, "Residual (DSM minus reference)", "RESIDUAL")
+            if context.willLoadLayerOnCompletion(residual):
+                context.layerToLoadOnCompletionDetails(residual).setPostProcessor(ResidualStyler.create())
         return results
 
 
