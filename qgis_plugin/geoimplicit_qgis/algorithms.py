@@ -19,6 +19,7 @@ from qgis.core import (
     QgsProcessingParameterMultipleLayers,
     QgsProcessingParameterRasterDestination,
     QgsProcessingParameterRasterLayer,
+    QgsProcessingParameterString,
     QgsProcessingParameterVectorDestination,
     QgsProcessingParameterVectorLayer,
 )
@@ -45,7 +46,9 @@ class ReconstructDsm(GeoImplicitAlgorithm):
     COMMAND = "dsm"
     OPTION_PARAMS = {"--crs": "CRS", "--aoi": "AOI", "--bbox": "EXTENT", "--resolution": "RESOLUTION",
                      "--tile-size": "TILE_SIZE", "--overlap": "OVERLAP", "--weights": "WEIGHTS", "--device": "DEVICE",
-                     "--ortho": "ORTHO", "--points": "POINTS"}
+                     "--ortho": "ORTHO", "--points": "POINTS", "--dask-workers": "DASK_WORKERS",
+                     "--scheduler": "SCHEDULER", "--workdir": "WORKDIR", "--stat": "STAT",
+                     "--fill-max-hole": "FILL_MAX_HOLE"}
     HELP = (
         "<p>A digital surface model (GeoTIFF, float32, nodata set) from LAS/LAZ point clouds, on the exact grid "
         "given by the resolution and the area of interest.</p>"
@@ -89,6 +92,13 @@ class ReconstructDsm(GeoImplicitAlgorithm):
                                        extension="pt", optional=True)
         )
         self.add_device_parameter()
+        self.add_number("DASK_WORKERS", "Run the tiles on a local Dask cluster of N processes (0 = no Dask)", 0,
+                        minimum=0, integer=True, advanced=True)
+        self.add_advanced(QgsProcessingParameterString(
+            "SCHEDULER", "Or: address of a running Dask scheduler (tcp://HOST:8786)", optional=True))
+        self.add_advanced(QgsProcessingParameterFile(
+            "WORKDIR", "Work folder (resumable; empty = <output>_work beside the output)",
+            behavior=QgsProcessingParameterFile.Folder, optional=True))
         self.add_extra_args_parameter()
         self.addParameter(QgsProcessingParameterRasterDestination("OUTPUT", "DSM"))
         self.addOutput(QgsProcessingOutputRasterLayer("FILLED", "Filled cells (1 = hole filled, 0 = measured)"))
@@ -128,6 +138,15 @@ class ReconstructDsm(GeoImplicitAlgorithm):
             if weights:
                 args += ["--weights", weights]
             args += self.optional_device_args(parameters, context)
+        workers = self.parameterAsInt(parameters, "DASK_WORKERS", context)
+        if workers > 0:
+            args += ["--dask-workers", str(workers)]
+        scheduler = (self.parameterAsString(parameters, "SCHEDULER", context) or "").strip()
+        if scheduler:
+            args += ["--scheduler", scheduler]
+        workdir = self.parameterAsFile(parameters, "WORKDIR", context)
+        if workdir:
+            args += ["--workdir", workdir]
         args += self.extra_args(parameters, context)
         args += ["--overwrite", "-o", output]
         announced = self.run_geoimplicit(args, feedback, outputs=[output])
