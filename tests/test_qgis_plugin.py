@@ -32,9 +32,9 @@ REPO = Path(__file__).resolve().parents[1]
 PLUGIN_SRC = REPO / "qgis_plugin"
 PLUGIN_NAME = "geoimplicit_qgis"
 FAKE_CLI = Path(__file__).with_name("qgis_fake_cli.py")
-SYSTEM_PYTHON = Path("/usr/bin/python3")
+SYSTEM_PYTHON = Path(os.environ.get("GEOIMPLICIT_QGIS_PYTHON", "/usr/bin/python3"))  # the Python QGIS uses
 QGIS_PLUGINS = Path("/usr/share/qgis/python/plugins")
-QGIS_PROCESS = Path("/usr/bin/qgis_process.bin")
+QGIS_PROCESS = Path(os.environ.get("GEOIMPLICIT_QGIS_PROCESS", "/usr/bin/qgis_process.bin"))
 CITY = REPO / "sample_data" / "synthetic_city"
 VENV_BIN = Path(sys.executable).parent
 
