@@ -39,11 +39,15 @@ STATS = ("max", "min", "mean", "median", "idw", "count", "stdev")
               help="Work folder (tile index, tiles); re-running the same command resumes there. "
                    "Default: <output stem>_work beside the output.")
 @click.option("--keep-points", is_flag=True, help="Keep the points routed to each tile in the work folder.")
+@click.option("--scheduler", default=None, metavar="tcp://HOST:8786",
+              help="Run the tiles on a running Dask scheduler (its workers must see the same files).")
+@click.option("--dask-workers", type=click.IntRange(min=1), default=None,
+              help="Run the tiles on a local Dask cluster of N worker processes.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), required=True, help="Output DSM (COG).")
 @overwrite_option
 @click.pass_context
 def dsm(ctx, points, ortho, aoi, bbox_crs, bbox, resolution, method, stat, fill_max_hole, no_outlier_removal,
-        idw_radius, tile_size, overlap, crs, assume_crs, workdir, keep_points, output, overwrite):
+        idw_radius, tile_size, overlap, crs, assume_crs, workdir, keep_points, scheduler, dask_workers, output, overwrite):
     """Make a DSM (Cloud-Optimized GeoTIFF, float32, nodata -9999) from point clouds on the exact grid asked
     for, tile by tile, resumable. Also writes <output stem>_filled.tif (1 = hole filled, 0 = measured).
     """
@@ -59,8 +63,23 @@ def dsm(ctx, points, ortho, aoi, bbox_crs, bbox, resolution, method, stat, fill_
         raise click.BadParameter("--stat, --fill-max-hole, --idw-radius, --no-outlier-removal are options of "
                                  "--method raster", param_hint="--method")
     progress = ctx.obj["progress"]
-    outputs = run_dsm(list(points), output, resolution=resolution, aoi=aoi, bbox=bbox, bbox_crs=bbox_crs, crs=crs,
-                      assume_crs=assume_crs, ortho=list(ortho), method=method, method_options=options,
-                      tile_size=tile_size, overlap=overlap, workdir=workdir, overwrite=overwrite,
-                      keep_points=keep_points, progress=progress)
+    executor = None
+    if scheduler or dask_workers:
+        from geoimplicit.dsm.method import get_method
+        from geoimplicit.executors import DaskExecutor
+
+        gpus = 0
+        if get_method(method, **{k: v for k, v in options.items() if v is not None}).needs_gpu:
+            import torch
+
+            gpus = 1 if torch.cuda.is_available() else 0  # one GPU tile at a time per worker
+        executor = DaskExecutor(scheduler, n_workers=dask_workers or 2, gpus_per_worker=gpus)
+    try:
+        outputs = run_dsm(list(points), output, resolution=resolution, aoi=aoi, bbox=bbox, bbox_crs=bbox_crs,
+                          crs=crs, assume_crs=assume_crs, ortho=list(ortho), method=method,
+                          method_options=options, tile_size=tile_size, overlap=overlap, workdir=workdir,
+                          overwrite=overwrite, keep_points=keep_points, executor=executor, progress=progress)
+    finally:
+        if executor is not None:
+            executor.close()
     progress.result(**outputs)

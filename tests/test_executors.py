@@ -66,3 +66,16 @@ def test_dask_cluster_survives_a_killed_worker(city, tmp_path):
     assert ta == tb and ca == cb
     assert np.array_equal(a.mask, b.mask)
     np.testing.assert_array_equal(a.filled(np.nan), b.filled(np.nan))
+
+
+@pytest.mark.dask
+def test_cli_dask_workers_matches_local(city, tmp_path, cli):
+    local = cli("dsm", "--points", city["points"], "--aoi", city["aoi"], "--resolution", "1", "--method", "raster",
+                "--tile-size", "40", "-o", tmp_path / "local.tif")
+    assert local.exit_code == 0, local.output
+    dask = cli("dsm", "--points", city["points"], "--aoi", city["aoi"], "--resolution", "1", "--method", "raster",
+               "--tile-size", "40", "--dask-workers", "2", "-o", tmp_path / "dask.tif")
+    assert dask.exit_code == 0, dask.output
+    a, _, _ = _read(tmp_path / "local.tif")
+    b, _, _ = _read(tmp_path / "dask.tif")
+    np.testing.assert_array_equal(a.filled(np.nan), b.filled(np.nan))

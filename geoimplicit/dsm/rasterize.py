@@ -309,15 +309,16 @@ def find_outliers(x, y, z, *, radius: float, min_neighbors: int = 3, k_sigma: fl
     cvx = np.floor(x[cand_idx] / radius).astype(np.int64)
     cvy = np.floor(y[cand_idx] / radius).astype(np.int64)
     cvz = np.floor(dz[cand_idx] / radius).astype(np.int64)
-    ckeys = np.unique(np.concatenate([key(cvx + i, cvy + j, cvz + k)
-                                      for i in (-1, 0, 1) for j in (-1, 0, 1) for k in (-1, 0, 1)]))
+    ckeys = np.concatenate([key(cvx + i, cvy + j, cvz + k)
+                            for i in (-1, 0, 1) for j in (-1, 0, 1) for k in (-1, 0, 1)])
     skeys = key(vx, vy, vz)
     size = int(np.prod(span))
-    if size <= 64_000_000:  # a dense lookup table (one byte a voxel) beats a search
+    if size <= 64_000_000:  # a dense lookup table (one byte a voxel) beats sorting and searching
         table = np.zeros(size, dtype=bool)
         table[ckeys] = True
         support = support[table[skeys]]
     else:
+        ckeys = np.unique(ckeys)
         pos = np.minimum(np.searchsorted(ckeys, skeys), len(ckeys) - 1)
         support = support[ckeys[pos] == skeys]
     ox, oy = x[support].mean(), y[support].mean()

@@ -51,35 +51,53 @@ def routing_key(files: Iterable[str | os.PathLike], tiles: Sequence, fields: Seq
 def assign_to_tiles(x: np.ndarray, y: np.ndarray, tiles: Sequence) -> tuple[np.ndarray, np.ndarray]:
     """Pairs (point index, tile position) for every tile whose bounds contain a point (overlap included).
 
-    The overlap may be at most one tile step, so a point can only belong to its own lattice cell's tile and
-    the 8 around it.
+    The overlap may be at most half a tile step: a point belongs to its own lattice cell's tile and, when it
+    lies within the overlap of that cell's edges, to the neighbours across those edges. Only the few points
+    near an edge are tested against the neighbours, so the cost is about one pass over the points.
     """
-    origin_left, origin_top, step, index = _lattice(tiles)
+    origin_left, origin_top, step, _ = _lattice(tiles)
     rows = np.array([t.row for t in tiles])
     cols = np.array([t.col for t in tiles])
     r0, c0 = rows.min() - 1, cols.min() - 1
     lookup = np.full((rows.max() - r0 + 2, cols.max() - c0 + 2), -1, dtype=np.int64)
     lookup[rows - r0, cols - c0] = np.arange(len(tiles))
     bounds = np.array([t.bounds for t in tiles], dtype=np.float64)
+    margin = max(max(t.core_bounds[0] - t.bounds[0], t.bounds[2] - t.core_bounds[2],
+                     t.core_bounds[1] - t.bounds[1], t.bounds[3] - t.core_bounds[3]) for t in tiles)
 
-    col = np.floor((x - origin_left) / step).astype(np.int64)
-    row = np.floor((origin_top - y) / step).astype(np.int64)
-    point_ids, tile_ids = [], []
-    for dr in (-1, 0, 1):
-        for dc in (-1, 0, 1):
-            rr = row + dr - r0
-            cc = col + dc - c0
-            inside = (rr >= 0) & (rr < lookup.shape[0]) & (cc >= 0) & (cc < lookup.shape[1])
-            cand = np.full(x.shape, -1, dtype=np.int64)
-            cand[inside] = lookup[rr[inside], cc[inside]]
-            ok = cand >= 0
-            b = bounds[np.where(ok, cand, 0)]
-            # half-open on the right and top edges so a point on a shared edge is not counted twice
-            ok &= (x >= b[:, 0]) & (x < b[:, 2]) & (y >= b[:, 1]) & (y < b[:, 3])
-            idx = np.nonzero(ok)[0]
-            point_ids.append(idx)
-            tile_ids.append(cand[idx])
-    return np.concatenate(point_ids), np.concatenate(tile_ids)
+    fx = (x - origin_left) / step
+    fy = (origin_top - y) / step
+    col = np.floor(fx).astype(np.int64)
+    row = (np.ceil(fy) - 1).astype(np.int64)  # y in [bottom, top) of its row, like the bounds tests below
+
+    def candidates(idx, dr, dc):
+        rr = row[idx] + dr - r0
+        cc = col[idx] + dc - c0
+        inside = (rr >= 0) & (rr < lookup.shape[0]) & (cc >= 0) & (cc < lookup.shape[1])
+        cand = np.full(len(idx), -1, dtype=np.int64)
+        cand[inside] = lookup[rr[inside], cc[inside]]
+        ok = cand >= 0
+        b = bounds[np.where(ok, cand, 0)]
+        xi, yi = x[idx], y[idx]
+        # half-open on the right and top edges so a point on a shared edge is not counted twice
+        ok &= (xi >= b[:, 0]) & (xi < b[:, 2]) & (yi >= b[:, 1]) & (yi < b[:, 3])
+        return idx[ok], cand[ok]
+
+    # a point always lies in the core of its own cell's tile (cores partition the plane): no bounds test
+    h, w = lookup.shape
+    inside = (row >= r0) & (row < r0 + h) & (col >= c0) & (col < c0 + w)
+    own = lookup.ravel()[np.clip(row - r0, 0, h - 1) * w + np.clip(col - c0, 0, w - 1)]
+    own = np.where(inside, own, -1)
+    keep = np.flatnonzero(own >= 0)
+    pairs = [(keep, own[keep])]
+    m = margin / step + 1e-12
+    near = np.flatnonzero(((fx - col) < m) | ((fx - col) > 1 - m) | ((fy - row) < m) | ((fy - row) > 1 - m))
+    if len(near):
+        for dr in (-1, 0, 1):
+            for dc in (-1, 0, 1):
+                if dr or dc:
+                    pairs.append(candidates(near, dr, dc))
+    return np.concatenate([p for p, _ in pairs]), np.concatenate([t for _, t in pairs])
 
 
 def route_points(

@@ -1,0 +1,66 @@
+"""Routing points to tiles: every point reaches exactly the tiles whose bounds hold it, read once."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from geoimplicit.io.pointcloud import PointCloudDataset, write_las
+from geoimplicit.tiling.grid import TileGrid
+from geoimplicit.tiling.route import assign_to_tiles, load_tile_points, route_points
+
+
+def _brute_force(x, y, tiles):
+    pairs = set()
+    for t_idx, t in enumerate(tiles):
+        left, bottom, right, top = t.bounds
+        inside = (x >= left) & (x < right) & (y >= bottom) & (y < top)
+        pairs.update((int(i), t_idx) for i in np.flatnonzero(inside))
+    return pairs
+
+
+@pytest.mark.parametrize("overlap", [0.0, 3.0, 8.0])
+def test_assignment_equals_brute_force(overlap):
+    rng = np.random.default_rng(3)
+    x0, y0 = 770_000.0, 6_277_000.0
+    # an L-shaped AOI, so that some lattice cells have no tile
+    from shapely.geometry import Polygon
+
+    aoi = Polygon([(x0, y0), (x0 + 100, y0), (x0 + 100, y0 + 40), (x0 + 40, y0 + 40), (x0 + 40, y0 + 100),
+                   (x0, y0 + 100)])
+    grid = TileGrid.from_aoi(aoi, tile_size=20.0, overlap=overlap, resolution=0.5, crs="EPSG:2154")
+    x = rng.uniform(x0 - 15, x0 + 115, 20_000)
+    y = rng.uniform(y0 - 15, y0 + 115, 20_000)
+    # points exactly on tile edges and corners too
+    x[:200] = x0 + 20.0 * rng.integers(0, 5, 200)
+    y[:200] = y0 + 20.0 * rng.integers(0, 5, 200)
+    pid, tid = assign_to_tiles(x, y, grid.tiles)
+    got = set(zip(pid.tolist(), tid.tolist()))
+    assert len(got) == len(pid), "a point was routed twice to the same tile"
+    assert got == _brute_force(x, y, grid.tiles)
+
+
+def test_route_points_streams_chunks_and_reuses_a_finished_routing(tmp_path):
+    rng = np.random.default_rng(4)
+    n = 30_000
+    pts = {"x": rng.uniform(500_000, 500_090, n), "y": rng.uniform(5_000_000, 5_000_090, n),
+           "z": rng.uniform(100, 120, n), "classification": rng.integers(1, 7, n).astype(np.uint8)}
+    las = tmp_path / "pts.laz"
+    write_las(las, pts, "EPSG:32632")
+    ds = PointCloudDataset(las)
+    grid = TileGrid.from_aoi(ds.bounds, tile_size=30.0, overlap=4.0, resolution=1.0, crs=ds.crs)
+    calls = []
+    route_dir = route_points(ds, grid.tiles, tmp_path / "route", fields=("x", "y", "z", "classification"),
+                             chunk_size=7_000, progress=lambda d, t, s="", m="": calls.append(d))
+    assert len(calls) == 5  # 30 000 points in chunks of 7 000, read once
+    x, y = np.round(pts["x"], 2), np.round(pts["y"], 2)  # as stored at the LAS scale
+    expected = _brute_force(x, y, grid.tiles)
+    for t_idx, tile in enumerate(grid.tiles):
+        got = load_tile_points(route_dir, tile.id)
+        want = sorted(i for i, t in expected if t == t_idx)
+        assert len(got["x"]) == len(want)
+        assert set(got) == {"x", "y", "z", "classification"}
+        np.testing.assert_allclose(np.sort(got["x"]), np.sort(x[want]), atol=1e-6)
+    marker = (route_dir / "routing.json").stat().st_mtime_ns
+    route_points(ds, grid.tiles, tmp_path / "route", fields=("x", "y", "z", "classification"), chunk_size=7_000)
+    assert (route_dir / "routing.json").stat().st_mtime_ns == marker
