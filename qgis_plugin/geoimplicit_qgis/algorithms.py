@@ -47,7 +47,7 @@ class ReconstructDsm(GeoImplicitAlgorithm):
     OPTION_PARAMS = {"--crs": "CRS", "--aoi": "AOI", "--bbox": "EXTENT", "--resolution": "RESOLUTION",
                      "--tile-size": "TILE_SIZE", "--overlap": "OVERLAP", "--weights": "WEIGHTS", "--device": "DEVICE",
                      "--ortho": "ORTHO", "--points": "POINTS", "--dask-workers": "DASK_WORKERS",
-                     "--scheduler": "SCHEDULER", "--workdir": "WORKDIR", "--stat": "STAT",
+                     "--scheduler": "SCHEDULER", "--workdir": "WORKDIR", "--stat": "STAT", "--method": "METHOD",
                      "--fill-max-hole": "FILL_MAX_HOLE"}
     HELP = (
         "<p>A digital surface model (GeoTIFF, float32, nodata set) from LAS/LAZ point clouds, on the exact grid "
