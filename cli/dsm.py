@@ -28,6 +28,10 @@ STATS = ("max", "min", "mean", "median", "idw", "count", "stdev")
 @click.option("--idw-radius", type=click.FloatRange(min=0, min_open=True), default=None,
               help="[raster] Search radius of --stat idw (CRS units; default resolution x sqrt(2)).")
 # --- occupancy method options: added by the occupancy method (--weights, --device) ---------------------------
+@click.option("--weights", type=click.Path(dir_okay=False), default=None,
+              help="[occupancy] Model checkpoint (default: the shipped occupancy_default.pt).")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default=None,
+              help="[occupancy] Compute device; auto takes a CUDA GPU when there is one.")
 # --- tiling and run -------------------------------------------------------------------------------------------
 @click.option("--tile-size", type=click.FloatRange(min=0, min_open=True), default=None,
               help="Tile side in CRS units (default: what suits the method).")
@@ -47,7 +51,7 @@ STATS = ("max", "min", "mean", "median", "idw", "count", "stdev")
 @overwrite_option
 @click.pass_context
 def dsm(ctx, points, ortho, aoi, bbox_crs, bbox, resolution, method, stat, fill_max_hole, no_outlier_removal,
-        idw_radius, tile_size, overlap, crs, assume_crs, workdir, keep_points, scheduler, dask_workers, output, overwrite):
+        idw_radius, weights, device, tile_size, overlap, crs, assume_crs, workdir, keep_points, scheduler, dask_workers, output, overwrite):
     """Make a DSM (Cloud-Optimized GeoTIFF, float32, nodata -9999) from point clouds on the exact grid asked
     for, tile by tile, resumable. Also writes <output stem>_filled.tif (1 = hole filled, 0 = measured).
     """
@@ -59,6 +63,12 @@ def dsm(ctx, points, ortho, aoi, bbox_crs, bbox, resolution, method, stat, fill_
     if method == "raster":
         options = {"stat": stat, "fill_max_hole": fill_max_hole, "idw_radius": idw_radius,
                    "remove_outliers": False if no_outlier_removal else None}
+    if method == "occupancy":
+        options = {"weights": weights, "device": device}
+    elif weights is not None or device is not None:
+        raise click.BadParameter("--weights and --device are options of --method occupancy", param_hint="--method")
+    if method == "raster":
+        pass
     elif any(v is not None for v in (stat, fill_max_hole, idw_radius)) or no_outlier_removal:
         raise click.BadParameter("--stat, --fill-max-hole, --idw-radius, --no-outlier-removal are options of "
                                  "--method raster", param_hint="--method")

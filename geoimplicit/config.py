@@ -1,0 +1,302 @@
+"""Dataclass configs for the occupancy-field DSM, loaded from YAML files that inherit.
+
+A YAML config is a nested mapping whose sections mirror :class:`Config`. A file may start with
+``inherit_from: other.yaml`` (a path relative to that file, or ``package:NAME.yaml`` for a config shipped in
+``geoimplicit/configs/``); the inherited file is loaded first and this file's values are deep-merged over it.
+Files are read with ``yaml.safe_load``; unknown keys are rejected with the closest known key as a suggestion.
+
+>>> cfg = load_config(packaged_config("default.yaml"))  # doctest: +SKIP
+>>> cfg.model.variant
+'stereo'
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, get_type_hints
+
+from geoimplicit.errors import ConfigError
+
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+VARIANT_IMAGES = {"points": 0, "mono": 1, "stereo": 2}
+
+
+@dataclass
+class ModelConfig:
+    variant: str = "stereo"
+    """Inputs of the model: ``points`` (point cloud only), ``mono`` (+ one ortho), ``stereo`` (+ two orthos)."""
+    feature_cell_m: float = 0.5
+    """Size in metres of a cell of the ground-plane feature grid the points are pooled onto."""
+    height_scale_m: float = 16.0
+    """Heights (metres above the patch's reference height) are divided by this before entering the network."""
+    point_features: int = 32
+    """Width of the local PointNet's per-point features (pooled by max and mean onto the grid)."""
+    image_features: int = 16
+    """Channels the image encoder produces per ortho image."""
+    unet_channels: list = field(default_factory=lambda: [32, 64, 96])
+    """Channels of the 2D U-Net levels (one entry per level; each level halves the grid)."""
+    features: int = 32
+    """Channels of the feature plane the decoder samples."""
+    decoder_hidden: int = 32
+    """Width of the residual MLP decoder."""
+    decoder_blocks: int = 4
+    """Number of residual blocks of the decoder."""
+    use_prior: bool = True
+    """Feed the raster DSM prior (cell max of the points, holes filled) to the encoder and the decoder."""
+    image_dropout: float = 0.0
+    """Training only: probability that an ortho image is withheld (so that the model also runs without it)."""
+
+
+@dataclass
+class DataConfig:
+    synthetic_train_seeds: list = field(default_factory=lambda: [0, 48])
+    """Generator seeds for training, as ``[first, stop)``."""
+    synthetic_val_seeds: list = field(default_factory=lambda: [1000, 1004])
+    """Generator seeds for validation (never trained on), as ``[first, stop)``."""
+    synthetic_size_m: float = 128.0
+    """Side of each generated city in metres."""
+    synthetic_crs: str = "EPSG:2154"
+    """CRS of the generated cities."""
+    real: list = field(default_factory=list)
+    """Real dense LiDAR files (paths relative to the config file) turned into (truth, degraded input) pairs."""
+    real_weight: float = 0.25
+    """Fraction of training patches drawn from the real files (when there are any)."""
+    patch_size_m: float = 32.0
+    """Side in metres of a training patch."""
+    queries_per_patch: int = 4096
+    """Query points sampled per training patch."""
+    near_surface_fraction: float = 0.7
+    """Fraction of queries drawn near the truth surface (the rest uniformly through the column)."""
+    near_surface_sigma_m: float = 1.0
+    """Standard deviation in metres of the near-surface queries around the truth surface."""
+    column_margin_m: float = 5.0
+    """Queries and the surface search extend this far below the lowest and above the highest input point."""
+    keep_fraction: list = field(default_factory=lambda: [0.2, 0.8])
+    """Range of the fraction of points kept when degrading an input cloud."""
+    noise_m: list = field(default_factory=lambda: [0.05, 0.5])
+    """Range of the Gaussian height noise (metres) added to the input points."""
+    hole_fraction: list = field(default_factory=lambda: [0.0, 0.15])
+    """Range of the fraction of the area cut out of the input as holes."""
+    outlier_fraction: list = field(default_factory=lambda: [0.0, 0.01])
+    """Range of the fraction of gross outliers added to the input."""
+    workers: int = 0
+    """Data-loader worker processes (0: in the training process)."""
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 2000
+    """Optimiser steps."""
+    time_limit_s: float = 0.0
+    """Stop after this many seconds of training (0: no limit); the final checkpoint is still written."""
+    batch_size: int = 16
+    """Patches per step."""
+    lr: float = 2e-3
+    """Peak learning rate of AdamW (cosine decay to 5 % of it)."""
+    weight_decay: float = 1e-4
+    """AdamW weight decay."""
+    warmup_steps: int = 100
+    """Linear learning-rate warm-up."""
+    amp: bool = True
+    """Mixed precision (bfloat16) on CUDA; ignored on the CPU."""
+    val_every: int = 500
+    """Validate every this many steps (and at the end)."""
+    checkpoint_every: int = 500
+    """Write ``last.pt`` every this many steps."""
+    seed: int = 0
+    """Seed of the model initialisation and the patch sampler."""
+
+
+@dataclass
+class ExtractConfig:
+    coarse_steps: int = 16
+    """Heights evaluated per column in the coarse pass of the surface search."""
+    refine_steps: int = 10
+    """Bisection steps between the highest occupied coarse height and the one above it."""
+    batch_columns: int = 262144
+    """Columns decoded at once (times coarse_steps queries); lower it if the GPU runs out of memory."""
+    fill: str = "nodata"
+    """Columns with no occupied height and no input support nearby: ``nodata`` or ``prior`` (the filled raster)."""
+    max_hole_m: float = 8.0
+    """Output columns farther than this (metres) from any input point are nodata unless ``fill: prior``."""
+
+
+@dataclass
+class InferConfig:
+    tile_size_m: float = 128.0
+    """Core side of an inference tile in metres."""
+    overlap_m: float = 16.0
+    """Context added around each tile in metres (about the U-Net's receptive field)."""
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    """The network."""
+    data: DataConfig = field(default_factory=DataConfig)
+    """Training patches."""
+    train: TrainConfig = field(default_factory=TrainConfig)
+    """Optimisation."""
+    extract: ExtractConfig = field(default_factory=ExtractConfig)
+    """Surface search."""
+    infer: InferConfig = field(default_factory=InferConfig)
+    """Tiled inference."""
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def packaged_config(name: str) -> Path:
+    """Path of a config shipped in ``geoimplicit/configs/`` (``default.yaml``, ``stereo.yaml``...)."""
+    path = CONFIG_DIR / name
+    if not path.exists():
+        known = sorted(p.name for p in CONFIG_DIR.glob("*.yaml"))
+        raise ConfigError(f"no packaged config {name!r}", hint=f"use one of {', '.join(known)}")
+    return path
+
+
+def _resolve_inherit(value: str, base: Path) -> Path:
+    if value.startswith("package:"):
+        return packaged_config(value.split(":", 1)[1])
+    p = Path(os.path.expanduser(value))
+    return p if p.is_absolute() else (base.parent / p)
+
+
+def load_yaml_tree(path: str | os.PathLike, _seen: tuple = ()) -> dict:
+    """Read ``path`` and its ``inherit_from`` chain; return the deep-merged mapping (no validation)."""
+    import yaml
+
+    path = Path(path).resolve()
+    if path in _seen:
+        chain = " -> ".join(str(p) for p in _seen + (path,))
+        raise ConfigError(f"inherit_from forms a cycle: {chain}", path=path, hint="remove one inherit_from")
+    if not path.exists():
+        raise ConfigError("config file not found", path=path, hint="check the path (inherit_from is relative to the file that names it)")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"not valid YAML: {str(exc).splitlines()[0]}", path=path, hint="fix the YAML syntax") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError("a config must be a mapping of sections", path=path, hint="see geoimplicit/configs/base.yaml")
+    parent = data.pop("inherit_from", None)
+    if parent is None:
+        return _annotate(data, path)
+    if not isinstance(parent, str):
+        raise ConfigError("inherit_from must be one path", path=path)
+    base = load_yaml_tree(_resolve_inherit(parent, path), _seen + (path,))
+    return deep_merge(base, _annotate(data, path))
+
+
+class _Sourced(dict):
+    """A mapping that remembers which file each of its keys came from (for error messages)."""
+
+    def __init__(self, *a, **kw):
+        super().__init__(*a, **kw)
+        self.sources: dict[str, Path] = {}
+
+
+def _annotate(data: dict, path: Path) -> dict:
+    out = _Sourced()
+    for k, v in data.items():
+        out[k] = _annotate(v, path) if isinstance(v, dict) else v
+        out.sources[k] = path
+    return out
+
+
+def deep_merge(base: dict, over: dict) -> dict:
+    """``over`` merged into a copy of ``base``: mappings merge recursively, other values replace."""
+    out = _Sourced(base)
+    out.sources = dict(getattr(base, "sources", {}))
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = deep_merge(out[k], v)
+        else:
+            out[k] = v
+        out.sources[k] = getattr(over, "sources", {}).get(k, out.sources.get(k))
+    return out
+
+
+def _build(cls, data: dict, where: str, fallback: Path | None):
+    hints = get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs = {}
+    sources = getattr(data, "sources", {})
+    for key, value in data.items():
+        src = sources.get(key, fallback)
+        if key not in fields:
+            close = difflib.get_close_matches(str(key), list(fields), n=1)
+            hint = f"did you mean {where}{close[0]}?" if close else f"known keys: {', '.join(fields)}"
+            raise ConfigError(f"unknown key {where}{key}", path=src, hint=hint)
+        typ = hints[key]
+        if dataclasses.is_dataclass(typ):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{where}{key} must be a mapping", path=src)
+            kwargs[key] = _build(typ, value, f"{where}{key}.", src)
+        else:
+            kwargs[key] = _check_type(value, typ, f"{where}{key}", src)
+    return cls(**kwargs)
+
+
+def _check_type(value: Any, typ, name: str, src):
+    if typ is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if typ in (int, float, str, bool, list) and not isinstance(value, typ) or (typ is int and isinstance(value, bool)):
+        raise ConfigError(
+            f"{name} must be a {typ.__name__}, got {type(value).__name__} {value!r}", path=src,
+            hint="fix the value's type",
+        )
+    return value
+
+
+def config_from_dict(data: dict, source: str | os.PathLike | None = None) -> Config:
+    """Validate a mapping into a :class:`Config` (unknown keys raise :class:`ConfigError`)."""
+    cfg = _build(Config, data, "", Path(source) if source else None)
+    _validate(cfg, source)
+    return cfg
+
+
+def _validate(cfg: Config, source) -> None:
+    if cfg.model.variant not in VARIANT_IMAGES:
+        close = difflib.get_close_matches(cfg.model.variant, list(VARIANT_IMAGES), n=1)
+        raise ConfigError(
+            f"model.variant must be one of points, mono, stereo, got {cfg.model.variant!r}", path=source,
+            hint=f"did you mean {close[0]}?" if close else None,
+        )
+    if cfg.extract.fill not in ("nodata", "prior"):
+        raise ConfigError(f"extract.fill must be nodata or prior, got {cfg.extract.fill!r}", path=source)
+    for name in ("synthetic_train_seeds", "synthetic_val_seeds"):
+        v = getattr(cfg.data, name)
+        if len(v) != 2 or not all(isinstance(x, int) for x in v):
+            raise ConfigError(f"data.{name} must be [first, stop) as two integers, got {v!r}", path=source)
+
+
+def load_config(path: str | os.PathLike) -> Config:
+    """Load a YAML config and its ``inherit_from`` chain into a validated :class:`Config`.
+
+    Relative paths in ``data.real`` are resolved against the directory of the file that names them.
+    """
+    tree = load_yaml_tree(path)
+    real = tree.get("data", {}).get("real") if isinstance(tree.get("data"), dict) else None
+    if real:
+        src = getattr(tree["data"], "sources", {}).get("real", Path(path).resolve())
+        tree["data"]["real"] = [
+            str(p) if os.path.isabs(os.path.expanduser(str(p))) else str((Path(src).parent / str(p)).resolve())
+            for p in real
+        ]
+    return config_from_dict(tree, path)
+
+
+def save_config(cfg: Config, path: str | os.PathLike) -> Path:
+    """Write the resolved config (no inheritance left) as YAML."""
+    import yaml
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    return path

@@ -1,0 +1,61 @@
+"""The ``occupancy`` DSM method for the tiled run (:mod:`geoimplicit.run`): ``geoimplicit dsm --method occupancy``."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from geoimplicit.dsm.method import TileOutput
+
+
+class OccupancyMethod:
+    """Heights from the occupancy network: per tile, encode once, surface search in every cell.
+
+    Args:
+        weights: checkpoint path (default: the shipped ``geoimplicit/weights/occupancy_default.pt``).
+        device: "auto", "cpu" or "cuda".
+    """
+
+    name = "occupancy"
+    point_fields = ("x", "y", "z")
+    needs_ortho = True
+    needs_gpu = True
+
+    def __init__(self, weights=None, device: str = "auto"):
+        from geoimplicit.dsm.occupancy.checkpoint import DEFAULT_WEIGHTS, load_checkpoint
+
+        self.weights = weights
+        self.device = device or "auto"
+        load_checkpoint(weights)  # fail early, with the file named, before any tile runs
+        self._weights_name = str(weights or DEFAULT_WEIGHTS.name)
+
+    def default_tiling(self, resolution: float, density: float) -> tuple[float, float]:
+        """128 m tiles with 16 m of context (about the U-Net's receptive field), in CRS units."""
+        del density
+        mpu = getattr(self, "_mpu", 1.0)
+        tile = max(resolution * 64, round(128.0 / mpu / resolution) * resolution)
+        return tile, round(16.0 / mpu / resolution) * resolution
+
+    def prepare(self, inputs):
+        from geoimplicit.dsm.occupancy.infer import OccupancyPredictor
+        from geoimplicit.io.crs import linear_units, parse_crs
+
+        self._mpu = linear_units(parse_crs(inputs.crs_wkt))[1]
+        return OccupancyPredictor(self.weights, self.device)
+
+    def run_tile(self, tile, points: dict, ortho: list, state) -> TileOutput:
+        t0 = time.perf_counter()
+        grid = tile.grid
+        images = [(np.asarray(r.array)[:3], r.transform) for r in ortho][:2]
+        mpu = getattr(self, "_mpu", 1.0)
+        height, valid = state.predict_tile(
+            np.asarray(points["x"], np.float64), np.asarray(points["y"], np.float64),
+            np.asarray(points["z"], np.float64), core_bounds=grid.bounds, context_bounds=tile.bounds,
+            resolution=grid.resolution, metres_per_unit=mpu, images=images)
+        return TileOutput(height=height, valid=valid, filled=None,
+                          stats={"points": int(len(points["x"])), "seconds": round(time.perf_counter() - t0, 3),
+                                 "device": str(state.device)})
+
+    def tags(self) -> dict:
+        return {"method": "occupancy", "weights": self._weights_name}

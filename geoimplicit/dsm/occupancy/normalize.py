@@ -1,0 +1,133 @@
+"""Per-patch local frame: large projected coordinates and heights in, small float32 numbers out.
+
+Eastings of 6-7 digits, elevations of hundreds of metres and feet-based CRSs all reach the network as the
+same numbers: every patch gets a local origin (its centre for x, y; a robust low height of its input points
+for z), coordinates are converted to metres with the CRS's linear unit, and heights are divided by a fixed
+height scale. The subtraction happens in float64 before anything becomes float32, so shifting a patch by
+(770000, 6277000, 300) changes nothing the model sees.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+Z_REF_PERCENTILE = 5.0
+"""The reference height of a patch is this percentile of its input points' heights."""
+
+
+@dataclass(frozen=True)
+class PatchFrame:
+    """The local frame of one patch.
+
+    Attributes:
+        origin: (x0, y0, z0) float64 in CRS units: the patch centre and its reference height.
+        metres_per_unit: metres per CRS unit (0.3048 for international feet); also applied to heights.
+        cell_m: side of a feature-grid cell in metres.
+        height_scale_m: heights in metres above z0 are divided by this.
+        shape: (rows, cols) of the feature grid, centred on the origin, multiples of ``multiple``.
+    """
+
+    origin: tuple
+    metres_per_unit: float
+    cell_m: float
+    height_scale_m: float
+    shape: tuple
+
+    @classmethod
+    def from_bounds(cls, bounds, z_ref: float, *, metres_per_unit: float = 1.0, cell_m: float = 0.5,
+                    height_scale_m: float = 16.0, multiple: int = 4) -> "PatchFrame":
+        """Frame of ``bounds`` (left, bottom, right, top) in CRS units, reference height ``z_ref`` (CRS units)."""
+        left, bottom, right, top = (float(b) for b in bounds)
+        w_m = (right - left) * metres_per_unit
+        h_m = (top - bottom) * metres_per_unit
+        cols = max(multiple, int(math.ceil(w_m / cell_m / multiple - 1e-9)) * multiple)
+        rows = max(multiple, int(math.ceil(h_m / cell_m / multiple - 1e-9)) * multiple)
+        origin = ((left + right) / 2.0, (bottom + top) / 2.0, float(z_ref))
+        return cls(origin, float(metres_per_unit), float(cell_m), float(height_scale_m), (rows, cols))
+
+    @staticmethod
+    def reference_height(z: np.ndarray) -> float:
+        """Robust reference height of a patch's points (float64, CRS units)."""
+        z = np.asarray(z, dtype=np.float64)
+        return float(np.percentile(z, Z_REF_PERCENTILE)) if z.size else 0.0
+
+    @property
+    def half_extent_m(self) -> tuple:
+        """(half width, half height) of the feature grid in metres."""
+        return (self.shape[1] * self.cell_m / 2.0, self.shape[0] * self.cell_m / 2.0)
+
+    def xy_to_local(self, x, y) -> np.ndarray:
+        """(N, 2) float32 metres east/north of the origin (subtraction in float64)."""
+        x0, y0, _ = self.origin
+        lx = (np.asarray(x, dtype=np.float64) - x0) * self.metres_per_unit
+        ly = (np.asarray(y, dtype=np.float64) - y0) * self.metres_per_unit
+        return np.stack([lx, ly], axis=-1).astype(np.float32)
+
+    def z_to_local(self, z) -> np.ndarray:
+        """Heights (CRS units) -> float32 normalised heights ((z - z0) metres / height_scale_m)."""
+        return ((np.asarray(z, dtype=np.float64) - self.origin[2]) * (self.metres_per_unit / self.height_scale_m)).astype(np.float32)
+
+    def z_from_local(self, zn) -> np.ndarray:
+        """Normalised heights -> float64 heights in CRS units."""
+        return self.origin[2] + np.asarray(zn, dtype=np.float64) * (self.height_scale_m / self.metres_per_unit)
+
+    def metres_to_local_z(self, d_m: float) -> float:
+        """A height difference in metres as a normalised height difference."""
+        return d_m / self.height_scale_m
+
+    def points_to_local(self, x, y, z) -> np.ndarray:
+        """(N, 3) float32: local metres x, y and normalised z."""
+        xy = self.xy_to_local(x, y)
+        return np.concatenate([xy, self.z_to_local(z)[:, None]], axis=1)
+
+    def grid_cell_centres(self) -> tuple[np.ndarray, np.ndarray]:
+        """CRS coordinates (float64) of the feature-grid cell centres: x (cols,), y (rows,) north to south."""
+        hx, hy = self.half_extent_m
+        rows, cols = self.shape
+        c = (np.arange(cols) + 0.5) * self.cell_m - hx
+        r = hy - (np.arange(rows) + 0.5) * self.cell_m
+        return self.origin[0] + c / self.metres_per_unit, self.origin[1] + r / self.metres_per_unit
+
+    def to_dict(self) -> dict:
+        return {"origin": list(self.origin), "metres_per_unit": self.metres_per_unit, "cell_m": self.cell_m,
+                "height_scale_m": self.height_scale_m, "shape": list(self.shape)}
+
+
+def resample_image_to_frame(image: np.ndarray, transform, frame: PatchFrame) -> np.ndarray:
+    """Bilinearly sample an image (bands, rows, cols) with an affine ``transform`` at the frame's cell centres.
+
+    Returns (bands + 1, rows, cols) float32: the bands scaled to [0, 1] (uint8 / 255, uint16 / 65535, floats
+    divided by their 99th percentile when above 1) and a last channel that is 1 where the image covers the cell.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    img = np.asarray(image)
+    if img.ndim == 2:
+        img = img[None]
+    if img.dtype == np.uint8:
+        imgf = img.astype(np.float32) / 255.0
+    elif img.dtype == np.uint16:
+        imgf = img.astype(np.float32) / (255.0 if img.max() <= 255 else 65535.0)
+    else:
+        imgf = img.astype(np.float32)
+        top = np.nanpercentile(imgf, 99) if imgf.size else 1.0
+        if top > 1.0:
+            imgf = imgf / top
+    imgf = np.nan_to_num(imgf)
+    xs, ys = frame.grid_cell_centres()
+    inv = ~transform
+    X, Y = np.meshgrid(xs, ys)
+    col = inv.a * X + inv.b * Y + inv.c
+    row = inv.d * X + inv.e * Y + inv.f
+    h, w = imgf.shape[1:]
+    gx = (col / w) * 2 - 1
+    gy = (row / h) * 2 - 1
+    grid = torch.from_numpy(np.stack([gx, gy], -1).astype(np.float32))[None]
+    t = torch.from_numpy(np.ascontiguousarray(imgf))[None]
+    out = F.grid_sample(t, grid, mode="bilinear", padding_mode="border", align_corners=False)[0].numpy()
+    valid = ((col >= 0) & (col <= w) & (row >= 0) & (row <= h)).astype(np.float32)
+    return np.concatenate([out * valid[None], valid[None]], axis=0)
