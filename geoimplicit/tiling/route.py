@@ -91,12 +91,16 @@ def assign_to_tiles(x: np.ndarray, y: np.ndarray, tiles: Sequence) -> tuple[np.n
     keep = np.flatnonzero(own >= 0)
     pairs = [(keep, own[keep])]
     m = margin / step + 1e-12
-    near = np.flatnonzero(((fx - col) < m) | ((fx - col) > 1 - m) | ((fy - row) < m) | ((fy - row) > 1 - m))
-    if len(near):
-        for dr in (-1, 0, 1):
-            for dc in (-1, 0, 1):
-                if dr or dc:
-                    pairs.append(candidates(near, dr, dc))
+    ux, uy = fx - col, fy - row  # position inside the own cell, in (0, 1]
+    side_c = {-1: ux < m, 1: ux > 1 - m}  # near the left / right edge
+    side_r = {-1: uy < m, 1: uy > 1 - m}  # near the top / bottom edge
+    for dr in (-1, 0, 1):
+        for dc in (-1, 0, 1):
+            if dr or dc:
+                near = side_c[dc] if dr == 0 else side_r[dr] if dc == 0 else side_c[dc] & side_r[dr]
+                idx = np.flatnonzero(near)
+                if len(idx):
+                    pairs.append(candidates(idx, dr, dc))
     return np.concatenate([p for p, _ in pairs]), np.concatenate([t for _, t in pairs])
 
 
@@ -146,7 +150,8 @@ def route_points(
         read += n
         if n:
             pid, tid = assign_to_tiles(chunk["x"], chunk["y"], tiles)
-            order = np.argsort(tid, kind="stable")
+            # a stable sort of 16-bit keys is a radix sort in numpy: linear in the points
+            order = np.argsort(tid.astype(np.uint16) if len(tiles) < 65536 else tid, kind="stable")
             pid, tid = pid[order], tid[order]
             starts = np.flatnonzero(np.r_[True, tid[1:] != tid[:-1]]) if len(tid) else np.array([], int)
             ends = np.r_[starts[1:], len(tid)]
