@@ -13,7 +13,6 @@ import logging
 import math
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 
@@ -274,50 +273,3 @@ def raster_max_prior(points: dict, bounds, resolution: float, fill_max_px: int =
     filled = out[ir, ic]
     valid = dist <= fill_max_px
     return np.where(valid, filled, NODATA).astype(np.float32), valid
-
-
-def occupancy_dsm_files(points_paths, output, *, bounds, resolution: float, crs=None, orthos=(), weights=None,
-                        device: str = "auto", tile_size=None, overlap=None, overwrite: bool = False, cog: bool = True,
-                        progress=None, cancel=None) -> dict:
-    """End to end: LAS/LAZ (+ ortho GeoTIFFs) in, a (Cloud-Optimized) GeoTIFF DSM out.
-
-    Returns a dict with the output path, timings (seconds per stage) and counts.
-    """
-    from geoimplicit.io.crs import linear_units
-    from geoimplicit.io.pointcloud import PointCloudDataset
-    from geoimplicit.io.raster import read_raster, write_geotiff
-
-    t_start = time.perf_counter()
-    ds = PointCloudDataset(points_paths, crs=crs)
-    wcrs = ds.crs
-    mpu = linear_units(wcrs)[1]
-    left, bottom, right, top = bounds
-    left, bottom = math.floor(left / resolution) * resolution, math.floor(bottom / resolution) * resolution
-    right, top = math.ceil(right / resolution) * resolution, math.ceil(top / resolution) * resolution
-    grid_bounds = (left, bottom, right, top)
-    predictor = OccupancyPredictor(weights, device)
-    ovl = overlap if overlap is not None else predictor.cfg.infer.overlap_m / mpu
-    read_bounds = (left - ovl, bottom - ovl, right + ovl, top + ovl)
-    t0 = time.perf_counter()
-    pts = ds.read(read_bounds)
-    t_read = time.perf_counter() - t0
-    images = []
-    t0 = time.perf_counter()
-    for p in list(orthos)[:2]:
-        r = read_raster(p, read_bounds, dst_crs=wcrs)
-        images.append((r.array[:3], r.transform))
-    t_ortho = time.perf_counter() - t0
-    dsm, valid = predict_dsm(predictor, pts, grid_bounds, resolution, metres_per_unit=mpu, images=images,
-                             tile_size=tile_size, overlap=overlap, progress=progress, cancel=cancel)
-    t0 = time.perf_counter()
-    from affine import Affine
-
-    transform = Affine(resolution, 0, left, 0, -resolution, top)
-    tags = {"method": "occupancy", "resolution": str(resolution), "weights": str(weights or "default"),
-            "inputs": ";".join(str(p) for p in ([points_paths] if isinstance(points_paths, (str, Path)) else points_paths))}
-    path = write_geotiff(output, dsm, transform, wcrs, nodata=NODATA, cog=cog, tags=tags, overwrite=overwrite)
-    t_write = time.perf_counter() - t0
-    timings = predictor.timings.as_dict()
-    timings.update(read_points=t_read, read_orthos=t_ortho, write=t_write, total=time.perf_counter() - t_start,
-                   points=int(len(pts["x"])), cells=int(dsm.size), valid_fraction=float(valid.mean()))
-    return {"dsm": Path(path), "timings": timings}
