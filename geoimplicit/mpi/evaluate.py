@@ -23,10 +23,13 @@ __all__ = ["evaluate_views"]
 
 
 def _error_image(err: np.ndarray, vmax: float) -> np.ndarray:
-    import matplotlib
+    t = np.clip(err / max(vmax, 1e-9), 0, 1)
+    try:
+        import matplotlib
 
-    cmap = matplotlib.colormaps["inferno"]
-    return cmap(np.clip(err / max(vmax, 1e-9), 0, 1))[..., :3]
+        return matplotlib.colormaps["inferno"](t)[..., :3]
+    except ImportError:  # black -> red -> yellow -> white
+        return np.stack([np.clip(3 * t, 0, 1), np.clip(3 * t - 1, 0, 1), np.clip(3 * t - 2, 0, 1)], -1)
 
 
 def evaluate_views(

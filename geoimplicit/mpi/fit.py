@@ -129,12 +129,15 @@ def scene_geometry(views: ViewSet, cfg: FitConfig, ids: list[str]) -> PlaneSet:
         centres = np.array([c.center for c in cams])
         ref = int(np.argmin(np.linalg.norm(centres - centres.mean(0), axis=1)))
         return fronto_planes(cams[ref].with_origin(origin), cfg.planes, margin=cfg.margin, origin=origin, crs=crs)
-    top_pts = _look_points(cams, lambda c: c.depth_min) - origin
-    bot_pts = _look_points(cams, lambda c: c.depth_max) - origin
+    # heights and extent from the most nadir train camera (oblique views have loose depth ranges)
+    axis_z = [abs(c.R[2, 2]) for c in cams]
+    nadir = cams[int(np.argmax(axis_z))]
+    top_pt = _look_points([nadir], lambda c: c.depth_min)[0] - origin
+    bot_pt = _look_points([nadir], lambda c: c.depth_max)[0] - origin
     if cfg.height_range is not None:
         h_lo, h_hi = (float(v) - origin[2] for v in cfg.height_range)
     else:
-        h_hi, h_lo = float(np.max(top_pts[:, 2])), float(np.min(bot_pts[:, 2]))
+        h_hi, h_lo = float(top_pt[2]), float(bot_pt[2])
     if not h_hi > h_lo:
         raise CameraFileError(
             "cannot derive a height range from the cameras' depth ranges",
@@ -143,7 +146,7 @@ def scene_geometry(views: ViewSet, cfg: FitConfig, ids: list[str]) -> PlaneSet:
         )
     corners = []
     gsd = []
-    for c in cams:
+    for c in [nadir]:
         lc = c.with_origin(origin)
         uv = np.array([[0, 0], [c.width - 1, 0], [0, c.height - 1], [c.width - 1, c.height - 1]], float)
         for hz in (h_lo, h_hi):
@@ -158,6 +161,8 @@ def scene_geometry(views: ViewSet, cfg: FitConfig, ids: list[str]) -> PlaneSet:
     res = float(np.median(gsd)) / cfg.texture_scale
     left, right = corners[:, 0].min(), corners[:, 0].max()
     bottom, top = corners[:, 1].min(), corners[:, 1].max()
+    mx, my = cfg.margin * (right - left), cfg.margin * (top - bottom)
+    left, right, bottom, top = left - mx, right + mx, bottom - my, top + my
     side = max(right - left, top - bottom)
     if side / res > cfg.max_texture:
         res = side / cfg.max_texture

@@ -52,8 +52,8 @@ def _kernel():
     @triton.jit
     def mpi_render_kernel(
         mpi_ptr, hinv_ptr, rows_ptr, kinv_ptr, order_ptr, out_rgb_ptr, out_depth_ptr, out_opac_ptr,
-        D, TH, TW, H, W, n_tiles_x,
-        INVERSE: tl.constexpr, LAST: tl.constexpr, BH: tl.constexpr, BW: tl.constexpr,
+        TH, TW, H, W, n_tiles_x,
+        D: tl.constexpr, INVERSE: tl.constexpr, LAST: tl.constexpr, BH: tl.constexpr, BW: tl.constexpr,
     ):
         pid = tl.program_id(0)
         cam = tl.program_id(1)
@@ -213,8 +213,8 @@ def render_fused_batch(mpi_cl: torch.Tensor, packed: dict, height: int, width: i
     nty = triton.cdiv(height, bh)
     _kernel()[(ntx * nty, B)](
         mpi_cl, packed["hinv"], packed["rows"], packed["kinv"], packed["order"], rgb, depth, opac,
-        D, th, tw, height, width, ntx,
-        INVERSE=bool(packed["inverse"]), LAST=float(LAST_SPACING), BH=bh, BW=bw,
+        th, tw, height, width, ntx,
+        D=D, INVERSE=bool(packed["inverse"]), LAST=float(LAST_SPACING), BH=bh, BW=bw,
     )
     return {"rgb": rgb, "depth": depth, "opacity": opac}
 
