@@ -125,3 +125,27 @@ def test_feather_weights_sum_to_one_across_an_overlap():
     assert np.allclose(total[2 * ov: -2 * ov], 1.0)
     fw = feather_weights((n, n), 2 * ov)
     assert fw.min() > 0 and fw.max() == 1.0
+
+
+def test_index_without_pyogrio_reads_like_pyogrios(tmp_path):
+    """The sqlite3 fallback (for GPU nodes without pyogrio) writes a GeoPackage that GDAL reads the same."""
+    import geopandas as gpd
+    import pyproj
+
+    from geoimplicit.tiling import grid as grid_module
+    from geoimplicit.tiling.grid import TileGrid, read_statuses, update_status
+
+    tg = TileGrid.from_aoi((770_000.0, 6_277_000.0, 770_100.0, 6_277_050.0), tile_size=32.0, overlap=4.0,
+                           resolution=0.5, crs="EPSG:2154")
+    normal = tg.write_index(tmp_path / "normal.gpkg", "pending")
+    cols = {"id": [t.id for t in tg.tiles], "row": np.array([t.row for t in tg.tiles], np.int32),
+            "status": ["pending"] * len(tg.tiles), "message": [""] * len(tg.tiles)}
+    grid_module._write_gpkg_layer(tmp_path / "fallback.gpkg", "tiles", [t.core_bounds for t in tg.tiles], cols,
+                                  tg.grid.crs)
+    a = gpd.read_file(normal, layer="tiles")
+    b = gpd.read_file(tmp_path / "fallback.gpkg", layer="tiles")
+    assert pyproj.CRS(b.crs).equals(pyproj.CRS("EPSG:2154"))
+    assert list(b["id"]) == list(a["id"]) and list(b["row"]) == list(a["row"])
+    assert all(ga.equals(gb) for ga, gb in zip(a.geometry, b.geometry))
+    update_status(tmp_path / "fallback.gpkg", tg.tiles[0].id, "done")
+    assert read_statuses(tmp_path / "fallback.gpkg")[tg.tiles[0].id] == "done"

@@ -17,12 +17,14 @@ import logging
 import math
 import os
 import sqlite3
+import struct
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
 
 import numpy as np
+import pyproj
 
 from geoimplicit.errors import AOIError, InputError, InputFileNotFoundError, CorruptInputError
 from geoimplicit.outputs import atomic_output
@@ -294,7 +296,6 @@ class TileGrid:
         ``status``: one status for all tiles, or a dict tile id -> status (missing ids are "pending").
         ``extra``: more key/value metadata (JSON-able) stored in the ``tiling`` table (e.g. the run config).
         """
-        import pyogrio.raw
         import shapely
 
         statuses = {t.id: (status.get(t.id, "pending") if isinstance(status, dict) else status) for t in self.tiles}
@@ -319,10 +320,15 @@ class TileGrid:
         if extra:
             meta.update(extra)
         with atomic_output(path, overwrite=overwrite) as tmp:
-            pyogrio.raw.write(
-                str(tmp), geoms, list(cols.values()), list(cols.keys()), driver="GPKG", layer="tiles",
-                geometry_type="Polygon", crs=crs,
-            )
+            try:
+                import pyogrio.raw
+            except ImportError:  # a lean worker or GPU node without GDAL's vector drivers
+                _write_gpkg_layer(tmp, "tiles", [t.core_bounds for t in self.tiles], cols, self.grid.crs)
+            else:
+                pyogrio.raw.write(
+                    str(tmp), geoms, list(cols.values()), list(cols.keys()), driver="GPKG", layer="tiles",
+                    geometry_type="Polygon", crs=crs,
+                )
             with sqlite3.connect(tmp) as con:
                 con.execute("CREATE TABLE tiling (key TEXT PRIMARY KEY, value TEXT)")
                 con.executemany("INSERT INTO tiling VALUES (?, ?)", [(k, json.dumps(v)) for k, v in meta.items()])
@@ -355,6 +361,57 @@ class TileGrid:
             b = (left - ov, bottom - ov, right + ov, top + ov)
             tiles.append(Tile(tid, int(r), int(c), core, b, GridSpec(b, grid.resolution, grid.crs)))
         return cls(grid, ts, ov, tiles, meta.get("aoi_wkt"))
+
+
+def _write_gpkg_layer(path, layer: str, boxes, columns: dict, crs) -> None:
+    """A GeoPackage polygon layer of boxes written with sqlite3 alone (the OGC GeoPackage 1.3 tables and
+    geometry blobs), for machines without pyogrio; GDAL, QGIS and geopandas read it like pyogrio's."""
+    import shapely
+
+    epsg = crs.to_epsg() if crs is not None else None
+    srs_id, org = (epsg, "EPSG") if epsg else ((100000, "NONE") if crs is not None else (-1, "NONE"))
+    sql_types = {"i": "INTEGER", "f": "REAL"}
+    con = sqlite3.connect(path)
+    try:
+        con.execute("PRAGMA application_id = 1196444487")  # 'GPKG'
+        con.execute("PRAGMA user_version = 10300")
+        con.executescript("""
+            CREATE TABLE gpkg_spatial_ref_sys (srs_name TEXT NOT NULL, srs_id INTEGER PRIMARY KEY,
+                organization TEXT NOT NULL, organization_coordsys_id INTEGER NOT NULL, definition TEXT NOT NULL,
+                description TEXT);
+            CREATE TABLE gpkg_contents (table_name TEXT NOT NULL PRIMARY KEY, data_type TEXT NOT NULL,
+                identifier TEXT UNIQUE, description TEXT DEFAULT '',
+                last_change DATETIME NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ','now')),
+                min_x DOUBLE, min_y DOUBLE, max_x DOUBLE, max_y DOUBLE, srs_id INTEGER);
+            CREATE TABLE gpkg_geometry_columns (table_name TEXT NOT NULL, column_name TEXT NOT NULL,
+                geometry_type_name TEXT NOT NULL, srs_id INTEGER NOT NULL, z TINYINT NOT NULL, m TINYINT NOT NULL,
+                PRIMARY KEY (table_name, column_name));
+        """)
+        srs_rows = [("Undefined cartesian SRS", -1, "NONE", -1, "undefined", None),
+                    ("Undefined geographic SRS", 0, "NONE", 0, "undefined", None),
+                    ("WGS 84 geodetic", 4326, "EPSG", 4326, pyproj.CRS.from_epsg(4326).to_wkt("WKT1_GDAL"), None)]
+        if srs_id not in (-1, 0, 4326):
+            srs_rows.append((crs.name, srs_id, org, srs_id, crs.to_wkt("WKT1_GDAL"), None))
+        con.executemany("INSERT INTO gpkg_spatial_ref_sys VALUES (?, ?, ?, ?, ?, ?)", srs_rows)
+        fields = ", ".join(f'"{k}" {sql_types.get(np.asarray(v).dtype.kind, "TEXT")}' for k, v in columns.items())
+        con.execute(f'CREATE TABLE "{layer}" (fid INTEGER PRIMARY KEY AUTOINCREMENT NOT NULL, geom POLYGON, {fields})')
+        blobs = []
+        for left, bottom, right, top in boxes:
+            header = b"GP" + struct.pack("<BBi4d", 0, 0b011, srs_id, left, right, bottom, top)  # LE, xy envelope
+            blobs.append(header + shapely.to_wkb(shapely.box(left, bottom, right, top), byte_order=1))
+        names = list(columns)
+        values = [[v.item() if hasattr(v, "item") else v for v in np.asarray(columns[k], dtype=object)] for k in names]
+        con.executemany(
+            f'INSERT INTO "{layer}" (geom, {", ".join(chr(34) + k + chr(34) for k in names)}) '
+            f'VALUES (?{", ?" * len(names)})', [(b, *row) for b, *row in zip(blobs, *values)])
+        b = np.array(boxes, dtype=np.float64).reshape(-1, 4)
+        extent = (b[:, 0].min(), b[:, 1].min(), b[:, 2].max(), b[:, 3].max()) if len(b) else (None,) * 4
+        con.execute("INSERT INTO gpkg_contents (table_name, data_type, identifier, min_x, min_y, max_x, max_y, srs_id)"
+                    " VALUES (?, 'features', ?, ?, ?, ?, ?, ?)", (layer, layer, *extent, srs_id))
+        con.execute("INSERT INTO gpkg_geometry_columns VALUES (?, 'geom', 'POLYGON', ?, 0, 0)", (layer, srs_id))
+        con.commit()
+    finally:
+        con.close()
 
 
 def _is_box(polygon, bounds) -> bool:
