@@ -40,10 +40,9 @@ class ProgressReporter:
             if bar is None:
                 bar = self._bars[stage] = tqdm(total=total, desc=stage or None, unit="", leave=True, file=sys.stderr)
             bar.total = total
-            bar.n = done
             if message:
                 bar.set_postfix_str(message, refresh=False)
-            bar.refresh()
+            bar.update(done - bar.n)  # update() (not setting n) keeps the rate and the ETA right
             if total and done >= total:
                 bar.close()
                 self._bars.pop(stage, None)
