@@ -1,4 +1,4 @@
-"""``geoimplicit dsm --points PATHS... --aoi AOI|--bbox ... --resolution 0.5 --method raster -o dsm.tif``."""
+"""``geoimplicit dsm --points PATHS... --aoi AOI|--bbox ... --resolution 0.5 [--method occupancy|raster] -o dsm.tif``."""
 
 from __future__ import annotations
 
@@ -16,8 +16,9 @@ STATS = ("max", "min", "mean", "median", "idw", "count", "stdev")
               help="Ortho GeoTIFF(s) for methods that use them (repeat for RGB and IR).")
 @aoi_options()
 @resolution_option
-@click.option("--method", default="raster", metavar="NAME",
-              help="DSM method: raster (cell statistics) or occupancy (neural occupancy field).")
+@click.option("--method", default="occupancy", metavar="NAME",
+              help="DSM method: occupancy (neural occupancy field, default weights shipped) or raster (cell "
+                   "statistics).")
 # --- raster method options ---------------------------------------------------------------------------------
 @click.option("--stat", type=click.Choice(STATS), default=None,
               help="[raster] Cell statistic (default max: the highest return, a DSM).")

@@ -73,7 +73,7 @@ def test_result_does_not_depend_on_the_tiling(tmp_path, cli):
     for ts, ov in ((8, 6), (25, 8), (200, 8)):
         out = tmp_path / f"dsm_{ts}.tif"
         r = cli("dsm", "--points", laz, "--bbox", X0, Y0, X0 + 60, Y0 + 40, "--resolution", 0.5,
-                "--tile-size", ts, "--overlap", ov, "-o", out)
+                "--method", "raster", "--tile-size", ts, "--overlap", ov, "-o", out)
         assert r.exit_code == 0, r.output
         a = _read(out)[0]
         if ref is None:
@@ -87,7 +87,7 @@ def test_resume_runs_only_unfinished_tiles(tmp_path, cli, monkeypatch):
 
     laz = _scene(tmp_path, seed=2)
     args = ["dsm", "--points", laz, "--bbox", X0, Y0, X0 + 60, Y0 + 40, "--resolution", 0.5, "--tile-size", 20,
-            "-o", tmp_path / "dsm.tif"]
+            "--method", "raster", "-o", tmp_path / "dsm.tif"]
     real = run.run_tile_job
     calls = []
 
@@ -120,7 +120,7 @@ def test_empty_tile_stays_nodata(tmp_path, cli):
     # the bbox reaches 40 m east of the data: those tiles have no points -> nodata, never invented
     out = tmp_path / "dsm.tif"
     r = cli("dsm", "--points", laz, "--bbox", X0, Y0, X0 + 100, Y0 + 40, "--resolution", 0.5, "--tile-size", 20,
-            "--overlap", 4, "-o", out)
+            "--overlap", 4, "--method", "raster", "-o", out)
     assert r.exit_code == 0, r.output
     a, *_ = _read(out)
     assert (a[:, 130:] == -9999).all()  # beyond x0+60 + the fill width
@@ -166,7 +166,7 @@ def test_tile_and_mosaic_commands(tmp_path, cli):
     assert_clean_error(r, "--crs")
     # mosaic of a run's tile index, clipped to an AOI polygon file
     laz = _scene(tmp_path, seed=5)
-    r = cli("dsm", "--points", laz, "--resolution", 0.5, "--tile-size", 20, "--keep-points", "-o",
+    r = cli("dsm", "--points", laz, "--resolution", 0.5, "--method", "raster", "--tile-size", 20, "--keep-points", "-o",
             tmp_path / "dsm.tif")
     assert r.exit_code == 0, r.output
     import shapely
@@ -197,7 +197,7 @@ def test_ign_tile_dsm_against_ign_dsm(shared_data, tmp_path, cli):
     out = tmp_path / "dsm.tif"
     # all six tiles as input (a folder glob); the bbox of IGN's DSM: the same grid exactly
     r = cli("dsm", "--points", str(d / "*.laz"), "--bbox", b.left, b.bottom, b.right, b.top,
-            "--resolution", 0.5, "-o", out)
+            "--resolution", 0.5, "--method", "raster", "-o", out)
     assert r.exit_code == 0, r.output
     a, t, *_ = _read(out)
     assert t.almost_equals(truth_t) and a.shape == truth.shape
