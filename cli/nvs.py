@@ -29,21 +29,63 @@ def nvs():
 @click.option("--refine-cameras", is_flag=True, help="Learn small pose corrections per view; writes cameras/.")
 @click.option("--geo-products", is_flag=True, help="Geo layout: also write true_ortho.tif and height.tif.")
 @click.option("--aoi", default=None, type=click.Path(dir_okay=False),
-              help="Tiled fit: one MPI per tile of this AOI (not implemented yet).")
-@click.option("--resume", is_flag=True, help="Continue from MODEL_DIR/checkpoint.pt.")
+              help="Tiled fit: one geo-MPI per tile of this AOI (GeoJSON/GPKG/SHP, any CRS) from the views that "
+                   "see it; writes tiles/<id>/, true_ortho.tif and height.tif into the output folder.")
+@click.option("--tile-size", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="--aoi: tile size in CRS units (default 256 pixels).")
+@click.option("--overlap", type=click.FloatRange(min=0), default=None,
+              help="--aoi: tile overlap on every side in CRS units (default 16 pixels).")
+@click.option("--resolution", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="--aoi: pixel size of true_ortho.tif / height.tif (default: the nadir view's ground sample distance).")
+@click.option("--height-range", type=float, nargs=2, default=None, metavar="MIN MAX",
+              help="--aoi: world heights of the planes (default: from the most nadir camera's depth range).")
+@click.option("--min-view-coverage", type=click.FloatRange(0, 1, min_open=True), default=0.5,
+              help="--aoi: use a view for a tile when at least this fraction of the tile projects into it.")
+@click.option("--scheduler", default=None, metavar="tcp://HOST:8786",
+              help="--aoi: run the tiles on a running Dask scheduler (its workers must see the same files).")
+@click.option("--dask-workers", type=click.IntRange(min=1), default=None,
+              help="--aoi: run the tiles on a local Dask cluster of N worker processes.")
+@click.option("--resume", is_flag=True, help="Continue from MODEL_DIR/checkpoint.pt (--aoi runs always resume).")
 @device_option
 @overwrite_option
 @click.pass_context
 def fit(ctx, views_dir, views_opt, model_dir, planes, layout, model_kind, steps, image_scale, refine_cameras,
-        geo_products, aoi, resume, device, overwrite):
-    """Fit an MPI to the train views of VIEWS_DIR (Images/, Cams/, view_split.txt)."""
+        geo_products, aoi, tile_size, overlap, resolution, height_range, min_view_coverage, scheduler, dask_workers,
+        resume, device, overwrite):
+    """Fit an MPI to the train views of VIEWS_DIR (Images/, Cams/, view_split.txt); with --aoi, one geo-MPI per
+    tile of the AOI (resumable), mosaicked into true_ortho.tif and height.tif."""
     views = views_dir or views_opt
     if views is None:
         raise click.UsageError("give VIEWS_DIR (or --views)")
-    if aoi is not None:
-        raise click.UsageError("--aoi tiled MPI fitting is not implemented yet; fit one view set at a time")
     from geoimplicit.mpi.fit import FitConfig, fit_mpi
 
+    if aoi is not None:
+        if layout != "geo" and ctx.get_parameter_source("layout").name != "DEFAULT":
+            raise click.BadParameter("--aoi fits geo-layout MPIs", param_hint="--layout")
+        if refine_cameras or geo_products:
+            raise click.BadParameter("not available with --aoi", param_hint="--refine-cameras/--geo-products")
+        from geoimplicit.executors import make_executor
+        from geoimplicit.mpi.tiled import fit_tiled
+
+        cfg = FitConfig(planes=planes, layout="geo", model=model_kind, steps=steps, image_scale=image_scale)
+        gpus = 0
+        if scheduler or dask_workers:
+            import torch
+
+            gpus = 1 if (device != "cpu" and torch.cuda.is_available()) else 0
+        executor = make_executor(scheduler, dask_workers, **({"gpus_per_worker": gpus} if gpus else {}))
+        try:
+            outputs = fit_tiled(views, aoi, model_dir, config=cfg, resolution=resolution, tile_size=tile_size,
+                                overlap=overlap, height_range=height_range, min_view_coverage=min_view_coverage,
+                                device=device, overwrite=overwrite, executor=executor,
+                                progress=ctx.obj["progress"])
+        finally:
+            executor.close()
+        ctx.obj["progress"].result(**outputs)
+        return
+    if any(v is not None for v in (tile_size, overlap, resolution, height_range, scheduler, dask_workers)):
+        raise click.BadParameter("--tile-size, --overlap, --resolution, --height-range, --scheduler and "
+                                 "--dask-workers are options of the tiled fit", param_hint="--aoi")
     cfg = FitConfig(planes=planes, layout=layout, model=model_kind, steps=steps, image_scale=image_scale,
                     refine_cameras=refine_cameras, device=device)
     result = fit_mpi(views, model_dir, cfg, resume=resume, overwrite=overwrite, progress=ctx.obj["progress"])

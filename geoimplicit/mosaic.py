@@ -195,6 +195,9 @@ def mosaic(
     filled_output=None,
     overwrite: bool = False,
     block_px: int = 1024,
+    bands: Sequence[int] | None = None,
+    dtype: str = "float32",
+    nodata: float = NODATA,
     progress: ProgressCallback | None = None,
     cancel: CancelCallback | None = None,
 ) -> Path:
@@ -210,7 +213,12 @@ def mosaic(
         tags: metadata tags (method, inputs, ...); the software version and resolution are added.
         filled_output: optional uint8 COG: 1 where the value comes from hole filling, 0 measured, 255 nodata.
         overwrite: replace existing outputs.
-        block_px: side of the blocks computed at a time (memory ~ 24 bytes x block_px^2).
+        block_px: side of the blocks computed at a time (memory ~ 24 bytes x block_px^2 per band).
+        bands: the tile bands to blend, one output band each (default ``(1,)``; e.g. ``(1, 2, 3)`` for RGB
+            tiles). A tile pixel counts only where all of them are valid.
+        dtype: output data type; integer types are rounded and clipped to their range, and a value equal to
+            ``nodata`` is moved one step inside the range (so it stays valid).
+        nodata: output nodata value.
 
     Raises:
         NoDataError: no tile, or no valid pixel at all.
@@ -227,6 +235,14 @@ def mosaic(
     if filled_output is not None:
         check_output(filled_output, overwrite)
     tiles = [Path(t) for t in tiles]
+    bands = [1] if bands is None else [int(b) for b in bands]
+    nb = len(bands)
+    out_dtype = np.dtype(dtype)
+    is_int = out_dtype.kind in "iu"
+    if not bands or min(bands) < 1:
+        raise InputError(f"bands must be 1-based band numbers, got {bands}")
+    if filled_output is not None and nb > 1:
+        raise InputError("a filled mask is only made for a single-band mosaic")
     if not tiles:
         raise NoDataError("no tiles to mosaic", path=output, hint="check that the run produced tiles")
     sources, tile_crs = _open_sources(tiles)
@@ -246,6 +262,8 @@ def mosaic(
             raise InputError("tile is not on the mosaic's pixel grid (other resolution or origin)", path=s.path,
                              hint="mosaic tiles made with one tile grid")
         s.window = grid.window(s.bounds)
+        if s.count < max(bands):
+            raise InputError(f"tile has {s.count} bands, the mosaic asks for band {max(bands)}", path=s.path)
     _infer_feather(sources, grid)
     from geoimplicit.io.crs import to_rasterio_crs
 
@@ -272,9 +290,13 @@ def mosaic(
     all_tags = {"AREA_OR_POINT": "Area", "software": f"geoimplicit {__version__}", "resolution": repr(grid.resolution),
                 "tiles": str(len(sources))}
     all_tags.update({str(k): (v if isinstance(v, str) else json.dumps(v)) for k, v in (tags or {}).items()})
-    profile = dict(driver="GTiff", width=cols, height=rows, count=1, dtype="float32", nodata=NODATA,
+    profile = dict(driver="GTiff", width=cols, height=rows, count=nb, dtype=out_dtype.name, nodata=nodata,
                    crs=rio_crs, transform=grid.transform, tiled=True, blockxsize=256, blockysize=256,
-                   compress="deflate", zlevel=1, predictor=3, BIGTIFF="IF_SAFER")
+                   compress="deflate", zlevel=1, predictor=2 if is_int else 3, BIGTIFF="IF_SAFER")
+    if nb == 3 and out_dtype == np.uint8:
+        profile["photometric"] = "RGB"
+    if is_int:
+        lo, hi = np.iinfo(out_dtype).min, np.iinfo(out_dtype).max
     want_filled = filled_output is not None
     tmp = partial_path(Path(output).with_name(Path(output).stem + "_blocks.tif"))
     tmp_f = partial_path(Path(output).with_name(Path(output).stem + "_filled_blocks.tif")) if want_filled else None
@@ -292,7 +314,7 @@ def mosaic(
                     check_cancel(cancel)
                     r0, c0 = br * bx, bc * bx
                     h, w = min(bx, rows - r0), min(bx, cols - c0)
-                    acc = np.zeros((h, w))
+                    acc = np.zeros((nb, h, w))
                     wsum = np.zeros((h, w))
                     facc = np.zeros((h, w)) if want_filled else None
                     for i in buckets.get((br, bc), ()):
@@ -308,29 +330,33 @@ def mosaic(
                             wt = weight_cache[key] = feather_weights(s.shape, 2 * s.overlap_px)
                         win = Window(cc0 - tw.col_off, rr0 - tw.row_off, cc1 - cc0, rr1 - rr0)
                         ds = handles.get(s.path)
-                        bands = [1, 2] if (want_filled and s.count >= 2) else [1]
-                        data = ds.read(bands, window=win).astype(np.float64)
-                        vals = data[0]
+                        read = bands + [2] if (want_filled and s.count >= 2) else bands
+                        data = ds.read(read, window=win).astype(np.float64)
+                        vals = data[:nb]
                         nd = ds.nodata
-                        ok = np.isfinite(vals)
+                        ok = np.isfinite(vals).all(axis=0)
                         if nd is not None:
-                            ok &= vals != nd
+                            ok &= (vals != nd).all(axis=0)
                         wwin = wt[win.row_off:win.row_off + win.height, win.col_off:win.col_off + win.width] * ok
                         sl = (slice(rr0 - r0, rr1 - r0), slice(cc0 - c0, cc1 - c0))
-                        acc[sl] += wwin * np.where(ok, vals, 0.0)
+                        acc[(slice(None),) + sl] += wwin * np.where(ok, vals, 0.0)
                         wsum[sl] += wwin
-                        if want_filled and len(bands) == 2:
+                        if want_filled and len(read) == 2:
                             facc[sl] += wwin * np.where(ok, data[1], 0.0)
                     valid = wsum > 0
                     if aoi is not None and valid.any():
                         btrans = grid.subgrid(Window(c0, r0, w, h)).transform
                         inside = geometry_mask([aoi], out_shape=(h, w), transform=btrans, invert=True)
                         valid &= inside
-                    out = np.full((h, w), NODATA, np.float32)
+                    out = np.full((nb, h, w), nodata, out_dtype)
                     with np.errstate(invalid="ignore", divide="ignore"):
-                        out[valid] = (acc[valid] / wsum[valid]).astype(np.float32)
+                        mean = acc[:, valid] / wsum[valid]
+                    if is_int:
+                        mean = np.clip(np.rint(mean), lo, hi)
+                        mean[mean == nodata] = nodata + 1 if nodata < hi else nodata - 1
+                    out[:, valid] = mean.astype(out_dtype)
                     n_valid += int(valid.sum())
-                    dst.write(out, 1, window=Window(c0, r0, w, h))
+                    dst.write(out, window=Window(c0, r0, w, h))
                     if want_filled:
                         fo = np.full((h, w), 255, np.uint8)
                         with np.errstate(invalid="ignore", divide="ignore"):
@@ -340,7 +366,14 @@ def mosaic(
                     if progress is not None:
                         progress(done, total, "mosaic", f"block {done}/{total}")
             dst.update_tags(**all_tags)
-            dst.set_band_description(1, str((tags or {}).get("band", "height")))
+            if nb == 1:
+                dst.set_band_description(1, str((tags or {}).get("band", "height")))
+            else:
+                with rasterio.open(sources[0].path) as ds0:
+                    names = ds0.descriptions
+                for k, b in enumerate(bands):
+                    if names[b - 1]:
+                        dst.set_band_description(k + 1, names[b - 1])
             if want_filled:
                 dst_f.update_tags(**{**all_tags, "band": "filled: 1 filled hole, 0 measured, 255 nodata"})
         finally:
@@ -351,7 +384,7 @@ def mosaic(
         if n_valid == 0:
             raise NoDataError("the mosaic has no valid pixel (every tile is nodata or outside the AOI)",
                               path=output, hint="check that the AOI overlaps the data")
-        _to_cog(tmp, output, overwrite, predictor="FLOATING_POINT")
+        _to_cog(tmp, output, overwrite, predictor="STANDARD" if is_int else "FLOATING_POINT")
         if want_filled:
             _to_cog(tmp_f, filled_output, overwrite, predictor="STANDARD", resampling="NEAREST")
     finally:
