@@ -208,3 +208,17 @@ def test_bad_aoi(scene, tmp_path, cli):
     assert_clean_error(cli("nvs", "fit", "--aoi", str(bad), "--views", views, "-o", str(tmp_path / "o3"), *FIT),
                        "bad.geojson")
     assert not (tmp_path / "o1" / "height.tif").exists()
+
+
+@pytest.mark.slow
+def test_tiled_fit_dask_matches_local(scene, tmp_path):
+    """The same run on a local Dask cluster of 2 workers gives the local run's mosaics (float noise aside)."""
+    aoi = _write_aoi(tmp_path / "aoi.geojson", AOI)
+    outs = {}
+    for name, extra in (("local", []), ("dask", ["--dask-workers", "2"])):
+        r = run_cli("nvs", "fit", "--aoi", str(aoi), "--views", str(scene / "city" / "views"),
+                    "-o", str(tmp_path / name), *FIT, *extra)
+        assert r.exit_code == 0, r.output
+        with rasterio.open(tmp_path / name / "height.tif") as ds:
+            outs[name] = ds.read(1)
+    np.testing.assert_allclose(outs["dask"], outs["local"], atol=0.01)
