@@ -64,15 +64,42 @@ def _orbit_camera(scene, azimuth_deg, elevation_deg, *, size, fov_deg, target, c
     return make_camera(np.asarray(target) + offset, target, size=size, fov_deg=fov_deg)
 
 
-def view_cameras(scene, *, n_views: int = 20, size: int = 512, fov_deg: float = 40.0, seed: int = 0):
-    """``n_views`` cameras around and over the scene: one nadir, then rings at 75, 60 and 45 degrees of
-    elevation, azimuths spread evenly with a small random jitter, all looking near the scene centre."""
+VIEW_CONFIGS = ("aerial", "oblique")
+"""View configurations: ``aerial`` (default; near-nadir, like aerial/satellite NVS sets) or ``oblique``."""
+
+
+def _check_config(config: str) -> None:
+    if config not in VIEW_CONFIGS:
+        raise ValueError(f"unknown view configuration {config!r}; choose one of {', '.join(VIEW_CONFIGS)}")
+
+
+def view_cameras(scene, *, n_views: int = 20, size: int = 512, fov_deg: float = 40.0, seed: int = 0,
+                 config: str = "aerial", max_off_nadir_deg: float = 25.0):
+    """``n_views`` cameras over the scene, all looking near the scene centre; the first looks straight down.
+
+    ``config="aerial"`` (default): like aerial / satellite NVS sets (LEVIR-NVS is near-nadir with modest
+    baselines): the other views lie on a golden-angle (Vogel) spiral around nadir, off-nadir angles growing as
+    ``max_off_nadir_deg * sqrt(i / (n - 1))`` (elevations 65-90 degrees by default), with a small random jitter.
+    ``config="oblique"``: rings at 75, 60 and 45 degrees of elevation (facades and deep occlusions that a plane
+    stack cannot represent), azimuths spread evenly with a small random jitter.
+    """
+    _check_config(config)
     rng = np.random.default_rng([seed, 21])
     cx, cy = scene.center
     z0 = float(np.median(scene.dsm))
     half = min(scene.shape) * scene.resolution / 2.0
     cams = [_orbit_camera(scene, 0.0, 90.0, size=size, fov_deg=fov_deg, target=(cx, cy, z0))]
     rest = n_views - 1
+    if config == "aerial":
+        start = rng.uniform(0, 360)
+        golden = 180.0 * (3.0 - math.sqrt(5.0))  # 137.5 degrees
+        for i in range(1, n_views):
+            off = max_off_nadir_deg * math.sqrt(i / max(1, n_views - 1)) + rng.uniform(-1, 1)
+            az = start + golden * i + rng.uniform(-5, 5)
+            target = (cx + rng.uniform(-0.03, 0.03) * half, cy + rng.uniform(-0.03, 0.03) * half, z0)
+            cams.append(_orbit_camera(scene, az, 90.0 - min(abs(off), 89.0), size=size, fov_deg=fov_deg,
+                                      target=target))
+        return [_with_depth_range(scene, c) for c in cams[:n_views]]
     rings = [(75.0, 0.2), (60.0, 0.35), (45.0, 0.45)]
     counts = [int(round(rest * w)) for _, w in rings]
     counts[-1] = rest - sum(counts[:-1])
@@ -86,16 +113,41 @@ def view_cameras(scene, *, n_views: int = 20, size: int = 512, fov_deg: float = 
     return [_with_depth_range(scene, c) for c in cams[:n_views]]
 
 
-def track_cameras(scene, *, n: int = 60, size: int = 512, fov_deg: float = 40.0):
-    """A smooth orbit of novel views: one turn around the scene, elevation swinging between 47 and 63 deg."""
+def track_cameras(scene, *, n: int = 60, size: int = 512, fov_deg: float = 40.0, config: str = "aerial"):
+    """A smooth orbit of novel views, one turn around the scene. ``aerial``: inside the train views' cone,
+    elevation swinging between 70 and 80 degrees (10-20 degrees off nadir); ``oblique``: between 47 and 63."""
+    _check_config(config)
     cx, cy = scene.center
     z0 = float(np.median(scene.dsm))
+    mid, swing = (75.0, 5.0) if config == "aerial" else (55.0, 8.0)
     cams = []
     for i in range(n):
         a = 2 * math.pi * i / n
-        cams.append(_orbit_camera(scene, math.degrees(a) + 10.0, 55.0 + 8.0 * math.sin(2 * a), size=size,
+        cams.append(_orbit_camera(scene, math.degrees(a) + 10.0, mid + swing * math.sin(2 * a), size=size,
                                   fov_deg=fov_deg, target=(cx, cy, z0)))
     return [_with_depth_range(scene, c) for c in cams]
+
+
+def held_out_view_ids(n_views: int, n_test: int, config: str = "aerial") -> list[int]:
+    """Indices of the held-out views. ``aerial``: spread over the inner part of the spiral (never the nadir
+    view, never the outermost views), so each lies between train views; ``oblique``: every k-th from the end."""
+    _check_config(config)
+    n_test = max(0, min(int(n_test), n_views - 1))
+    if n_test == 0:
+        return []
+    if config == "aerial":
+        hi = max(1.0, 0.8 * (n_views - 1))
+        picks = np.round(np.linspace(min(2.0, hi), hi, n_test)).astype(int) if n_test > 1 else [min(2, n_views - 1)]
+        out = []
+        for p in picks:
+            p = int(min(max(p, 1), n_views - 1))
+            while p in out and p < n_views - 1:
+                p += 1
+            if p not in out:
+                out.append(p)
+        return sorted(out)
+    step = max(1, (n_views - 1) // n_test)
+    return sorted([i for i in range(n_views - 1, 0, -step)][:n_test])
 
 
 def _with_depth_range(scene, cam: PinholeCamera) -> PinholeCamera:
@@ -269,20 +321,25 @@ def render_view_set(
     n_track: int = 60,
     n_test: Optional[int] = None,
     fov_deg: float = 40.0,
+    config: str = "aerial",
+    max_off_nadir_deg: float = 25.0,
     progress: Optional[ProgressCallback] = None,
     cancel: Optional[CancelCallback] = None,
 ) -> Path:
     """Render ``n_views`` views of ``scene`` into ``out_dir`` in the LEVIR-NVS layout (see the module doc).
 
-    One view in five (at least one) is held out for testing in ``view_split.txt``; the nadir view is always
-    a train view.
+    One view in five (at least one) is held out for testing in ``view_split.txt`` (see :func:`held_out_view_ids`);
+    the nadir view is always a train view. ``config``: ``aerial`` (default) or ``oblique`` camera layout, see
+    :func:`view_cameras`.
     """
+    _check_config(config)
     from PIL import Image
 
     out = Path(out_dir)
     for sub in ("Images", "Cams", "Depths", "Track"):
         (out / sub).mkdir(parents=True, exist_ok=True)
-    cams = view_cameras(scene, n_views=n_views, size=size, fov_deg=fov_deg, seed=seed)
+    cams = view_cameras(scene, n_views=n_views, size=size, fov_deg=fov_deg, seed=seed, config=config,
+                        max_off_nadir_deg=max_off_nadir_deg)
     for i, cam in enumerate(cams):
         check_cancel(cancel)
         img, depth = render_view(scene, cam)
@@ -291,10 +348,10 @@ def render_view_set(
         write_camera(out / "Cams" / f"{i:03d}.txt", cam)
         if progress is not None:
             progress(i + 1, len(cams), "views", f"view {i:03d}")
-    for i, cam in enumerate(track_cameras(scene, n=n_track, size=size, fov_deg=fov_deg)):
+    for i, cam in enumerate(track_cameras(scene, n=n_track, size=size, fov_deg=fov_deg, config=config)):
         write_camera(out / "Track" / f"{i:03d}.txt", cam)
     n_test = max(1, len(cams) // 5) if n_test is None else n_test
-    test = [i for i in range(len(cams) - 1, 0, -max(1, (len(cams) - 1) // max(n_test, 1)))][:n_test]
+    test = held_out_view_ids(len(cams), n_test, config)
     train = [i for i in range(len(cams)) if i not in test]
     lines = [str(len(train)), " ".join(f"{i:03d}" for i in train), str(len(test)),
              " ".join(f"{i:03d}" for i in sorted(test))]
