@@ -59,3 +59,19 @@ def atomic_output(path: str | os.PathLike, overwrite: bool = False) -> Iterator[
         aux = tmp.with_name(tmp.name + ".aux.xml")
         if aux.exists():
             aux.unlink()
+
+
+def input_fingerprint(files, extra=None) -> str:
+    """A short key for a resumable run: each input's resolved path, size and mtime, and ``extra`` settings.
+
+    A run's work folder stores it; a re-run with a different key (an input or a setting changed) starts again.
+    """
+    import hashlib
+    import json
+
+    h = hashlib.sha256()
+    for f in sorted(str(Path(p).resolve()) for p in files):
+        st = os.stat(f)
+        h.update(f"{f}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+    h.update(json.dumps(extra or {}, sort_keys=True, default=str).encode())
+    return h.hexdigest()[:16]

@@ -16,14 +16,10 @@ the same in this process or on a Dask worker.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
-import math
-import os
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -31,7 +27,7 @@ import numpy as np
 
 from geoimplicit.dsm.method import DsmMethod, RunInputs, TileOutput, get_method
 from geoimplicit.errors import AOIError, InputError
-from geoimplicit.outputs import check_output
+from geoimplicit.outputs import check_output, input_fingerprint
 from geoimplicit.progress import CancelCallback, ProgressCallback, check_cancel
 from geoimplicit.tiling.grid import FINISHED, Tile, TileGrid, read_metadata, read_statuses, update_status
 
@@ -132,15 +128,6 @@ def run_tile_job(job: TileJob, prefetched: tuple[dict, list] | None = None) -> T
 # ---------------------------------------------------------------------------------------------------------
 # the run
 # ---------------------------------------------------------------------------------------------------------
-def _fingerprint(files: Sequence, extra: dict) -> str:
-    h = hashlib.sha256()
-    for f in sorted(str(Path(p).resolve()) for p in files):
-        st = os.stat(f)
-        h.update(f"{f}|{st.st_size}|{st.st_mtime_ns}\n".encode())
-    h.update(json.dumps(extra, sort_keys=True, default=str).encode())
-    return h.hexdigest()[:16]
-
-
 @dataclass
 class RunPlan:
     """The checked inputs of a run (built by :func:`plan_run`)."""
@@ -162,7 +149,7 @@ def plan_run(points, *, resolution: float, aoi=None, bbox=None, bbox_crs=None, c
     import shapely
 
     from geoimplicit.io.crs import crs_name
-    from geoimplicit.io.pointcloud import PointCloudDataset, expand_paths
+    from geoimplicit.io.pointcloud import PointCloudDataset
     from geoimplicit.io.vector import read_aoi
 
     if not resolution or resolution <= 0:
@@ -204,7 +191,7 @@ def plan_run(points, *, resolution: float, aoi=None, bbox=None, bbox_crs=None, c
             from geoimplicit.errors import InputFileNotFoundError
 
             raise InputFileNotFoundError("ortho image not found", path=p)
-    run_key = _fingerprint(files + ortho, {"method": method, "options": options, **tilegrid.metadata()})
+    run_key = input_fingerprint(files + ortho, {"method": method, "options": options, **tilegrid.metadata()})
     inputs = RunInputs(points=files, ortho=ortho, crs_wkt=work_crs.to_wkt(), resolution=float(resolution),
                        bounds=tilegrid.grid.bounds, density=float(density), z_range=tuple(dataset.z_range),
                        point_count=int(dataset.point_count), workdir=str(workdir) if workdir else "")

@@ -24,7 +24,6 @@ continues from its checkpoint.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
@@ -39,7 +38,7 @@ import numpy as np
 
 from geoimplicit.errors import AOIError, CameraFileError, InputError, NoDataError
 from geoimplicit.io.cameras import PinholeCamera, ViewSet, write_camera
-from geoimplicit.outputs import atomic_output, check_output
+from geoimplicit.outputs import atomic_output, check_output, input_fingerprint
 from geoimplicit.progress import CancelCallback, ProgressCallback, check_cancel
 
 log = logging.getLogger(__name__)
@@ -295,15 +294,6 @@ def run_mpi_tile(job: MPITileJob) -> TileFitResult:
 # ---------------------------------------------------------------------------------------------------------
 # the run
 # ---------------------------------------------------------------------------------------------------------
-def _fingerprint(files: Sequence, extra: dict) -> str:
-    h = hashlib.sha256()
-    for f in sorted(str(Path(p).resolve()) for p in files):
-        st = os.stat(f)
-        h.update(f"{f}|{st.st_size}|{st.st_mtime_ns}\n".encode())
-    h.update(json.dumps(extra, sort_keys=True, default=str).encode())
-    return h.hexdigest()[:16]
-
-
 def _finished(out_dir: Path, tile_id: str, status: str | None) -> bool:
     if status == "empty":
         return True
@@ -423,7 +413,7 @@ def fit_tiled(
     fit_dict = asdict(cfg)
     fit_dict.pop("device", None)
     files = [views.image_paths[v] for v in views.ids] + [views.root / "Cams" / f"{v}.txt" for v in views.ids]
-    run_key = _fingerprint(files, {"fit": fit_dict, "margin": crop_margin_px, "coverage": min_view_coverage, "aoi": geometry.wkt,
+    run_key = input_fingerprint(files, {"fit": fit_dict, "margin": crop_margin_px, "coverage": min_view_coverage, "aoi": geometry.wkt,
                                    **tg.metadata()})
     index = out_dir / "tiles.gpkg"
     statuses = _open_index(out_dir, index, tg, run_key)

@@ -9,7 +9,6 @@ manifest; a re-run with the same inputs and grid reuses it, an interrupted one s
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -19,6 +18,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
+from geoimplicit.outputs import input_fingerprint
 from geoimplicit.progress import CancelCallback, ProgressCallback, check_cancel
 
 log = logging.getLogger(__name__)
@@ -38,14 +38,8 @@ def _lattice(tiles: Sequence) -> tuple[float, float, float, dict]:
 
 def routing_key(files: Iterable[str | os.PathLike], tiles: Sequence, fields: Sequence[str]) -> str:
     """A fingerprint of the inputs (path, size, mtime), the tiles' bounds and the fields routed."""
-    h = hashlib.sha256()
-    for f in sorted(str(Path(p).resolve()) for p in files):
-        st = os.stat(f)
-        h.update(f"{f}|{st.st_size}|{st.st_mtime_ns}".encode())
-    for t in tiles:
-        h.update(f"{t.id}|{tuple(round(v, 6) for v in t.bounds)}".encode())
-    h.update("|".join(fields).encode())
-    return h.hexdigest()
+    return input_fingerprint(files, {"tiles": [(t.id, [round(v, 6) for v in t.bounds]) for t in tiles],
+                                     "fields": list(fields)})
 
 
 def assign_to_tiles(x: np.ndarray, y: np.ndarray, tiles: Sequence) -> tuple[np.ndarray, np.ndarray]:
