@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +24,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from geoimplicit.errors import AOIError, CorruptInputError, InputError, InputFileNotFoundError, NoDataError
+from geoimplicit.errors import CorruptInputError, InputError, InputFileNotFoundError, NoDataError
 from geoimplicit.outputs import atomic_output, check_output, partial_path
 from geoimplicit.progress import CancelCallback, ProgressCallback, check_cancel
 from geoimplicit.tiling.blend import feather_weights

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from affine import Affine
 
-from evaluate_helpers import grid_xy, smooth_surface, write_dem
+from evaluate_helpers import grid_xy, smooth_surface
 from geoimplicit.evaluate.coregister import nuth_kaab, shift_array
 from geoimplicit.evaluate.terrain import metres_per_degree, slope_percent
 

@@ -12,7 +12,7 @@ from affine import Affine
 
 from conftest import assert_clean_error
 from evaluate_helpers import grid_xy, smooth_surface, write_dem
-from geoimplicit.evaluate import evaluate_dsm, residual_stats
+from geoimplicit.evaluate import residual_stats
 
 T = Affine(0.5, 0, 770500.0, 0, -0.5, 6277600.0)
 

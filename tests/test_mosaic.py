@@ -87,7 +87,6 @@ def test_cog_layout_tags_and_aoi_clip(tmp_path):
         assert ds.tags(ns="IMAGE_STRUCTURE").get("LAYOUT") == "COG"
         assert ds.tags(ns="IMAGE_STRUCTURE").get("PREDICTOR") == "3"
         assert ds.overviews(1)
-        t = ds.transform
     assert tags["method"] == "raster" and tags["software"].startswith("geoimplicit ")
     assert float(tags["resolution"]) == 0.5 and "a.laz" in tags["inputs"]
     xs, ys = tg.grid.pixel_centers()

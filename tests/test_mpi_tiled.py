@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +12,6 @@ import pytest
 import rasterio
 from affine import Affine
 
-from geoimplicit.io.cameras import PinholeCamera
 from geoimplicit.synthetic.views import make_camera
 from tests.conftest import assert_clean_error, run_cli
 

@@ -15,12 +15,9 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import shutil
-import signal
 import stat
 import subprocess
 import sys
-import textwrap
 import time
 import zipfile
 from pathlib import Path
@@ -379,7 +376,7 @@ def test_provider_offers_every_algorithm_with_help(qgis_runs):
 def test_eval_in_qgis_matches_cli_and_numpy(qgis_runs):
     job = qgis_runs["runs"]["jobs"]["eval"]
     assert job["ok"], job.get("traceback")
-    data, out = qgis_runs["data"], qgis_runs["out"]
+    data, _out = qgis_runs["data"], qgis_runs["out"]
     # the real CLI of this venv ran, found on PATH
     assert job["commands"][0].startswith(f"{VENV_BIN / 'geoimplicit'} --progress json eval ")
     res = job["results"]

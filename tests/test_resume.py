@@ -4,7 +4,6 @@ and ends with the same mosaic as an uninterrupted run; nothing finished-looking 
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys

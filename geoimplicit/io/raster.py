@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path

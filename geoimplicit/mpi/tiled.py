@@ -366,7 +366,7 @@ def fit_tiled(
     from geoimplicit.io.crs import crs_name
     from geoimplicit.mosaic import mosaic
     from geoimplicit.mpi.fit import FitConfig, resolve_device
-    from geoimplicit.tiling.grid import FINISHED, TileGrid, read_statuses
+    from geoimplicit.tiling.grid import TileGrid, read_statuses
 
     out_dir = Path(out_dir)
     ortho_path, height_path = out_dir / "true_ortho.tif", out_dir / "height.tif"

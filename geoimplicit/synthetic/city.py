@@ -21,7 +21,7 @@ from scipy import ndimage
 
 from geoimplicit.errors import GeographicCRSError, InputError
 from geoimplicit.progress import CancelCallback, ProgressCallback, check_cancel
-from geoimplicit.synthetic.terrain import fine_noise, make_terrain, smooth_noise
+from geoimplicit.synthetic.terrain import fine_noise, make_terrain
 
 log = logging.getLogger(__name__)
 

@@ -15,13 +15,11 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import sqlite3
 import struct
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Sequence
 
 import numpy as np
 import pyproj
