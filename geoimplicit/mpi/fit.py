@@ -68,6 +68,14 @@ class FitConfig:
     """Geo layout: (min, max) world heights of the planes; default from the cameras' depth ranges."""
     init_from_views: bool = True
     """Start plane colours from the plane-sweep mean of the train views."""
+    init_density: bool = True
+    """Start plane densities from plane-sweep stereo: along each texel's line of planes, the plane where the
+    train views agree best (lowest colour variance, box-filtered) starts nearly opaque, the others nearly empty."""
+    colour_share: float = 0.0
+    """``direct`` generator: 0 = free colour per plane (ImMPI); 1 = one colour per texel shared by all planes
+    (a 2.5D prior: views cannot be explained by per-plane colours over wrong geometry); baked in at the end."""
+    sweep_window: int = 5
+    """Box filter (texels) of the plane-sweep colour variance."""
     refine_cameras: bool = False
     pose_lr: float = 1e-3
     amp: bool = True
@@ -181,10 +189,13 @@ def _load_images(views: ViewSet, ids, scale: float, device) -> dict[str, torch.T
 
 
 @torch.no_grad()
-def plane_sweep_mean(planes: PlaneSet, cams: list, images: list[torch.Tensor], device) -> torch.Tensor:
-    """Mean colour (D, 3, h, w) of the views projected onto each plane (grey where no view sees it)."""
+def plane_sweep_mean(planes: PlaneSet, cams: list, images: list[torch.Tensor], device,
+                     return_variance: bool = False):
+    """Mean colour (D, 3, h, w) of the views projected onto each plane (grey where no view sees it); with
+    ``return_variance`` also the colour variance across views (D, h, w) and the view count (D, h, w)."""
     D, h, w = planes.num_planes, planes.height, planes.width
     acc = torch.zeros(D, 3, h, w, device=device)
+    acc2 = torch.zeros(D, 1, h, w, device=device)
     cnt = torch.zeros(D, 1, h, w, device=device)
     v, u = torch.meshgrid(torch.arange(h, device=device), torch.arange(w, device=device), indexing="ij")
     tex = torch.stack([u.reshape(-1), v.reshape(-1), torch.ones(h * w, device=device)]).double()
@@ -200,9 +211,32 @@ def plane_sweep_mean(planes: PlaneSet, cams: list, images: list[torch.Tensor], d
         s = F.grid_sample(img[None].expand(D, -1, -1, -1), grid, align_corners=False)
         m = valid.reshape(D, 1, h, w).float()
         acc += s * m
+        acc2 += (s * s).sum(1, keepdim=True) * m
         cnt += m
     mean = acc / cnt.clamp_min(1)
-    return torch.where(cnt > 0, mean, torch.full_like(mean, 0.5))
+    out = torch.where(cnt > 0, mean, torch.full_like(mean, 0.5))
+    if not return_variance:
+        return out
+    var = (acc2 / cnt.clamp_min(1) - (mean * mean).sum(1, keepdim=True)).clamp_min(0)[:, 0]
+    return out, var, cnt[:, 0]
+
+
+@torch.no_grad()
+def sweep_density(var: torch.Tensor, cnt: torch.Tensor, window: int = 5, opaque: float = 3.0,
+                  empty: float = 0.02) -> torch.Tensor:
+    """Plane-sweep stereo as a density start (D, h, w), in units of 1 / plane spacing: along each texel's line
+    of planes the plane of least box-filtered colour variance (seen by at least two views) gets ``opaque``
+    (alpha 1 - exp(-3) = 0.95), the others ``empty``. Where no plane is seen twice, the last plane wins."""
+    D = var.shape[0]
+    k = max(1, int(window)) | 1
+    v = F.avg_pool2d(var[:, None], k, stride=1, padding=k // 2, count_include_pad=False)[:, 0]
+    seen = F.avg_pool2d((cnt >= 2).float()[:, None], k, stride=1, padding=k // 2, count_include_pad=False)[:, 0]
+    cost = torch.where(seen > 0.99, v, torch.full_like(v, float("inf")))
+    best = cost.argmin(0)
+    best = torch.where(torch.isfinite(cost.min(0).values), best, torch.full_like(best, D - 1))
+    dens = torch.full_like(var, empty)
+    dens.scatter_(0, best[None], opaque)
+    return dens
 
 
 def _pose_cameras(cams_local, deltas, scales, device):
@@ -260,6 +294,10 @@ def fit_mpi(
     img_list = [images[i] for i in ids]
     density_scale = 1.0 / planes.spacing
     model = build_model(cfg.model, planes.num_planes, planes.height, planes.width, density_scale).to(device)
+    if cfg.colour_share:
+        if not hasattr(model, "bake_colour_share"):
+            raise ConfigError(f"colour_share needs the direct generator, not {cfg.model!r}")
+        model.colour_share = float(cfg.colour_share)
     depth_span = float(np.ptp(planes.values)) or 1.0
 
     deltas = None
@@ -289,7 +327,15 @@ def fit_mpi(
         return FitResult(model_dir, 0, 0.0, float("nan"), float("nan"), {"model": model_dir / "model.pt"})
     elif cfg.init_from_views and cfg.model == "direct":
         rcs = _pose_cameras(cams_local, None, pose_scales, device)
-        model.init_colour(plane_sweep_mean(planes, rcs, img_list, device))
+        mean, var, cnt = plane_sweep_mean(planes, rcs, img_list, device, return_variance=True)
+        dens = sweep_density(var, cnt, cfg.sweep_window) if cfg.init_density else None
+        if cfg.colour_share > 0 and dens is not None:
+            # start every plane from the colour of its texel's plane-sweep winner
+            best = dens.argmax(0)[None, None].expand(1, 3, -1, -1)
+            mean = torch.gather(mean, 0, best).expand_as(mean).contiguous()
+        model.init_colour(mean)
+        if dens is not None:
+            model.init_density(dens)
 
     cfg_dict = asdict(cfg)
     (model_dir / "config.json").write_text(json.dumps(cfg_dict, indent=2))
@@ -331,6 +377,8 @@ def fit_mpi(
             _save_checkpoint(ckpt_path, model, opt, deltas, done)
     seconds = time.perf_counter() - t0
 
+    if cfg.colour_share:
+        model.bake_colour_share()
     scene = MPIScene(model, planes, (cams[0].width, cams[0].height), cfg_dict)
     # train PSNR of the final model (no pose corrections for views other than through `deltas`)
     with torch.no_grad():

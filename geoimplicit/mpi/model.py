@@ -59,6 +59,11 @@ class MPIGenerator(nn.Module):
     def init_colour(self, rgb: torch.Tensor) -> None:
         """Start from per-plane colours (D, 3, h, w) (e.g. the plane-sweep mean of the train views)."""
 
+    @torch.no_grad()
+    def init_density(self, density: torch.Tensor) -> None:
+        """Start from per-plane densities (D, h, w) in softplus units (before ``density_scale``); generators
+        without an explicit per-plane grid ignore it."""
+
 
 class DirectMPI(MPIGenerator):
     kind = "direct"
@@ -73,13 +78,37 @@ class DirectMPI(MPIGenerator):
         with torch.no_grad():
             self.grids[-1][:, 3] = _inv_softplus(DENSITY_INIT)
 
-    def raw(self):
+    colour_share = 0.0
+    """While fitting: colour logits = share * (their mean over the planes) + (1 - share) * per-plane logits, so
+    that wrong geometry cannot hide behind per-plane colours (a 2.5D prior for near-nadir views). Baked into the
+    grids by :meth:`bake_colour_share` before saving, so a saved model needs no setting."""
+
+    def _levels_sum(self):
         out = self.grids[0]
         if out.shape[-2:] != (self.height, self.width):
             out = F.interpolate(out, size=(self.height, self.width), mode="bilinear", align_corners=False)
         for g in self.grids[1:]:
             out = out + F.interpolate(g, size=(self.height, self.width), mode="bilinear", align_corners=False)
         return out
+
+    def raw(self):
+        out = self._levels_sum()
+        s = float(self.colour_share)
+        if s > 0:
+            c = out[:, :3]
+            c = s * c.mean(0, keepdim=True) + (1 - s) * c
+            out = torch.cat([c, out[:, 3:]], dim=1)
+        return out
+
+    @torch.no_grad()
+    def bake_colour_share(self) -> None:
+        """Write the shared colours into the finest grid and switch sharing off (the output is unchanged)."""
+        if float(self.colour_share) <= 0 or self.grids[0].shape[-2:] != (self.height, self.width):
+            return
+        target = self.raw()[:, :3]
+        rest = self._levels_sum()[:, :3] - self.grids[0][:, :3]
+        self.grids[0][:, :3] = target - rest
+        self.colour_share = 0.0
 
     @torch.no_grad()
     def init_colour(self, rgb):
@@ -90,6 +119,18 @@ class DirectMPI(MPIGenerator):
         up = F.interpolate(low, size=(self.height, self.width), mode="bilinear", align_corners=False)
         fine = self.grids[0]
         fine[:, :3] = F.interpolate(logit - up, size=fine.shape[-2:], mode="area")
+
+    @torch.no_grad()
+    def init_density(self, density):
+        raw = torch.log(torch.expm1(density.clamp_min(1e-4)))[:, None]  # inverse softplus
+        for g in self.grids:
+            g[:, 3] = 0.0
+        coarse = self.grids[-1]
+        low = F.interpolate(raw, size=coarse.shape[-2:], mode="area")
+        coarse[:, 3:4] = low
+        up = F.interpolate(low, size=(self.height, self.width), mode="bilinear", align_corners=False)
+        fine = self.grids[0]
+        fine[:, 3:4] = F.interpolate(raw - up, size=fine.shape[-2:], mode="area")
 
 
 class ConvMPI(MPIGenerator):
