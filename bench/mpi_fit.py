@@ -60,7 +60,7 @@ def main(argv=None):
             city = generate_city(4, bounds=scene_bounds(128, crs="EPSG:2154", resolution=0.5), resolution=0.5,
                                  crs="EPSG:2154")
             scenes[name] = render_view_set(city, out / f"views_{name}", seed=4, n_views=20, size=args.size,
-                                           n_track=4, config=name[4:])
+                                           n_track=4, config=name[4:], workers=min(8, os.cpu_count() or 1))
             print(json.dumps({"generated": name, "seconds": round(time.perf_counter() - t0, 1)}), flush=True)
     rows = []
     variants = [json.loads(v) for v in args.variants.split(";")]

@@ -258,8 +258,28 @@ def cast_rays(scene, cam: PinholeCamera, *, step: Optional[float] = None, refine
     return depth.reshape(H, W), pts.reshape(H, W, 3), hf, origin
 
 
-def render_view(scene, cam: PinholeCamera) -> tuple[np.ndarray, np.ndarray]:
-    """Render one view: (RGB uint8 (H, W, 3), depth float32 (H, W) = z_cam, 0 where nothing is hit)."""
+def render_view(scene, cam: PinholeCamera, supersample: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """Render one view: (RGB uint8 (H, W, 3), depth float32 (H, W) = z_cam, 0 where nothing is hit).
+
+    ``supersample`` (odd): ``s x s`` rays per pixel, box-filtered, as a real sensor integrates over its pixel
+    (point-sampled views alias differently in every view, which no 3D model can reproduce); the depth stays
+    that of the pixel-centre ray (the middle sub-ray).
+    """
+    s = int(supersample)
+    if s < 1 or s % 2 == 0:
+        raise ValueError(f"supersample must be an odd number >= 1, not {supersample}")
+    if s == 1:
+        rgb, depth = _render_rays(scene, cam)
+        return np.clip(np.round(rgb), 0, 255).astype(np.uint8), depth
+    H, W = int(cam.height), int(cam.width)
+    rgb, depth = _render_rays(scene, cam.scaled(s))
+    rgb = rgb.reshape(H, s, W, s, 3).mean(axis=(1, 3))
+    depth = depth.reshape(H, s, W, s)[:, s // 2, :, s // 2]
+    return np.clip(np.round(rgb), 0, 255).astype(np.uint8), np.ascontiguousarray(depth)
+
+
+def _render_rays(scene, cam: PinholeCamera) -> tuple[np.ndarray, np.ndarray]:
+    """One ray per pixel: (RGB float64 (H, W, 3), depth float32 (H, W))."""
     depth, pts, hf, origin = cast_rays(scene, cam)
     H, W = depth.shape
     ok = depth.ravel() > 0
@@ -306,8 +326,7 @@ def render_view(scene, cam: PinholeCamera) -> tuple[np.ndarray, np.ndarray]:
         lam = np.clip((nx * sun[0] + ny * sun[1]) / max(sun[2], 0.3), 0.0, 1.3)
         col[wall] = walls * (0.45 + 0.55 * lam)[:, None]
     rgb[ok] = col
-    img = np.clip(np.round(rgb), 0, 255).astype(np.uint8).reshape(H, W, 3)
-    return img, depth.astype(np.float32)
+    return rgb.reshape(H, W, 3), depth.astype(np.float32)
 
 
 # --------------------------------------------------------------------------------------------- view sets
@@ -323,6 +342,8 @@ def render_view_set(
     fov_deg: float = 40.0,
     config: str = "aerial",
     max_off_nadir_deg: float = 25.0,
+    supersample: int = 3,
+    workers: int = 1,
     progress: Optional[ProgressCallback] = None,
     cancel: Optional[CancelCallback] = None,
 ) -> Path:
@@ -330,7 +351,8 @@ def render_view_set(
 
     One view in five (at least one) is held out for testing in ``view_split.txt`` (see :func:`held_out_view_ids`);
     the nadir view is always a train view. ``config``: ``aerial`` (default) or ``oblique`` camera layout, see
-    :func:`view_cameras`.
+    :func:`view_cameras`. ``supersample``: rays per pixel side (see :func:`render_view`); ``workers`` > 1
+    renders the views in that many processes (same files).
     """
     _check_config(config)
     from PIL import Image
@@ -340,14 +362,22 @@ def render_view_set(
         (out / sub).mkdir(parents=True, exist_ok=True)
     cams = view_cameras(scene, n_views=n_views, size=size, fov_deg=fov_deg, seed=seed, config=config,
                         max_off_nadir_deg=max_off_nadir_deg)
+    pool = None
+    if workers > 1:
+        from concurrent.futures import ProcessPoolExecutor
+
+        pool = ProcessPoolExecutor(max_workers=int(workers))
+        futures = [pool.submit(render_view, scene, cam, supersample) for cam in cams]
     for i, cam in enumerate(cams):
         check_cancel(cancel)
-        img, depth = render_view(scene, cam)
+        img, depth = futures[i].result() if pool is not None else render_view(scene, cam, supersample)
         Image.fromarray(img).save(out / "Images" / f"{i:03d}.png", optimize=True)
         _write_depth(out / "Depths" / f"{i:03d}.tiff", depth)
         write_camera(out / "Cams" / f"{i:03d}.txt", cam)
         if progress is not None:
             progress(i + 1, len(cams), "views", f"view {i:03d}")
+    if pool is not None:
+        pool.shutdown()
     for i, cam in enumerate(track_cameras(scene, n=n_track, size=size, fov_deg=fov_deg, config=config)):
         write_camera(out / "Track" / f"{i:03d}.txt", cam)
     n_test = max(1, len(cams) // 5) if n_test is None else n_test
