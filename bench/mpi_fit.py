@@ -68,16 +68,16 @@ def main(argv=None):
         for layout, model, (vi, extra) in itertools.product(args.layouts.split(","), args.models.split(","),
                                                           enumerate(variants)):
             steps = args.steps if model == "direct" else max(1, args.steps // 3)
-            cfg = FitConfig(planes=args.planes, layout=layout, model=model, steps=steps, device=args.device,
-                            **extra)
+            cfg = FitConfig(**{"planes": args.planes, "layout": layout, "model": model, "steps": steps,
+                               "device": args.device, **extra})  # a variant may override any of them
             mdir = out / f"model_{sname}_{layout}_{model}_{vi}"
             if torch.cuda.is_available():
                 torch.cuda.synchronize()
             res = fit_mpi(vdir, mdir, cfg, overwrite=True)
             rep = evaluate_views(mdir, vdir, out / f"eval_{sname}_{layout}_{model}_{vi}", overwrite=True,
                                  device=args.device)
-            row = {"scene": sname, "layout": layout, "model": model, "variant": extra, "planes": args.planes,
-                   "steps": steps, "size": args.size if sname != "city" else 256,
+            row = {"scene": sname, "layout": layout, "model": model, "variant": extra, "planes": cfg.planes,
+                   "steps": cfg.steps, "size": args.size if sname != "city" else 256,
                    "fit_s": round(res.seconds, 1), "train_psnr": round(res.train_psnr, 2),
                    **{f"test_{k}": round(v, 4) for k, v in rep["mean"].items()},
                    "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"}
