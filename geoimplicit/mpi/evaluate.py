@@ -39,7 +39,7 @@ def evaluate_views(
 
     Returns the report dict (``views``: per-view metrics, ``mean``: averages, ``outputs``: paths).
     """
-    from geoimplicit.mpi.fit import resolve_device
+    from geoimplicit.device import resolve_device
     from geoimplicit.mpi.scene import MPIScene
 
     scene = MPIScene.load(model_dir, resolve_device(device))

@@ -21,7 +21,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from geoimplicit.errors import CameraFileError, ConfigError, DeviceError, OutputExistsError
+from geoimplicit.device import resolve_device
+from geoimplicit.errors import CameraFileError, ConfigError, OutputExistsError
 from geoimplicit.io.cameras import PinholeCamera, ViewSet, write_camera
 from geoimplicit.mpi.composite import render_mpi
 from geoimplicit.mpi.metrics import edge_aware_smoothness, psnr, ssim
@@ -33,7 +34,7 @@ from geoimplicit.progress import check_cancel
 
 log = logging.getLogger(__name__)
 
-__all__ = ["FitConfig", "FitResult", "fit_mpi", "resolve_device", "scene_geometry"]
+__all__ = ["FitConfig", "FitResult", "fit_mpi", "scene_geometry"]
 
 
 @dataclass
@@ -109,14 +110,6 @@ class FitResult:
     final_loss: float
     train_psnr: float
     outputs: dict = field(default_factory=dict)
-
-
-def resolve_device(device: str) -> torch.device:
-    if device in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if str(device).startswith("cuda") and not torch.cuda.is_available():
-        raise DeviceError("--device cuda but no CUDA GPU is available", hint="use --device cpu or auto")
-    return torch.device(device)
 
 
 def _look_points(cams: list[PinholeCamera], depth_of) -> np.ndarray:

@@ -70,7 +70,7 @@ def render_views(
 
     With ``video``, the frames (in file-name order) also go to ``out_dir/track.mp4`` and ``track.gif``.
     """
-    from geoimplicit.mpi.fit import resolve_device
+    from geoimplicit.device import resolve_device
     from geoimplicit.mpi.scene import MPIScene
 
     scene = MPIScene.load(model_dir, resolve_device(device))
@@ -110,7 +110,7 @@ def nadir_camera(left: float, top: float, resolution: float, width: int, height:
 
 def render_geo_products(model_dir, out_dir, *, device="auto", overwrite=False, nodata=-9999.0) -> dict[str, Path]:
     """True-ortho (RGB, uint8) and height raster (float32) GeoTIFFs from a geo-layout MPI's nadir render."""
-    from geoimplicit.mpi.fit import resolve_device
+    from geoimplicit.device import resolve_device
     from geoimplicit.mpi.scene import MPIScene
 
     scene = MPIScene.load(model_dir, resolve_device(device))

@@ -234,7 +234,7 @@ def _write_tile_tif(path: Path, array: np.ndarray, tile, nodata, band_names: Seq
 def render_tile_products(model_dir, tile, *, device="auto") -> dict[str, Path]:
     """Nadir orthographic render of a geo-MPI on the tile's grid: ``true_ortho.tif`` and ``height.tif`` in
     ``model_dir`` (a pixel is valid where the render's opacity exceeds 0.5)."""
-    from geoimplicit.mpi.fit import resolve_device
+    from geoimplicit.device import resolve_device
     from geoimplicit.mpi.render import nadir_camera
     from geoimplicit.mpi.scene import MPIScene
 
@@ -365,7 +365,8 @@ def fit_tiled(
 
     from geoimplicit.io.crs import crs_name
     from geoimplicit.mosaic import mosaic
-    from geoimplicit.mpi.fit import FitConfig, resolve_device
+    from geoimplicit.device import resolve_device
+    from geoimplicit.mpi.fit import FitConfig
     from geoimplicit.tiling.grid import TileGrid, read_statuses
 
     out_dir = Path(out_dir)

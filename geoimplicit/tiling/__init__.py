@@ -1,3 +1,5 @@
 """Tiling: output grids, the tile grid over an AOI and its GeoPackage index, seam weights, point routing."""
 
-from geoimplicit.tiling.grid import GridSpec, Tile, TileGrid, read_statuses, update_status  # noqa: F401
+from geoimplicit.tiling.grid import GridSpec, Tile, TileGrid, read_statuses, update_status
+
+__all__ = ["GridSpec", "Tile", "TileGrid", "read_statuses", "update_status"]

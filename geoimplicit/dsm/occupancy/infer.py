@@ -16,26 +16,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from geoimplicit.errors import DeviceError, EmptyTileError
+from geoimplicit.device import resolve_device
+from geoimplicit.errors import EmptyTileError
 from geoimplicit.progress import check_cancel
 
 log = logging.getLogger(__name__)
 NODATA = -9999.0
-
-
-def resolve_device(device: str | None = "auto"):
-    """"auto" (CUDA when available), "cpu", "cuda" or "cuda:N" -> torch.device; DeviceError if unavailable."""
-    import torch
-
-    device = device or "auto"
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise DeviceError("--device cuda was asked for but no CUDA GPU is available", hint="use --device cpu or auto")
-    try:
-        return torch.device(device)
-    except RuntimeError:
-        raise DeviceError(f"unknown device {device!r}", hint="use auto, cpu or cuda") from None
 
 
 @dataclass

@@ -49,7 +49,6 @@ def validation_input(scene, seed: int):
     rng = np.random.default_rng([seed, 4242])
     b = scene.bounds
     if scene.points is None and scene.crs is not None:  # generated: the generator's photogrammetric cloud
-        from geoimplicit.synthetic.city import generate_city  # noqa: F401  (scene came from it)
         return _generator_cloud(scene, seed)
     if scene.points is not None:
         x, y, z = scene.points["x"], scene.points["y"], scene.points["z"]
@@ -159,7 +158,8 @@ def train(cfg: Config, run_dir, *, device: str = "auto", resume=None, progress=N
 
     from geoimplicit.dsm.occupancy.checkpoint import load_checkpoint, save_checkpoint
     from geoimplicit.dsm.occupancy.data import PatchSampler, build_scenes, real_scene
-    from geoimplicit.dsm.occupancy.infer import OccupancyPredictor, resolve_device
+    from geoimplicit.device import resolve_device
+    from geoimplicit.dsm.occupancy.infer import OccupancyPredictor
     from geoimplicit.dsm.occupancy.model import OccupancyNet
 
     run_dir = Path(run_dir)
