@@ -76,12 +76,13 @@ def _gdal(csv: Path, out: Path, algo: str, bounds, res: float, crs: str) -> floa
     return time.perf_counter() - t0
 
 
-def _ours(laz: Path, out: Path, bounds, res: float, workdir: Path) -> float:
+def _ours(laz: Path, out: Path, bounds, res: float, workdir: Path, options: dict | None = None) -> float:
     from geoimplicit.run import run_dsm
 
     shutil.rmtree(workdir, ignore_errors=True)
     t0 = time.perf_counter()
-    run_dsm([str(laz)], out, resolution=res, bbox=tuple(bounds), workdir=workdir, overwrite=True)
+    run_dsm([str(laz)], out, resolution=res, bbox=tuple(bounds), workdir=workdir, overwrite=True,
+            method="raster", method_options=options)
     return time.perf_counter() - t0
 
 
@@ -97,6 +98,11 @@ def compare(name: str, laz: Path, truth_path: Path, work: Path) -> list[dict]:
     rows.append({"input": name, "points": n, "method": "geoimplicit raster (max + outliers + fill)", "seconds": t,
                  **_metrics(_read(work / f"{name}_geoimplicit.tif")[0], truth)})
     d = res * np.sqrt(2)
+    # the interpolating statistic, with invdistnn's radius and power
+    t = _ours(laz, work / f"{name}_geoimplicit_idw.tif", bounds, res, work / f"{name}_work_idw",
+              {"stat": "idw", "idw_radius": d})
+    rows.append({"input": name, "points": n, "method": "geoimplicit raster --stat idw (+ outliers + fill)",
+                 "seconds": t, **_metrics(_read(work / f"{name}_geoimplicit_idw.tif")[0], truth)})
     for label, algo in (("gdal_grid maximum", f"maximum:radius1={d / 2}:radius2={d / 2}:nodata=-9999"),
                         ("gdal_grid invdistnn", f"invdistnn:power=2:radius={d}:max_points=12:nodata=-9999")):
         out = work / f"{name}_{label.split()[1]}.tif"
