@@ -100,8 +100,8 @@ def compare(name: str, laz: Path, truth_path: Path, work: Path) -> list[dict]:
     d = res * np.sqrt(2)
     # the interpolating statistic, with invdistnn's radius and power
     t = _ours(laz, work / f"{name}_geoimplicit_idw.tif", bounds, res, work / f"{name}_work_idw",
-              {"stat": "idw", "idw_radius": d})
-    rows.append({"input": name, "points": n, "method": "geoimplicit raster --stat idw (+ outliers + fill)",
+              {"stat": "idw", "idw_radius": d, "idw_max_points": 12})
+    rows.append({"input": name, "points": n, "method": "geoimplicit raster --stat idw --idw-max-points 12",
                  "seconds": t, **_metrics(_read(work / f"{name}_geoimplicit_idw.tif")[0], truth)})
     for label, algo in (("gdal_grid maximum", f"maximum:radius1={d / 2}:radius2={d / 2}:nodata=-9999"),
                         ("gdal_grid invdistnn", f"invdistnn:power=2:radius={d}:max_points=12:nodata=-9999")):

@@ -28,6 +28,9 @@ STATS = ("max", "min", "mean", "median", "idw", "count", "stdev")
 @click.option("--no-outlier-removal", is_flag=True, help="[raster] Keep isolated points far above/below.")
 @click.option("--idw-radius", type=click.FloatRange(min=0, min_open=True), default=None,
               help="[raster] Search radius of --stat idw (CRS units; default resolution x sqrt(2)).")
+@click.option("--idw-max-points", type=click.IntRange(min=1), default=None,
+              help="[raster] --stat idw uses only the nearest N points within the radius (like gdal_grid "
+                   "invdistnn's max_points); default: all of them.")
 # --- occupancy method options: added by the occupancy method (--weights, --device) ---------------------------
 @click.option("--weights", type=click.Path(dir_okay=False), default=None,
               help="[occupancy] Model checkpoint (default: the shipped occupancy_default.pt).")
@@ -52,7 +55,8 @@ STATS = ("max", "min", "mean", "median", "idw", "count", "stdev")
 @overwrite_option
 @click.pass_context
 def dsm(ctx, points, ortho, aoi, bbox_crs, bbox, resolution, method, stat, fill_max_hole, no_outlier_removal,
-        idw_radius, weights, device, tile_size, overlap, crs, assume_crs, workdir, keep_points, scheduler, dask_workers, output, overwrite):
+        idw_radius, idw_max_points, weights, device, tile_size, overlap, crs, assume_crs, workdir, keep_points,
+        scheduler, dask_workers, output, overwrite):
     """Make a DSM (Cloud-Optimized GeoTIFF, float32, nodata -9999) from point clouds on the exact grid asked
     for, tile by tile, resumable. Also writes <output stem>_filled.tif (1 = hole filled, 0 = measured).
     """
@@ -60,19 +64,15 @@ def dsm(ctx, points, ortho, aoi, bbox_crs, bbox, resolution, method, stat, fill_
 
     if len(ortho) > 2:
         raise click.BadParameter("at most two ortho images (RGB and IR)", param_hint="--ortho")
-    options = {}
-    if method == "raster":
-        options = {"stat": stat, "fill_max_hole": fill_max_hole, "idw_radius": idw_radius,
-                   "remove_outliers": False if no_outlier_removal else None}
-    if method == "occupancy":
-        options = {"weights": weights, "device": device}
-    elif weights is not None or device is not None:
+    raster_options = {"stat": stat, "fill_max_hole": fill_max_hole, "idw_radius": idw_radius,
+                      "idw_max_points": idw_max_points, "remove_outliers": False if no_outlier_removal else None}
+    occupancy_options = {"weights": weights, "device": device}
+    if method != "raster" and any(v is not None for v in raster_options.values()):
+        raise click.BadParameter("--stat, --fill-max-hole, --idw-radius, --idw-max-points, --no-outlier-removal "
+                                 "are options of --method raster", param_hint="--method")
+    if method != "occupancy" and any(v is not None for v in occupancy_options.values()):
         raise click.BadParameter("--weights and --device are options of --method occupancy", param_hint="--method")
-    if method == "raster":
-        pass
-    elif any(v is not None for v in (stat, fill_max_hole, idw_radius)) or no_outlier_removal:
-        raise click.BadParameter("--stat, --fill-max-hole, --idw-radius, --no-outlier-removal are options of "
-                                 "--method raster", param_hint="--method")
+    options = raster_options if method == "raster" else occupancy_options if method == "occupancy" else {}
     progress = ctx.obj["progress"]
     executor = None
     if scheduler or dask_workers:

@@ -88,6 +88,27 @@ def test_idw_matches_brute_force():
                 assert np.isnan(values[r, c])
 
 
+def test_idw_nearest_points_matches_brute_force():
+    rng = np.random.default_rng(3)
+    g = _grid(6, 5, 1.0)
+    x, y = _points(rng, 400, g, margin=2.0)
+    z = rng.normal(10, 2, len(x))
+    radius, power, k = 1.3, 2.0, 5
+    values, count = grid_statistic(x, y, z, g, "idw", idw_radius=radius, idw_power=power, idw_max_points=k)
+    xs, ys = g.pixel_centers()
+    for r, yc in enumerate(ys):
+        for c, xc in enumerate(xs):
+            d = np.hypot(x - xc, y - yc)
+            nearest = np.argsort(d)[:k]
+            nearest = nearest[d[nearest] <= radius]
+            assert count[r, c] == len(nearest)
+            if len(nearest):
+                w = 1 / d[nearest] ** power
+                assert values[r, c] == pytest.approx(np.sum(w * z[nearest]) / np.sum(w), rel=1e-5)
+            else:
+                assert np.isnan(values[r, c])
+
+
 @pytest.mark.parametrize("stat", ["max", "min", "mean", "median", "idw"])
 def test_points_on_a_plane_give_the_plane(stat):
     rng = np.random.default_rng(3)

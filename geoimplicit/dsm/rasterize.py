@@ -49,6 +49,8 @@ class RasterizeConfig:
         stat: cell statistic, one of ``STATS`` (max is the DSM: the highest return in each cell).
         idw_radius: search radius of ``stat="idw"`` in CRS units (default: resolution * sqrt(2)).
         idw_power: distance exponent of ``stat="idw"``.
+        idw_max_points: use only the nearest this many points within the radius (as ``gdal_grid invdistnn``'s
+            ``max_points``); None: every point within the radius.
         remove_outliers: drop isolated points far above or below their neighbours before gridding.
         outlier_radius: 3D neighbourhood radius of the isolation test, CRS units (default: the larger of
             2 x resolution and 2.5 x the mean point spacing).
@@ -62,6 +64,7 @@ class RasterizeConfig:
     stat: str = "max"
     idw_radius: float | None = None
     idw_power: float = 2.0
+    idw_max_points: int | None = None
     remove_outliers: bool = True
     outlier_radius: float | None = None
     outlier_min_neighbors: int = 3
@@ -136,7 +139,7 @@ def cell_indices(x: np.ndarray, y: np.ndarray, grid: GridSpec) -> tuple[np.ndarr
 
 
 def grid_statistic(x, y, z, grid: GridSpec, stat: str = "max", *, idw_radius: float | None = None,
-                   idw_power: float = 2.0) -> tuple[np.ndarray, np.ndarray]:
+                   idw_power: float = 2.0, idw_max_points: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Per-cell statistic of the points' z on ``grid``.
 
     Returns:
@@ -151,7 +154,10 @@ def grid_statistic(x, y, z, grid: GridSpec, stat: str = "max", *, idw_radius: fl
     rows, cols = grid.shape
     ncell = rows * cols
     if stat == "idw":
-        return _idw(x, y, z, grid, idw_radius or grid.resolution * math.sqrt(2), idw_power)
+        radius = idw_radius or grid.resolution * math.sqrt(2)
+        if idw_max_points:
+            return _idw_nearest(x, y, z, grid, radius, idw_power, int(idw_max_points))
+        return _idw(x, y, z, grid, radius, idw_power)
     idx, inside = cell_indices(x, y, grid)
     zi = z if inside.all() else z[inside]
     count = np.bincount(idx, minlength=ncell)
@@ -227,6 +233,34 @@ def _idw(x, y, z, grid: GridSpec, radius: float, power: float):
     with np.errstate(invalid="ignore", divide="ignore"):
         out = swz / sw
     out = np.where(np.isnan(exact), out, exact)
+    out[cnt == 0] = np.nan
+    return out.reshape(rows, cols).astype(np.float32), cnt.reshape(rows, cols).astype(np.int32)
+
+
+def _idw_nearest(x, y, z, grid: GridSpec, radius: float, power: float, max_points: int):
+    """Inverse-distance weighting of the ``max_points`` nearest points within ``radius`` of each cell centre."""
+    from scipy.spatial import cKDTree
+
+    rows, cols = grid.shape
+    res = grid.resolution
+    left, _, _, top = grid.bounds
+    near = (x >= left - radius) & (x < left + cols * res + radius) & (y > top - rows * res - radius) & (y <= top + radius)
+    if not near.any():
+        return np.full((rows, cols), np.nan, np.float32), np.zeros((rows, cols), np.int32)
+    # coordinates about the grid's corner: no precision lost to 7-digit eastings
+    tree = cKDTree(np.column_stack([x[near] - left, top - y[near]]))
+    zs = z[near]
+    cc, rr = np.meshgrid((np.arange(cols) + 0.5) * res, (np.arange(rows) + 0.5) * res)
+    d, idx = tree.query(np.column_stack([cc.ravel(), rr.ravel()]), k=max_points, distance_upper_bound=radius)
+    d, idx = d.reshape(-1, max_points), idx.reshape(-1, max_points)
+    found = np.isfinite(d)
+    cnt = found.sum(axis=1)
+    safe = np.where(found, idx, 0)
+    w = np.where(found, 1.0 / np.maximum(d, 1e-6) ** power, 0.0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out = (w * zs[safe]).sum(axis=1) / w.sum(axis=1)
+    exact = found[:, 0] & (d[:, 0] <= 1e-6)  # a point on the centre: take it
+    out[exact] = zs[safe[exact, 0]]
     out[cnt == 0] = np.nan
     return out.reshape(rows, cols).astype(np.float32), cnt.reshape(rows, cols).astype(np.int32)
 
@@ -450,7 +484,7 @@ def rasterize(points: Mapping[str, np.ndarray], grid: GridSpec, config: Rasteriz
         if n_outliers:
             x, y, z = x[~bad], y[~bad], z[~bad]
     values, count = grid_statistic(x, y, z, grid, config.stat, idw_radius=config.idw_radius,
-                                   idw_power=config.idw_power)
+                                   idw_power=config.idw_power, idw_max_points=config.idw_max_points)
     valid = np.isfinite(values)
     filled = np.zeros_like(valid)
     if config.fill_max_hole > 0 and config.stat not in ("count", "stdev"):
@@ -496,5 +530,5 @@ class RasterMethod:
         t = {"method": "raster", "stat": c.stat, "remove_outliers": c.remove_outliers,
              "fill_max_hole": c.fill_max_hole, "exclude_classes": list(c.exclude_classes)}
         if c.stat == "idw":
-            t.update(idw_radius=c.idw_radius, idw_power=c.idw_power)
+            t.update(idw_radius=c.idw_radius, idw_power=c.idw_power, idw_max_points=c.idw_max_points)
         return t
