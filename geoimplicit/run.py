@@ -29,7 +29,7 @@ from geoimplicit.dsm.method import DsmMethod, RunInputs, TileOutput, get_method
 from geoimplicit.errors import AOIError, InputError
 from geoimplicit.outputs import check_output, input_fingerprint
 from geoimplicit.progress import CancelCallback, ProgressCallback, check_cancel
-from geoimplicit.tiling.grid import FINISHED, Tile, TileGrid, read_metadata, read_statuses, update_status
+from geoimplicit.tiling.grid import FINISHED, Tile, TileGrid, open_run_index, read_statuses, update_status
 
 log = logging.getLogger(__name__)
 
@@ -255,7 +255,7 @@ def run_dsm(
                     tile_size=tile_size, overlap=overlap, workdir=workdir)
     tg = plan.tilegrid
     index = workdir / "tiles.gpkg"
-    statuses = _open_or_reset_workdir(workdir, index, tg, plan.run_key)
+    statuses = open_run_index(workdir, tg, plan.run_key, reset=("tiles", "points"))
     log.info("%d tiles of %g %s (overlap %g), %d to do", len(tg.tiles), tg.tile_size, plan.dataset.units,
              tg.overlap, sum(statuses.get(t.id) not in FINISHED for t in tg.tiles))
 
@@ -302,19 +302,3 @@ def _finished(workdir: Path, tile_id: str, status: str | None) -> bool:
     if status == "empty":
         return True
     return status == "done" and tile_path(workdir, tile_id).exists()
-
-
-def _open_or_reset_workdir(workdir: Path, index: Path, tg: TileGrid, run_key: str) -> dict[str, str]:
-    """Statuses of a resumable run; a work folder of another run (other inputs/options) is reset."""
-    if index.exists():
-        try:
-            if read_metadata(index).get("run_key") == run_key:
-                return read_statuses(index)
-        except Exception as exc:  # unreadable index: start again
-            log.warning("%s: %s; starting the run again", index, exc)
-        log.info("%s belongs to another run (inputs or options changed): starting again", workdir)
-        for sub in ("tiles", "points"):
-            shutil.rmtree(workdir / sub, ignore_errors=True)
-    workdir.mkdir(parents=True, exist_ok=True)
-    tg.write_index(index, "pending", overwrite=True, extra={"run_key": run_key})
-    return read_statuses(index)

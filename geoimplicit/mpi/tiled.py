@@ -28,7 +28,6 @@ import json
 import logging
 import math
 import os
-import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -301,23 +300,6 @@ def _finished(out_dir: Path, tile_id: str, status: str | None) -> bool:
     return status == "done" and (d / "height.tif").exists() and (d / "true_ortho.tif").exists()
 
 
-def _open_index(out_dir: Path, index: Path, tg, run_key: str) -> dict[str, str]:
-    """Statuses of a resumable run; an index of another run (other views, AOI or settings) starts again."""
-    from geoimplicit.tiling.grid import read_metadata, read_statuses
-
-    if index.exists():
-        try:
-            if read_metadata(index).get("run_key") == run_key:
-                return read_statuses(index)
-        except Exception as exc:  # unreadable index: start again
-            log.warning("%s: %s; starting the run again", index, exc)
-        log.info("%s belongs to another run (views, AOI or settings changed): starting again", out_dir)
-        shutil.rmtree(out_dir / "tiles", ignore_errors=True)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    tg.write_index(index, "pending", overwrite=True, extra={"run_key": run_key, "kind": "nvs fit --aoi"})
-    return read_statuses(index)
-
-
 def fit_tiled(
     views_dir,
     aoi,
@@ -367,7 +349,7 @@ def fit_tiled(
     from geoimplicit.mosaic import mosaic
     from geoimplicit.device import resolve_device
     from geoimplicit.mpi.fit import FitConfig
-    from geoimplicit.tiling.grid import TileGrid, read_statuses
+    from geoimplicit.tiling.grid import TileGrid, open_run_index, read_statuses
 
     out_dir = Path(out_dir)
     ortho_path, height_path = out_dir / "true_ortho.tif", out_dir / "height.tif"
@@ -417,7 +399,7 @@ def fit_tiled(
     run_key = input_fingerprint(files, {"fit": fit_dict, "margin": crop_margin_px, "coverage": min_view_coverage, "aoi": geometry.wkt,
                                    **tg.metadata()})
     index = out_dir / "tiles.gpkg"
-    statuses = _open_index(out_dir, index, tg, run_key)
+    statuses = open_run_index(out_dir, tg, run_key, extra={"kind": "nvs fit --aoi"})
 
     train, test = set(views.train_ids), set(views.test_ids)
     jobs = []

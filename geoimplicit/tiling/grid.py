@@ -19,6 +19,7 @@ import sqlite3
 import struct
 import time
 from dataclasses import dataclass, field
+from typing import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -480,6 +481,32 @@ def read_metadata(path) -> dict:
     finally:
         con.close()
     return {k: json.loads(v) for k, v in rows}
+
+
+def open_run_index(workdir, tilegrid: "TileGrid", run_key: str, *, reset: Sequence[str] = ("tiles",),
+                   extra: dict | None = None) -> dict[str, str]:
+    """The tile statuses of a resumable run kept in ``workdir/tiles.gpkg``.
+
+    An index written for the same ``run_key`` (same inputs and settings) is reused; otherwise, or when it is
+    unreadable, the run starts again: the ``reset`` sub-folders of ``workdir`` are removed and a fresh index
+    with every tile "pending" is written.
+    """
+    import shutil
+
+    workdir = Path(workdir)
+    index = workdir / "tiles.gpkg"
+    if index.exists():
+        try:
+            if read_metadata(index).get("run_key") == run_key:
+                return read_statuses(index)
+        except Exception as exc:  # unreadable index: start again
+            log.warning("%s: %s; starting the run again", index, exc)
+        log.info("%s belongs to another run (inputs or settings changed): starting again", workdir)
+        for sub in reset:
+            shutil.rmtree(workdir / sub, ignore_errors=True)
+    workdir.mkdir(parents=True, exist_ok=True)
+    tilegrid.write_index(index, "pending", overwrite=True, extra={"run_key": run_key, **(extra or {})})
+    return read_statuses(index)
 
 
 def update_status(path, tile_id: str, status: str, message: str = "") -> None:
