@@ -6,7 +6,7 @@ import click
 
 from cli.options import aoi_options, crs_option, overwrite_option, resolution_option
 
-STATS = ("max", "min", "mean", "median", "idw", "count", "stdev")
+STATS = ("max", "min", "mean", "median", "idw", "tin", "count", "stdev")  # = rasterize.STATS (tested)
 
 
 @click.command("dsm", context_settings={"show_default": True})
@@ -21,7 +21,7 @@ STATS = ("max", "min", "mean", "median", "idw", "count", "stdev")
                    "statistics).")
 # --- raster method options ---------------------------------------------------------------------------------
 @click.option("--stat", type=click.Choice(STATS), default=None,
-              help="[raster] Cell statistic (default max: the highest return, a DSM).")
+              help="[raster] Cell statistic (default max: the highest return, a DSM; tin: linear on the points' triangulation at cell centres, how IGN makes its LiDAR HD DSMs).")
 @click.option("--fill-max-hole", type=click.FloatRange(min=0), default=None,
               help="[raster] Fill holes up to this width (CRS units) with a smooth membrane; 0: no filling. "
                    "Default 5.")

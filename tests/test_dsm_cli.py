@@ -206,3 +206,10 @@ def test_ign_tile_dsm_against_ign_dsm(shared_data, tmp_path, cli):
     e = a[both].astype(np.float64) - truth[both]
     assert abs(np.median(e) - 0.1) < 0.05
     assert np.median(np.abs(e)) < 0.3
+
+
+def test_cli_statistics_are_the_library_statistics():
+    from cli.dsm import STATS as CLI_STATS
+    from geoimplicit.dsm.rasterize import STATS
+
+    assert CLI_STATS == STATS

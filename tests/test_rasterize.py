@@ -127,6 +127,25 @@ def test_points_on_a_plane_give_the_plane(stat):
     assert np.abs(out2.height - _plane(xx, yy)).max() < 0.06
 
 
+def test_tin_is_exact_on_a_plane_keeps_the_top_return_and_invents_nothing_outside():
+    rng = np.random.default_rng(5)
+    g = _grid(20, 10, 0.5)
+    x, y = _points(rng, 3000, g, margin=2.0)
+    values, count = grid_statistic(x, y, _plane(x, y), g, "tin")
+    xs, ys = g.pixel_centers()
+    xx, yy = np.meshgrid(xs, ys)
+    assert np.isfinite(values).all()
+    assert np.abs(values - _plane(xx, yy)).max() < 1e-3  # linear interpolation is exact on a plane
+    assert count.sum() == cell_indices(x, y, g)[1].sum()
+    # a second return under each first one (same x, y: a pulse through a crown) does not pull the surface down
+    values2, _ = grid_statistic(np.r_[x, x], np.r_[y, y], np.r_[_plane(x, y), _plane(x, y) - 10], g, "tin")
+    assert np.abs(values2 - values).max() < 1e-6
+    # points only in the left half: the right half is outside their hull, NaN
+    left = x < X0 + 8
+    values3, _ = grid_statistic(x[left], y[left], _plane(x, y)[left], g, "tin")
+    assert np.isnan(values3[:, xs > X0 + 9]).all() and np.isfinite(values3[:, xs < X0 + 7]).all()
+
+
 def test_flat_roof_at_100m():
     rng = np.random.default_rng(4)
     g = _grid()
@@ -233,3 +252,26 @@ def test_ign_lidar_against_ign_dsm(shared_data):
     e = out.height[both].astype(np.float64) - truth[both]
     assert abs(np.median(e) - 0.1) < 0.05  # IGN's DSM lies about 0.1 m below the highest return
     assert np.median(np.abs(e)) < 0.3
+
+
+@pytest.mark.shared
+def test_tin_reproduces_ign_dsm(shared_data):
+    """IGN makes its LiDAR HD DSMs by linear interpolation on the triangulation of the points at the pixel
+    centres (IGNF/las-digital-models): ``stat="tin"`` on IGN's six tiles gives IGN's DSM back."""
+    import laspy
+    import rasterio
+
+    d = shared_data / "ign_montpellier"
+    parts = [laspy.read(f) for f in sorted(d.glob("test_data_*.laz"))]
+    pts = {k: np.concatenate([np.asarray(getattr(p, k)) for p in parts]) for k in ("x", "y", "z", "classification")}
+    with rasterio.open(d / "DSM_test_data_77055_627760_LA93_IGN69_50CM.tif") as src:
+        truth = src.read(1)
+        g = GridSpec.from_bounds(tuple(src.bounds), src.res[0], "EPSG:2154", snap=False)
+        truth_valid = truth != src.nodata
+    out = rasterize(pts, g, RasterizeConfig(stat="tin"))
+    assert (out.valid & truth_valid).sum() == truth_valid.sum()
+    e = np.abs(out.height[truth_valid].astype(np.float64) - truth[truth_valid])
+    assert np.median(e) < 1e-3 and np.mean(e < 0.01) > 0.97
+    mx = rasterize(pts, g)  # the cell max is another product: about 0.1 m above, far off in trees
+    both = truth_valid & mx.valid
+    assert np.median(np.abs(mx.height[both] - truth[both])) > 0.05

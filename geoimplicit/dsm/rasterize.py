@@ -15,7 +15,9 @@ Steps of :func:`rasterize`:
    so the test does not depend on the tiling) *and* isolated: fewer than ``min_neighbors`` other points within
    ``radius`` in 3D. Tall thin structures (poles, chimneys, tree tops) have neighbours and are kept.
 3. **statistic** per cell (:func:`grid_statistic`): max (DSM default), min, mean, median, idw (inverse
-   distance weighting of the points within ``idw_radius`` of the cell centre), count, stdev (population).
+   distance weighting of the points within ``idw_radius`` of the cell centre), tin (linear interpolation on
+   the Delaunay triangulation of the points at the cell centre: how IGN makes its LiDAR HD DSMs), count,
+   stdev (population).
 4. **holes** (:func:`fill_holes`): empty cells in holes at most ``fill_max_hole`` wide (CRS units) are filled
    by a membrane (discrete Laplace equation with the surrounding cells as boundary values: no overshoot, no
    ringing, exact on planes); wider holes stay nodata. A mask says which cells were filled.
@@ -37,7 +39,7 @@ log = logging.getLogger(__name__)
 __all__ = ["STATS", "RasterizeConfig", "RasterResult", "cell_indices", "grid_statistic", "find_outliers",
            "fill_holes", "rasterize"]
 
-STATS = ("max", "min", "mean", "median", "idw", "count", "stdev")
+STATS = ("max", "min", "mean", "median", "idw", "tin", "count", "stdev")
 NOISE_CLASSES = (7, 18)
 
 
@@ -83,6 +85,8 @@ class RasterizeConfig:
         m = 0.0
         if self.stat == "idw":
             m = max(m, self.idw_radius or resolution * math.sqrt(2))
+        if self.stat == "tin":  # a cell's triangle reaches to the nearest points around it
+            m = max(m, 4 * resolution)
         if self.remove_outliers:
             r = _outlier_radius(self, resolution, density)
             m = max(m, 2 * _coarse_cell(r) + r)
@@ -145,6 +149,7 @@ def grid_statistic(x, y, z, grid: GridSpec, stat: str = "max", *, idw_radius: fl
     Returns:
         (values float32 (rows, cols), NaN where no point; count int32 (rows, cols) of points in each cell).
         For ``idw`` the count is the number of points within the radius of the cell centre.
+        ``tin`` is NaN outside the convex hull of the points.
     """
     if stat not in STATS:
         raise ValueError(f"unknown statistic {stat!r}; one of {STATS}")
@@ -161,6 +166,8 @@ def grid_statistic(x, y, z, grid: GridSpec, stat: str = "max", *, idw_radius: fl
     idx, inside = cell_indices(x, y, grid)
     zi = z if inside.all() else z[inside]
     count = np.bincount(idx, minlength=ncell)
+    if stat == "tin":
+        return _tin(x, y, z, grid), count.reshape(rows, cols).astype(np.int32)
     empty = count == 0
     if stat == "max":
         out = np.full(ncell, -np.inf)
@@ -193,6 +200,36 @@ def grid_statistic(x, y, z, grid: GridSpec, stat: str = "max", *, idw_radius: fl
         out[occupied] = 0.5 * (zs[s + (n - 1) // 2] + zs[s + n // 2])
     out[empty] = np.nan
     return out.reshape(rows, cols).astype(np.float32), count.reshape(rows, cols).astype(np.int32)
+
+
+def _tin(x, y, z, grid: GridSpec, snap: float = 1e-3) -> np.ndarray:
+    """Linear interpolation at the cell centres on the Delaunay triangulation of the points (IGN's DSM product,
+    las-digital-models' TIN-linear). Points within ``snap`` (CRS units) of each other in x and y keep the
+    highest: the first and last returns of one pulse share an x, y, and the surface is the top one."""
+    from scipy.interpolate import LinearNDInterpolator
+    from scipy.spatial import QhullError
+
+    rows, cols = grid.shape
+    out = np.full((rows, cols), np.nan, np.float32)
+    if len(x) < 3:
+        return out
+    left, bottom, right, top = grid.bounds
+    ox, oy = 0.5 * (left + right), 0.5 * (bottom + top)  # local origin: Qhull in small numbers
+    kx, ky = np.round((x - ox) / snap).astype(np.int64), np.round((y - oy) / snap).astype(np.int64)
+    order = np.lexsort((z, ky, kx))
+    kx, ky = kx[order], ky[order]
+    top_of_group = np.r_[(kx[1:] != kx[:-1]) | (ky[1:] != ky[:-1]), True]
+    keep = order[top_of_group]
+    try:
+        interp = LinearNDInterpolator(np.c_[x[keep] - ox, y[keep] - oy], z[keep] - z[keep].mean())
+    except QhullError:  # fewer than 3 distinct or collinear points: no triangle
+        return out
+    res = grid.resolution
+    cx = left + (np.arange(cols) + 0.5) * res - ox
+    cy = top - (np.arange(rows) + 0.5) * res - oy
+    gx, gy = np.meshgrid(cx, cy)
+    out[:] = interp(gx, gy) + z[keep].mean()
+    return out
 
 
 def _idw(x, y, z, grid: GridSpec, radius: float, power: float):
