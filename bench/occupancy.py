@@ -28,10 +28,17 @@ HELD_OUT = [("EPSG:2154", 2000), ("EPSG:2154", 2001), ("EPSG:2154", 2002), ("EPS
 KEYS = ("mae", "rmse", "median_abs_error", "nmad")
 
 
-def held_out_scenes(size_m=128.0):
+TIN_SUFFIX = " [TIN truth]"
+
+
+def held_out_scenes(size_m=128.0, truths=("surface",)):
+    """Held-out generated scenes; ``lidar_tin`` rows are the same scenes against the TIN DSM of a dense
+    simulated survey (the kind of DSM IGN makes), named with TIN_SUFFIX."""
     from geoimplicit.dsm.occupancy.data import synthetic_scene
 
-    return [(f"{crs} seed {seed}", synthetic_scene(seed, size_m, crs, n_clouds=0), seed) for crs, seed in HELD_OUT]
+    return [(f"{crs} seed {seed}" + (TIN_SUFFIX if truth == "lidar_tin" else ""),
+             synthetic_scene(seed, size_m, crs, n_clouds=0, truth=truth), seed)
+            for truth in truths for crs, seed in HELD_OUT]
 
 
 def ign_scene(data: Path):
@@ -97,8 +104,9 @@ def quality(predictor, scenes, ign, n_images) -> dict:
     return rows
 
 
-def summarise(rows: dict) -> dict:
-    synth = [r for k, r in rows.items() if not k.startswith("IGN")]
+def summarise(rows: dict, suffix: str = "") -> dict:
+    """Means over the generated scenes (those named with ``suffix``: TIN_SUFFIX for the TIN-truth rows)."""
+    synth = [r for k, r in rows.items() if not k.startswith("IGN") and k.endswith(TIN_SUFFIX) == bool(suffix)]
     out = {}
     for pre in ("occ_", "raster_", "occ_bldg_", "raster_bldg_"):
         for k in KEYS:
@@ -118,7 +126,7 @@ def ablation(args, out: Path, results: dict, device: str):
     base = load_config(args.ablation_config or packaged_config("default.yaml"))
     scenes = build_scenes(base, base.data.synthetic_train_seeds, workers=base.data.workers)
     val = build_scenes(base, [1000, 1002], workers=2)
-    real = [real_scene(p) for p in base.data.real]
+    real = [real_scene(p, base.data.truth) for p in base.data.real]
     models = {}
     for name, model_over in variants:
         cfg = copy.deepcopy(base)
@@ -268,6 +276,9 @@ def main(argv=None):
     ap.add_argument("--speed-size", type=float, default=1000.0, help="side of the speed area in metres (0: skip)")
     ap.add_argument("--ablation-config", default=None, help="config the ablation variants start from (default: default.yaml)")
     ap.add_argument("--scene-size", type=float, default=128.0)
+    ap.add_argument("--truths", default="surface", help="truths of the generated scenes: surface,lidar_tin")
+    ap.add_argument("--compare", action="append", default=[], metavar="NAME=WEIGHTS",
+                    help="another model to evaluate in the same run (e.g. the previous default)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     import torch
@@ -283,6 +294,9 @@ def main(argv=None):
         (out / "occupancy_bench.json").write_text(json.dumps(results, indent=1, default=str))
 
     models = {"default (stereo + image dropout + real data)": args.weights}
+    for item in args.compare:
+        name, _, path = item.partition("=")
+        models[name] = path
     if args.ablation_seconds > 0:
         try:
             models.update(ablation(args, out, results, args.device))
@@ -290,7 +304,7 @@ def main(argv=None):
             results["ablation_error"] = traceback.format_exc()
         dump()
     try:
-        scenes = held_out_scenes(args.scene_size)
+        scenes = held_out_scenes(args.scene_size, tuple(args.truths.split(",")))
         try:
             ign = ign_scene(Path(args.data))
         except Exception:  # noqa: BLE001
@@ -301,6 +315,7 @@ def main(argv=None):
             t0 = time.perf_counter()
             rows = quality(p, scenes, ign, p.n_images)
             results.setdefault("quality", {})[name] = {"scenes": rows, "synthetic_mean": summarise(rows),
+                                                      "synthetic_mean_tin": summarise(rows, TIN_SUFFIX),
                                                       "seconds": time.perf_counter() - t0}
             dump()
     except Exception:  # noqa: BLE001
@@ -325,6 +340,8 @@ def markdown(results: dict) -> str:
         for model, d in q.items():
             rows = dict(d["scenes"])
             rows["mean of generated"] = d["synthetic_mean"]
+            if d.get("synthetic_mean_tin"):
+                rows["mean of generated" + TIN_SUFFIX] = d["synthetic_mean_tin"]
             for scene, r in rows.items():
                 def g(k):
                     v = r.get(k)

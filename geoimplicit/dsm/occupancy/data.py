@@ -2,13 +2,19 @@
 have a ground-truth DSM.
 
 Two kinds of scenes:
-- generated cities (:func:`geoimplicit.synthetic.city.generate_city`, any number of seeds): the truth is the
-  scene's DSM; the input is a LiDAR-like sampling of it (points on the top surface, some through tree crowns
-  down to the ground) with random density, noise, holes and outliers; two orthos of the same city under two
-  sun directions (the stereo pair);
-- real dense LiDAR (``data.real``; ign_vienne_rgb and autzen, never ign_montpellier): the truth is the cell
-  maximum of the dense cloud (the raster baseline's max), the input a thinned, noisier, holed copy, the ortho
-  the colour of the top point of each cell.
+- generated cities (:func:`geoimplicit.synthetic.city.generate_city`, any number of seeds): the input is a
+  LiDAR-like sampling of the scene's surface (points on the top surface, some through tree crowns down to the
+  ground) with random density, noise, holes and outliers; two orthos of the same city under two sun
+  directions (the stereo pair);
+- real dense LiDAR (``data.real``; ign_vienne_rgb and autzen, never ign_montpellier): the input is a thinned,
+  noisier, holed copy of the dense cloud, the ortho the colour of the top point of each cell.
+
+The truth DSM (``data.truth``) is either ``surface`` (generated: the scene's own DSM, the top of everything;
+real: the cell maximum of the dense cloud) or ``lidar_tin``: the DSM a dense LiDAR survey gives when it is
+made the way national mapping agencies make theirs (IGN LiDAR HD: linear interpolation on the triangulation
+of all points at each cell centre, ``rasterize`` statistic ``tin``): for generated scenes, of a dense
+simulated survey (``data.truth_density_m2``). The two differ most in trees, where a survey's returns reach
+down through the crown.
 
 Queries go through each sampled column, concentrated near the truth surface; a query is occupied (label 1)
 when it lies below the truth surface. Everything a patch holds is in its local frame (:mod:`.normalize`).
@@ -46,6 +52,7 @@ class TrainScene:
     clouds: list = field(default_factory=list)  # generated scenes: photogrammetric clouds from the generator
     buildings: np.ndarray | None = None  # bool mask of building cells of the truth grid (evaluation)
     crs: object = None
+    surface: np.ndarray | None = None  # generated scenes: the scene's own DSM (points are sampled on it)
 
     @property
     def bounds(self):
@@ -54,13 +61,21 @@ class TrainScene:
         return (t.c, t.f + rows * t.e, t.c + cols * t.a, t.f)
 
     def truth_at(self, x, y) -> np.ndarray:
+        """The truth DSM at (x, y) (cell lookup; NaN outside)."""
+        return self._lookup(self.truth, x, y)
+
+    def surface_at(self, x, y) -> np.ndarray:
+        """The surface points are sampled on: the scene's own DSM (generated), else the truth."""
+        return self._lookup(self.truth if self.surface is None else self.surface, x, y)
+
+    def _lookup(self, raster, x, y) -> np.ndarray:
         inv = ~self.transform
         col = np.floor(inv.a * x + inv.b * y + inv.c).astype(np.int64)
         row = np.floor(inv.d * x + inv.e * y + inv.f).astype(np.int64)
-        rows, cols = self.truth.shape
+        rows, cols = raster.shape
         ok = (row >= 0) & (row < rows) & (col >= 0) & (col < cols)
         out = np.full(np.shape(x), np.nan)
-        out[ok] = self.truth[row[ok], col[ok]]
+        out[ok] = raster[row[ok], col[ok]]
         return out
 
 
@@ -77,9 +92,14 @@ def second_sun_ortho(scene, seed: int) -> np.ndarray:
     return render_ortho(other, np.random.default_rng([seed, 1]))
 
 
+TRUTHS = ("surface", "lidar_tin")
+
+
 def synthetic_scene(seed: int, size_m: float = 128.0, crs: str = "EPSG:2154", resolution_m: float = 0.5,
-                    stereo: bool = True, n_clouds: int = 2) -> TrainScene:
-    """A generated city as a training scene (truth DSM, both orthos, DTM and tree mask)."""
+                    stereo: bool = True, n_clouds: int = 2, truth: str = "surface",
+                    truth_density_m2: float = 25.0) -> TrainScene:
+    """A generated city as a training scene (truth DSM, both orthos, DTM and tree mask). ``truth``: the scene's
+    own DSM (``surface``) or the TIN DSM of a simulated dense survey of ``truth_density_m2`` (``lidar_tin``)."""
     from geoimplicit.synthetic.city import VEGETATION, generate_city, scene_bounds
     from geoimplicit.io.crs import linear_units, parse_crs
 
@@ -98,15 +118,33 @@ def synthetic_scene(seed: int, size_m: float = 128.0, crs: str = "EPSG:2154", re
         pts = sample_points(scene, seed * 10 + k, density=rng.uniform(4, 20), noise=rng.uniform(0.03, 0.3),
                             holes=rng.uniform(0.0, 0.15), outliers=rng.uniform(0.0, 0.01))
         clouds.append({key: pts[key] for key in ("x", "y", "z")})
-    return TrainScene(f"city{seed}", scene.dsm.astype(np.float64), scene.transform, mpu, images, None,
-                      scene.dtm.astype(np.float64), scene.classes == VEGETATION, clouds,
-                      scene.classes == BUILDING, scene.crs)
+    out = TrainScene(f"city{seed}", scene.dsm.astype(np.float64), scene.transform, mpu, images, None,
+                     scene.dtm.astype(np.float64), scene.classes == VEGETATION, clouds,
+                     scene.classes == BUILDING, scene.crs, surface=scene.dsm.astype(np.float64))
+    if truth == "lidar_tin":
+        out.truth = survey_tin_truth(out, np.random.default_rng([seed, 123]), truth_density_m2)
+    elif truth != "surface":
+        raise ValueError(f"unknown truth {truth!r}; one of {TRUTHS}")
+    return out
 
 
-def truth_from_dense(points: dict, metres_per_unit: float, min_cell_m: float = 0.5, per_cell: float = 4.0):
-    """Truth DSM of a dense cloud: cell max on a grid with about ``per_cell`` points a cell (at least
-    ``min_cell_m``), NaN where a cell has none; plus a colour image of each cell's top point when the cloud
-    has colour. Returns (truth, transform, image or None)."""
+def survey_tin_truth(scene: TrainScene, rng, density_m2: float) -> np.ndarray:
+    """The TIN DSM (float64, NaN outside the points' hull) of a dense simulated survey of a generated scene, on
+    the scene's grid."""
+    from geoimplicit.dsm.rasterize import grid_statistic
+    from geoimplicit.tiling.grid import GridSpec
+
+    x, y, z = sample_scene_points(scene, scene.bounds, rng, density_m2)
+    grid = GridSpec(scene.bounds, abs(scene.transform.a))
+    return grid_statistic(x, y, z, grid, "tin")[0].astype(np.float64)
+
+
+def truth_from_dense(points: dict, metres_per_unit: float, min_cell_m: float = 0.5, per_cell: float = 4.0,
+                     truth: str = "surface"):
+    """Truth DSM of a dense cloud on a grid with about ``per_cell`` points a cell (at least ``min_cell_m``):
+    ``surface`` = cell max, NaN where a cell has none; ``lidar_tin`` = linear on the points' triangulation at
+    the cell centres (NaN outside their hull). Plus a colour image of each cell's top point when the cloud has
+    colour. Returns (truth, transform, image or None)."""
     from affine import Affine
 
     x, y, z = points["x"], points["y"], points["z"]
@@ -123,8 +161,17 @@ def truth_from_dense(points: dict, metres_per_unit: float, min_cell_m: float = 0
     order = np.lexsort((z, flat))  # per cell, highest last
     last = np.r_[flat[order][1:] != flat[order][:-1], True]
     top_idx = order[last]
-    truth = np.full(rows * cols, np.nan)
-    truth[flat[top_idx]] = z[top_idx]
+    dsm = np.full(rows * cols, np.nan)
+    dsm[flat[top_idx]] = z[top_idx]
+    dsm = dsm.reshape(rows, cols)
+    if truth == "lidar_tin":
+        from geoimplicit.dsm.rasterize import grid_statistic
+        from geoimplicit.tiling.grid import GridSpec
+
+        grid = GridSpec((left, top - rows * cell, left + cols * cell, top), cell)
+        dsm = grid_statistic(x, y, z, grid, "tin")[0].astype(np.float64)
+    elif truth != "surface":
+        raise ValueError(f"unknown truth {truth!r}; one of {TRUTHS}")
     image = None
     if all(k in points for k in ("red", "green", "blue")):
         rgb = np.stack([points[k] for k in ("red", "green", "blue")]).astype(np.float64)
@@ -133,7 +180,7 @@ def truth_from_dense(points: dict, metres_per_unit: float, min_cell_m: float = 0
         image = np.zeros((3, rows * cols), np.uint8)
         image[:, flat[top_idx]] = np.clip(rgb[:, top_idx], 0, 255).astype(np.uint8)
         image = image.reshape(3, rows, cols)
-    return truth.reshape(rows, cols), Affine(cell, 0, left, 0, -cell, top), image
+    return dsm, Affine(cell, 0, left, 0, -cell, top), image
 
 
 def read_dense(path) -> tuple[dict, float]:
@@ -171,9 +218,9 @@ def read_dense(path) -> tuple[dict, float]:
     return pts, mpu
 
 
-def real_scene(path) -> TrainScene:
+def real_scene(path, truth: str = "surface") -> TrainScene:
     pts, mpu = read_dense(path)
-    truth, transform, image = truth_from_dense(pts, mpu)
+    truth, transform, image = truth_from_dense(pts, mpu, truth=truth)
     pts = {k: pts[k] for k in ("x", "y", "z")}
     images = [(image, transform)] if image is not None else []
     return TrainScene(Path(path).stem, truth, transform, mpu, images, pts)
@@ -212,7 +259,7 @@ def sample_scene_points(scene: TrainScene, bounds, rng, density_m2: float):
     n = rng.poisson(density_m2 * (right - left) * (top - bottom) / upm**2)
     x = rng.uniform(left, right, n)
     y = rng.uniform(bottom, top, n)
-    z = scene.truth_at(x, y)
+    z = scene.surface_at(x, y)
     if scene.dtm is not None and scene.vegetation is not None:
         inv = ~scene.transform
         col = np.clip(np.floor(inv.a * x + inv.c).astype(np.int64), 0, scene.truth.shape[1] - 1)
@@ -322,7 +369,7 @@ def build_scenes(cfg: Config, seeds, progress=None, workers: int = 0) -> list:
     seeds = list(range(*seeds))
     d = cfg.data
     stereo = VARIANT_IMAGES[cfg.model.variant] >= 2
-    args = [(s, d.synthetic_size_m, d.synthetic_crs, 0.5, stereo) for s in seeds]
+    args = [(s, d.synthetic_size_m, d.synthetic_crs, 0.5, stereo, 2, d.truth, d.truth_density_m2) for s in seeds]
     if workers > 1 and len(seeds) > 1:
         import multiprocessing as mp
 

@@ -174,7 +174,7 @@ def train(cfg: Config, run_dir, *, device: str = "auto", resume=None, progress=N
     if val_scenes is None:
         val_scenes = build_scenes(cfg, dc.synthetic_val_seeds, workers=max(dc.workers, 0))
     if real_scenes is None:
-        real_scenes = [real_scene(p) for p in dc.real]
+        real_scenes = [real_scene(p, dc.truth) for p in dc.real]
     t_setup = time.perf_counter() - t_setup
     model = OccupancyNet(cfg.model).to(dev)
     opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
