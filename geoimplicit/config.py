@@ -65,7 +65,8 @@ class DataConfig:
     """Real dense LiDAR files (paths relative to the config file) turned into (truth, degraded input) pairs."""
     truth: str = "surface"
     """Truth DSM to learn: ``surface`` (generated: the scene's own DSM; real: the dense cloud's cell max) or
-    ``lidar_tin`` (the TIN DSM of a dense survey, as IGN makes its LiDAR HD DSMs; docs/occupancy.md)."""
+    ``lidar_tin`` (the TIN DSM of a dense survey, as IGN makes its LiDAR HD DSMs; for generated scenes in tree
+    cells, the surface elsewhere; docs/occupancy.md)."""
     truth_density_m2: float = 25.0
     """``lidar_tin`` on generated scenes: points per square metre of the simulated dense survey."""
     real_weight: float = 0.25

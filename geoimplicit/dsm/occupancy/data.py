@@ -12,9 +12,10 @@ Two kinds of scenes:
 The truth DSM (``data.truth``) is either ``surface`` (generated: the scene's own DSM, the top of everything;
 real: the cell maximum of the dense cloud) or ``lidar_tin``: the DSM a dense LiDAR survey gives when it is
 made the way national mapping agencies make theirs (IGN LiDAR HD: linear interpolation on the triangulation
-of all points at each cell centre, ``rasterize`` statistic ``tin``): for generated scenes, of a dense
-simulated survey (``data.truth_density_m2``). The two differ most in trees, where a survey's returns reach
-down through the crown.
+of all points at each cell centre, ``rasterize`` statistic ``tin``). The two differ in trees, where a
+survey's returns reach down through the crown: for generated scenes ``lidar_tin`` is the TIN of a dense
+simulated survey (``data.truth_density_m2``) in tree cells and the scene's surface elsewhere (on roofs and
+ground the TIN is the surface; at walls it only says where the survey's points happened to fall).
 
 Queries go through each sampled column, concentrated near the truth surface; a query is occupied (label 1)
 when it lies below the truth surface. Everything a patch holds is in its local frame (:mod:`.normalize`).
@@ -99,7 +100,8 @@ def synthetic_scene(seed: int, size_m: float = 128.0, crs: str = "EPSG:2154", re
                     stereo: bool = True, n_clouds: int = 2, truth: str = "surface",
                     truth_density_m2: float = 25.0) -> TrainScene:
     """A generated city as a training scene (truth DSM, both orthos, DTM and tree mask). ``truth``: the scene's
-    own DSM (``surface``) or the TIN DSM of a simulated dense survey of ``truth_density_m2`` (``lidar_tin``)."""
+    own DSM (``surface``) or, in tree cells, the TIN DSM of a simulated dense survey of ``truth_density_m2``
+    (``lidar_tin``)."""
     from geoimplicit.synthetic.city import VEGETATION, generate_city, scene_bounds
     from geoimplicit.io.crs import linear_units, parse_crs
 
@@ -121,8 +123,9 @@ def synthetic_scene(seed: int, size_m: float = 128.0, crs: str = "EPSG:2154", re
     out = TrainScene(f"city{seed}", scene.dsm.astype(np.float64), scene.transform, mpu, images, None,
                      scene.dtm.astype(np.float64), scene.classes == VEGETATION, clouds,
                      scene.classes == BUILDING, scene.crs, surface=scene.dsm.astype(np.float64))
-    if truth == "lidar_tin":
-        out.truth = survey_tin_truth(out, np.random.default_rng([seed, 123]), truth_density_m2)
+    if truth == "lidar_tin":  # in trees; elsewhere the two agree but for where the survey's points fell at walls
+        tin = survey_tin_truth(out, np.random.default_rng([seed, 123]), truth_density_m2)
+        out.truth = np.where(out.vegetation & np.isfinite(tin), tin, out.surface)
     elif truth != "surface":
         raise ValueError(f"unknown truth {truth!r}; one of {TRUTHS}")
     return out

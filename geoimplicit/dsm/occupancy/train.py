@@ -88,7 +88,8 @@ def raster_baseline(points: dict, bounds, resolution: float, crs=None):
 
 
 def evaluate_scene(predictor, scene, seed: int, *, images=None, buildings=None, points=None) -> dict:
-    """Occupancy DSM vs the in-memory raster max baseline on one scene with a truth DSM, on the truth grid."""
+    """Occupancy DSM vs the in-memory raster max baseline on one scene with a truth DSM, on the truth grid
+    (metrics in metres)."""
     from geoimplicit.dsm.occupancy.infer import predict_dsm
 
     pts = points if points is not None else validation_input(scene, seed)
@@ -100,11 +101,12 @@ def evaluate_scene(predictor, scene, seed: int, *, images=None, buildings=None, 
     buildings = scene.buildings if buildings is None else buildings
     both = valid & bvalid & np.isfinite(scene.truth)
     out = {}
-    for name, pred in (("occ", dsm), ("raster", base)):
-        m = dsm_metrics(pred, scene.truth, both)
+    mpu = scene.metres_per_unit  # metrics in metres whatever the CRS unit
+    for name, pred in (("occ", dsm * mpu), ("raster", base * mpu)):
+        m = dsm_metrics(pred, scene.truth * mpu, both)
         out.update({f"{name}_{k}": m[k] for k in ("mae", "rmse", "median_abs_error", "nmad") if k in m})
         if buildings is not None:
-            mb = dsm_metrics(pred, scene.truth, both & buildings)
+            mb = dsm_metrics(pred, scene.truth * mpu, both & buildings)
             out.update({f"{name}_bldg_{k}": mb[k] for k in ("mae", "rmse", "median_abs_error", "nmad") if k in mb})
     out["valid_fraction"] = float(valid.mean())
     return out
