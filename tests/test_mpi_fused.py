@@ -63,3 +63,18 @@ def test_fused_matches_reference_affine_batch():
     for k, rc in enumerate(cams):
         ref = render_mpi(mpi, planes.A, rc)
         _check(ref, {key: v[k] for key, v in out.items()}, 2e-4)
+
+
+def test_fused_matches_reference_uneven_geo_planes():
+    """Adaptive plane heights (``FitConfig.plane_placement``): unevenly spaced horizontal planes, oblique view."""
+    dev = _device()
+    g = torch.Generator().manual_seed(2)
+    heights = [20.0, 8.4, 8.1, 7.9, 3.0, 0.3, 0.1, -0.2, -5.0]
+    planes = geo_planes((-16, -16, 16, 16), 0.5, 0, 0, origin=ORIGIN, heights=heights)
+    assert planes.num_planes == len(heights)
+    mpi = torch.rand(planes.num_planes, 4, planes.height, planes.width, generator=g)
+    mpi[:, 3] *= 2.0
+    mpi = mpi.to(dev)
+    cam = look_at_camera(ORIGIN + [30, -20, 90], ORIGIN + [3, 0, 0], 50.0, 45, 38, (60.0, 140.0))
+    rc = render_camera(cam, ORIGIN, device=dev)
+    _check(render_mpi(mpi, planes.A, rc), render_fused(mpi, planes.A, rc), 2e-4)

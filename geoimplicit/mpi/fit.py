@@ -25,7 +25,7 @@ from geoimplicit.device import resolve_device
 from geoimplicit.errors import CameraFileError, ConfigError, OutputExistsError
 from geoimplicit.io.cameras import PinholeCamera, ViewSet, write_camera
 from geoimplicit.mpi.composite import render_mpi
-from geoimplicit.mpi.metrics import edge_aware_smoothness, psnr, ssim
+from geoimplicit.mpi.metrics import edge_aware_smoothness, psnr, ray_entropy, ssim
 from geoimplicit.mpi.model import build_model
 from geoimplicit.mpi.planes import PlaneSet, fronto_planes, geo_planes
 from geoimplicit.mpi.scene import MPIScene
@@ -65,6 +65,10 @@ class FitConfig:
     """Geo layout: texture pixel = ground sample distance / texture_scale."""
     max_texture: int = 1024
     """Geo layout: largest texture side in pixels."""
+    extent: str = "nadir"
+    """Geo layout: what the texture covers: ``nadir`` (the most nadir train view's footprint between the lowest
+    and highest plane, plus ``margin`` on every side) or ``union`` (the footprints of all train views at both
+    heights, no margin), so that views off nadir find texture wherever some train view saw the ground."""
     height_range: tuple[float, float] | None = None
     """Geo layout: (min, max) world heights of the planes; default from the cameras' depth ranges."""
     init_from_views: bool = True
@@ -77,6 +81,22 @@ class FitConfig:
     (a 2.5D prior: views cannot be explained by per-plane colours over wrong geometry); baked in at the end."""
     sweep_window: int = 5
     """Box filter (texels) of the plane-sweep colour variance."""
+    plane_placement: str = "adaptive"
+    """Geo layout: ``adaptive`` (planes where the surfaces are: a plane sweep of the train views over
+    ``2 * planes`` uniform heights gives each texel's best height; the plane heights are ``adaptive_mix`` of the
+    quantiles of those heights plus the rest of the uniform spacing, so ground and roof levels get dense planes
+    and the whole range stays covered) or ``uniform`` (evenly spaced between the lowest and highest height, the
+    only choice of the fronto layout, whose planes are uniform in disparity; tiled fits use it too, so that all
+    tiles share their plane heights). Generated city, 512x512, 32 planes: +0.8 dB held out (with ``tv_weight``)."""
+    adaptive_mix: float = 0.5
+    """``plane_placement adaptive``: weight of the height quantiles (0 = uniform, 1 = quantiles only; < 1 keeps
+    the planes strictly apart)."""
+    tv_weight: float = 0.2
+    """Total variation of each plane's opacity (alpha per plane spacing) across texels: > 0 favours compact,
+    piecewise constant surfaces over speckle that only fits the train views."""
+    entropy_weight: float = 0.0
+    """Entropy of each rendered ray's compositing weights (normalised by log D): > 0 pushes every ray towards
+    one nearly opaque plane."""
     refine_cameras: bool = False
     pose_lr: float = 1e-3
     amp: bool = True
@@ -100,6 +120,12 @@ class FitConfig:
             raise ConfigError("need at least 2 planes")
         if self.steps < 0:
             raise ConfigError("steps must be >= 0")
+        if self.plane_placement not in ("uniform", "adaptive"):
+            raise ConfigError(f"plane_placement must be 'uniform' or 'adaptive', not {self.plane_placement!r}")
+        if self.extent not in ("nadir", "union"):
+            raise ConfigError(f"extent must be 'nadir' or 'union', not {self.extent!r}")
+        if not 0.0 <= self.adaptive_mix <= 1.0:
+            raise ConfigError("adaptive_mix must be in [0, 1]")
 
 
 @dataclass
@@ -146,23 +172,23 @@ def scene_geometry(views: ViewSet, cfg: FitConfig, ids: list[str]) -> PlaneSet:
             hint="pass height_range (min, max) in world units",
         )
     corners = []
-    gsd = []
-    for c in [nadir]:
+    union = cfg.extent == "union"
+    for c in cams if union else [nadir]:
         lc = c.with_origin(origin)
-        uv = np.array([[0, 0], [c.width - 1, 0], [0, c.height - 1], [c.width - 1, c.height - 1]], float)
+        lo, w1, h1 = (-0.5, c.width - 0.5, c.height - 0.5) if union else (0, c.width - 1, c.height - 1)
+        uv = np.array([[lo, lo], [w1, lo], [lo, h1], [w1, h1]], float)
         for hz in (h_lo, h_hi):
             # intersect the corner rays with the plane z = hz
             rays = np.concatenate([uv, np.ones((4, 1))], 1) @ np.linalg.inv(lc.K).T @ lc.R  # world directions
             cen = lc.center
             s = (hz - cen[2]) / rays[:, 2]
             corners.append(cen + s[:, None] * rays)
-        d = 0.5 * (c.depth_min + c.depth_max)
-        gsd.append(d / c.K[0, 0])
     corners = np.concatenate(corners)
-    res = float(np.median(gsd)) / cfg.texture_scale
+    res = 0.5 * (nadir.depth_min + nadir.depth_max) / nadir.K[0, 0] / cfg.texture_scale
     left, right = corners[:, 0].min(), corners[:, 0].max()
     bottom, top = corners[:, 1].min(), corners[:, 1].max()
-    mx, my = cfg.margin * (right - left), cfg.margin * (top - bottom)
+    m = 0.0 if union else cfg.margin
+    mx, my = m * (right - left), m * (top - bottom)
     left, right, bottom, top = left - mx, right + mx, bottom - my, top + my
     side = max(right - left, top - bottom)
     if side / res > cfg.max_texture:
@@ -216,20 +242,73 @@ def plane_sweep_mean(planes: PlaneSet, cams: list, images: list[torch.Tensor], d
 
 @torch.no_grad()
 def sweep_density(var: torch.Tensor, cnt: torch.Tensor, window: int = 5, opaque: float = 3.0,
-                  empty: float = 0.02) -> torch.Tensor:
+                  empty: float = 0.02, spacing_ratio: torch.Tensor | None = None) -> torch.Tensor:
     """Plane-sweep stereo as a density start (D, h, w), in units of 1 / plane spacing: along each texel's line
     of planes the plane of least box-filtered colour variance (seen by at least two views) gets ``opaque``
     (alpha 1 - exp(-3) = 0.95), the others ``empty``. Where no plane is seen twice, the last plane wins."""
     D = var.shape[0]
+    best, ok = sweep_best_plane(var, cnt, window)
+    best = torch.where(ok, best, torch.full_like(best, D - 1))
+    dens = torch.full_like(var, empty)
+    dens.scatter_(0, best[None], opaque)
+    if spacing_ratio is not None:  # uneven planes: the same alpha whatever a plane's own spacing
+        dens = dens / spacing_ratio.to(dens)[:, None, None]
+    return dens
+
+
+def sweep_best_plane(var: torch.Tensor, cnt: torch.Tensor, window: int = 5) -> tuple[torch.Tensor, torch.Tensor]:
+    """Plane-sweep stereo winner per texel: (index of the plane of least box-filtered colour variance (h, w),
+    mask (h, w) of texels where some plane is seen by at least two views)."""
     k = max(1, int(window)) | 1
     v = F.avg_pool2d(var[:, None], k, stride=1, padding=k // 2, count_include_pad=False)[:, 0]
     seen = F.avg_pool2d((cnt >= 2).float()[:, None], k, stride=1, padding=k // 2, count_include_pad=False)[:, 0]
     cost = torch.where(seen > 0.99, v, torch.full_like(v, float("inf")))
     best = cost.argmin(0)
-    best = torch.where(torch.isfinite(cost.min(0).values), best, torch.full_like(best, D - 1))
-    dens = torch.full_like(var, empty)
-    dens.scatter_(0, best[None], opaque)
-    return dens
+    return best, torch.isfinite(cost.min(0).values)
+
+
+def opacity_tv(density: torch.Tensor, gaps: torch.Tensor) -> torch.Tensor:
+    """Mean absolute difference of the per-plane opacity ``1 - exp(-density * gap)`` (density (D, h, w), gap
+    (D,) world units) between neighbouring texels (anisotropic total variation)."""
+    a = 1.0 - torch.exp(-density * gaps[:, None, None])
+    return (a[:, 1:] - a[:, :-1]).abs().mean() + (a[:, :, 1:] - a[:, :, :-1]).abs().mean()
+
+
+def quantile_heights(samples: np.ndarray, h_lo: float, h_hi: float, num: int, mix: float) -> np.ndarray:
+    """``num`` plane heights from ``h_hi`` down to ``h_lo``: ``mix`` times the quantiles of the height
+    ``samples`` (at probabilities evenly spaced from 1 to 0) plus ``1 - mix`` times uniform heights. The top and
+    bottom planes stay at ``h_hi`` / ``h_lo`` (the bottom plane is the backdrop); with ``mix < 1`` the heights
+    are strictly decreasing."""
+    uniform = np.linspace(h_hi, h_lo, num)
+    samples = np.asarray(samples, dtype=np.float64).ravel()
+    if samples.size == 0 or num < 3 or mix <= 0:
+        return uniform
+    q = np.quantile(np.clip(samples, h_lo, h_hi), np.linspace(1.0, 0.0, num))
+    out = mix * q + (1.0 - mix) * uniform
+    out[0], out[-1] = h_hi, h_lo
+    return out
+
+
+def adaptive_geo_planes(planes: PlaneSet, rcs: list, images: list[torch.Tensor], device, mix: float = 0.5,
+                        window: int = 5, sweep_planes: int | None = None, max_side: int = 512) -> PlaneSet:
+    """The geo plane set ``planes`` with its heights moved to where the train views' surfaces are: a plane
+    sweep over ``sweep_planes`` (default 2 D) uniform heights between its lowest and highest plane (texture at
+    most ``max_side`` texels a side) gives each texel's best height, and :func:`quantile_heights` places the
+    planes. ``rcs``: render cameras in the plane set's local coordinates."""
+    D = planes.num_planes
+    h_hi, h_lo = float(planes.values.max()), float(planes.values.min())
+    n = int(sweep_planes or 2 * D)
+    res = planes.resolution
+    right, bottom = planes.left + planes.width * res, planes.top - planes.height * res
+    sres = res * max(1.0, max(planes.width, planes.height) / max_side)
+    dense = geo_planes((planes.left, bottom, right, planes.top), sres, h_lo, h_hi, n, origin=planes.origin,
+                       crs=planes.crs)
+    _, var, cnt = plane_sweep_mean(dense, rcs, images, device, return_variance=True)
+    best, ok = sweep_best_plane(var, cnt, window)
+    est = dense.values[best[ok].cpu().numpy()]
+    heights = quantile_heights(est, h_lo, h_hi, D, mix)
+    return geo_planes((planes.left, bottom, right, planes.top), res, h_lo, h_hi, origin=planes.origin,
+                      crs=planes.crs, heights=heights)
 
 
 def _pose_cameras(cams_local, deltas, scales, device):
@@ -285,6 +364,10 @@ def fit_mpi(
     cams_local = [c.with_origin(planes.origin) for c in cams]
     images = _load_images(views, ids, cfg.image_scale, device)
     img_list = [images[i] for i in ids]
+    if cfg.plane_placement == "adaptive" and planes.layout == "geo":  # deterministic: a resume gets the same planes
+        planes = adaptive_geo_planes(planes, _pose_cameras(cams_local, None, None, device), img_list, device,
+                                     cfg.adaptive_mix, cfg.sweep_window)
+        log.info("adaptive plane heights: %s", np.round(planes.values + planes.origin[2], 2).tolist())
     density_scale = 1.0 / planes.spacing
     model = build_model(cfg.model, planes.num_planes, planes.height, planes.width, density_scale).to(device)
     if cfg.colour_share:
@@ -321,7 +404,9 @@ def fit_mpi(
     elif cfg.init_from_views and cfg.model == "direct":
         rcs = _pose_cameras(cams_local, None, pose_scales, device)
         mean, var, cnt = plane_sweep_mean(planes, rcs, img_list, device, return_variance=True)
-        dens = sweep_density(var, cnt, cfg.sweep_window) if cfg.init_density else None
+        gaps = np.abs(np.diff(planes.values))
+        ratio = torch.as_tensor(np.append(gaps, planes.spacing) / planes.spacing, dtype=torch.float32)
+        dens = sweep_density(var, cnt, cfg.sweep_window, spacing_ratio=ratio) if cfg.init_density else None
         if cfg.colour_share > 0 and dens is not None:
             # start every plane from the colour of its texel's plane-sweep winner
             best = dens.argmax(0)[None, None].expand(1, 3, -1, -1)
@@ -330,6 +415,8 @@ def fit_mpi(
         if dens is not None:
             model.init_density(dens)
 
+    plane_gaps = torch.as_tensor(np.append(np.abs(np.diff(planes.values)), planes.spacing), dtype=torch.float32,
+                                 device=device)
     cfg_dict = asdict(cfg)
     (model_dir / "config.json").write_text(json.dumps(cfg_dict, indent=2))
     use_amp = cfg.amp and device.type == "cuda"
@@ -345,6 +432,8 @@ def fit_mpi(
         with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_amp):
             mpi = model()
         loss = 0.0
+        if cfg.tv_weight:
+            loss = cfg.tv_weight * opacity_tv(mpi[:, 3].float(), plane_gaps)
         for k in pick:
             if deltas is not None and k != 0:
                 d = torch.cat([deltas[k, :3] * pose_scales[0], deltas[k, 3:] * pose_scales[1]])
@@ -358,6 +447,8 @@ def fit_mpi(
                 l = l + cfg.ssim_weight * (1 - ssim(out["rgb"], target))
             if cfg.smooth_weight:
                 l = l + cfg.smooth_weight * edge_aware_smoothness(out["depth"] / depth_span, target)
+            if cfg.entropy_weight:
+                l = l + cfg.entropy_weight * ray_entropy(out["weights"], out["opacity"])
             loss = loss + l / len(pick)
         opt.zero_grad(set_to_none=True)
         loss.backward()

@@ -61,3 +61,11 @@ def edge_aware_smoothness(depth: torch.Tensor, image: torch.Tensor, gamma: float
     ix = (image[:, :, 1:] - image[:, :, :-1]).abs().mean(0)
     iy = (image[:, 1:] - image[:, :-1]).abs().mean(0)
     return (dx * torch.exp(-gamma * ix)).mean() + (dy * torch.exp(-gamma * iy)).mean()
+
+
+def ray_entropy(weights: torch.Tensor, opacity: torch.Tensor) -> torch.Tensor:
+    """Mean entropy of each ray's compositing weights (D, H, W) normalised by their sum ``opacity`` (H, W),
+    divided by log D: 0 where one plane takes the whole ray, 1 where all planes share it evenly."""
+    D = weights.shape[0]
+    p = weights / opacity.clamp_min(1e-6)
+    return -(p * torch.log(p.clamp_min(1e-8))).sum(0).mean() / math.log(max(D, 2))

@@ -5,7 +5,8 @@ local-world point of texture pixel ``(a, b)`` (col, row; pixel centres at intege
 
 - ``fronto`` (ImMPI): planes fronto-parallel to a reference camera, at depths uniform in disparity between the
   camera's ``depth_min`` and ``depth_max``; the texture is the reference image (plus a margin).
-- ``geo``: horizontal planes at world heights between ``height_min`` and ``height_max``, textured on a map grid
+- ``geo``: horizontal planes at world heights between ``height_min`` and ``height_max`` (uniform, or given, e.g.
+  placed where the scene's surfaces are: ``FitConfig.plane_placement``), textured on a map grid
   (``left``, ``top``, ``resolution``), so that one MPI serves every view of a tile and a nadir orthographic
   render lands straight in map space.
 
@@ -141,8 +142,11 @@ def geo_planes(
     *,
     origin=(0.0, 0.0, 0.0),
     crs: str | None = None,
+    heights=None,
 ) -> PlaneSet:
-    """Horizontal planes at local heights from ``height_max`` (front, top) down to ``height_min``.
+    """Horizontal planes at local heights from ``height_max`` (front, top) down to ``height_min``: uniform, or
+    the given ``heights`` (sorted high to low here; ``num_planes``, ``height_min`` and ``height_max`` are then
+    ignored).
 
     The texture is the map grid of ``bounds_local`` (left, bottom, right, top) at ``resolution``: texture pixel
     (col, row) is the pixel-is-area cell whose centre is ``(left + (col + .5) res, top - (row + .5) res)``.
@@ -151,7 +155,11 @@ def geo_planes(
     res = float(resolution)
     width = max(1, int(round((right - left) / res)))
     height = max(1, int(round((top - bottom) / res)))
-    heights = np.linspace(height_max, height_min, num_planes) if num_planes > 1 else np.array([height_min])
+    if heights is not None:
+        heights = np.sort(np.asarray(heights, dtype=np.float64).ravel())[::-1].copy()
+        num_planes = len(heights)
+    else:
+        heights = np.linspace(height_max, height_min, num_planes) if num_planes > 1 else np.array([height_min])
     A = np.zeros((num_planes, 3, 3))
     A[:, 0, 0] = res
     A[:, 0, 2] = left + 0.5 * res

@@ -361,6 +361,7 @@ def fit_tiled(
                               path=views.root, hint="add crs.txt (e.g. EPSG:2154) to the views folder")
     cfg = config if isinstance(config, FitConfig) else FitConfig.from_dict(dict(config or {}))
     cfg.layout = "geo"
+    cfg.plane_placement = "uniform"  # every tile gets the same plane heights, so that tiles agree in overlaps
     if height_range is None:
         height_range = cfg.height_range if cfg.height_range is not None else scene_height_range(views)
     h_lo, h_hi = (float(v) for v in height_range)
