@@ -8,7 +8,8 @@ generated in the run; ``city`` = ``sample_data/synthetic_city/views`` (the gener
 ``--size`` x ``--size``, 20 views (16 train / 4 held out), in the ``aerial`` (default, near-nadir) or
 ``oblique`` view configuration of ``geoimplicit.synthetic.views``. ``--variants`` adds fits with other
 :class:`FitConfig` settings (JSON objects separated by ``;``). Prints one JSON line per fit (fit seconds,
-train PSNR, test PSNR / SSIM / depth error).
+train PSNR, test PSNR / SSIM / depth error). ``--views-root`` shares generated view sets between runs (a view
+set already there is reused), ``--render-only`` only generates them.
 """
 
 from __future__ import annotations
@@ -41,9 +42,15 @@ def main(argv=None):
     ap.add_argument("--size", type=int, default=512)
     ap.add_argument("--variants", default="{}", help="FitConfig overrides, JSON objects separated by ';'")
     ap.add_argument("--out", default=os.environ.get("OUT", tempfile.mkdtemp()))
+    ap.add_argument("--views-root", default=None,
+                    help="folder of the generated view sets (default --out); a view set already there is reused, "
+                         "so that several bench processes can share one rendering")
+    ap.add_argument("--render-only", action="store_true", help="generate the view sets and stop")
     args = ap.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    vroot = Path(args.views_root) if args.views_root else out
+    vroot.mkdir(parents=True, exist_ok=True)
     scenes = {}
     for name in args.scenes.split(","):
         if name.startswith("analytic"):
@@ -56,12 +63,18 @@ def main(argv=None):
             from geoimplicit.synthetic import generate_city, scene_bounds
             from geoimplicit.synthetic.views import render_view_set
 
+            vdir = vroot / f"views_{name}"
+            if (vdir / "view_split.txt").exists():
+                scenes[name] = vdir
+                continue
             t0 = time.perf_counter()
             city = generate_city(4, bounds=scene_bounds(128, crs="EPSG:2154", resolution=0.5), resolution=0.5,
                                  crs="EPSG:2154")
-            scenes[name] = render_view_set(city, out / f"views_{name}", seed=4, n_views=20, size=args.size,
-                                           n_track=4, config=name[4:], workers=min(8, os.cpu_count() or 1))
+            scenes[name] = render_view_set(city, vdir, seed=4, n_views=20, size=args.size,
+                                           n_track=4, config=name[4:], workers=min(16, os.cpu_count() or 1))
             print(json.dumps({"generated": name, "seconds": round(time.perf_counter() - t0, 1)}), flush=True)
+    if args.render_only:
+        return []
     rows = []
     variants = [json.loads(v) for v in args.variants.split(";")]
     for sname, vdir in scenes.items():
