@@ -28,17 +28,18 @@ HELD_OUT = [("EPSG:2154", 2000), ("EPSG:2154", 2001), ("EPSG:2154", 2002), ("EPS
 KEYS = ("mae", "rmse", "median_abs_error", "nmad")
 
 
-TIN_SUFFIX = " [TIN truth]"
+def truth_suffix(truth: str) -> str:
+    """Row-name suffix of the generated scenes evaluated against another truth than their surface."""
+    return "" if truth == "surface" else f" [{truth} truth]"
 
 
 def held_out_scenes(size_m=128.0, truths=("surface",)):
-    """Held-out generated scenes; ``lidar_tin`` rows are the same scenes against the TIN DSM of a dense
-    simulated survey (the kind of DSM IGN makes), named with TIN_SUFFIX."""
+    """Held-out generated scenes, once per truth (``lidar_tin``: the TIN DSM of a dense simulated survey, the
+    kind of DSM IGN makes; rows named with :func:`truth_suffix`)."""
     from geoimplicit.dsm.occupancy.data import synthetic_scene
 
-    return [(f"{crs} seed {seed}" + (TIN_SUFFIX if truth == "lidar_tin" else ""),
-             synthetic_scene(seed, size_m, crs, n_clouds=0, truth=truth), seed)
-            for truth in truths for crs, seed in HELD_OUT]
+    return [(f"{crs} seed {seed}" + truth_suffix(truth), synthetic_scene(seed, size_m, crs, n_clouds=0, truth=truth),
+             seed) for truth in truths for crs, seed in HELD_OUT]
 
 
 def ign_scene(data: Path):
@@ -105,8 +106,9 @@ def quality(predictor, scenes, ign, n_images) -> dict:
 
 
 def summarise(rows: dict, suffix: str = "") -> dict:
-    """Means over the generated scenes (those named with ``suffix``: TIN_SUFFIX for the TIN-truth rows)."""
-    synth = [r for k, r in rows.items() if not k.startswith("IGN") and k.endswith(TIN_SUFFIX) == bool(suffix)]
+    """Means over the generated scenes whose names end with ``suffix`` (:func:`truth_suffix`)."""
+    synth = [r for k, r in rows.items() if not k.startswith("IGN") and not k.endswith(" truth]")] if not suffix \
+        else [r for k, r in rows.items() if k.endswith(suffix)]
     out = {}
     for pre in ("occ_", "raster_", "occ_bldg_", "raster_bldg_"):
         for k in KEYS:
@@ -276,7 +278,7 @@ def main(argv=None):
     ap.add_argument("--speed-size", type=float, default=1000.0, help="side of the speed area in metres (0: skip)")
     ap.add_argument("--ablation-config", default=None, help="config the ablation variants start from (default: default.yaml)")
     ap.add_argument("--scene-size", type=float, default=128.0)
-    ap.add_argument("--truths", default="surface", help="truths of the generated scenes: surface,lidar_tin")
+    ap.add_argument("--truths", default="surface", help="truths of the generated scenes: surface,lidar_tin,lidar_tin_trees")
     ap.add_argument("--compare", action="append", default=[], metavar="NAME=WEIGHTS",
                     help="another model to evaluate in the same run (e.g. the previous default)")
     args = ap.parse_args(argv)
@@ -314,9 +316,9 @@ def main(argv=None):
             p = OccupancyPredictor(w, args.device)
             t0 = time.perf_counter()
             rows = quality(p, scenes, ign, p.n_images)
-            results.setdefault("quality", {})[name] = {"scenes": rows, "synthetic_mean": summarise(rows),
-                                                      "synthetic_mean_tin": summarise(rows, TIN_SUFFIX),
-                                                      "seconds": time.perf_counter() - t0}
+            results.setdefault("quality", {})[name] = {
+                "scenes": rows, "seconds": time.perf_counter() - t0,
+                "means": {truth: summarise(rows, truth_suffix(truth)) for truth in args.truths.split(",")}}
             dump()
     except Exception:  # noqa: BLE001
         results["quality_error"] = traceback.format_exc()
@@ -339,9 +341,8 @@ def markdown(results: dict) -> str:
                   "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for model, d in q.items():
             rows = dict(d["scenes"])
-            rows["mean of generated"] = d["synthetic_mean"]
-            if d.get("synthetic_mean_tin"):
-                rows["mean of generated" + TIN_SUFFIX] = d["synthetic_mean_tin"]
+            for truth, mean in d["means"].items():
+                rows["mean of generated" + truth_suffix(truth)] = mean
             for scene, r in rows.items():
                 def g(k):
                     v = r.get(k)

@@ -65,8 +65,8 @@ class DataConfig:
     """Real dense LiDAR files (paths relative to the config file) turned into (truth, degraded input) pairs."""
     truth: str = "surface"
     """Truth DSM to learn: ``surface`` (generated: the scene's own DSM; real: the dense cloud's cell max) or
-    ``lidar_tin`` (the TIN DSM of a dense survey, as IGN makes its LiDAR HD DSMs; for generated scenes in tree
-    cells, the surface elsewhere; docs/occupancy.md)."""
+    ``lidar_tin`` (the TIN DSM of a dense survey, as IGN makes its LiDAR HD DSMs) or ``lidar_tin_trees``
+    (generated scenes: that TIN in tree cells only; docs/occupancy.md)."""
     truth_density_m2: float = 25.0
     """``lidar_tin`` on generated scenes: points per square metre of the simulated dense survey."""
     real_weight: float = 0.25
@@ -274,8 +274,9 @@ def _validate(cfg: Config, source) -> None:
             f"model.variant must be one of points, mono, stereo, got {cfg.model.variant!r}", path=source,
             hint=f"did you mean {close[0]}?" if close else None,
         )
-    if cfg.data.truth not in ("surface", "lidar_tin"):
-        raise ConfigError(f"data.truth must be surface or lidar_tin, got {cfg.data.truth!r}", path=source)
+    if cfg.data.truth not in ("surface", "lidar_tin", "lidar_tin_trees"):
+        raise ConfigError(f"data.truth must be surface, lidar_tin or lidar_tin_trees, got {cfg.data.truth!r}",
+                          path=source)
     if cfg.extract.fill not in ("nodata", "prior"):
         raise ConfigError(f"extract.fill must be nodata or prior, got {cfg.extract.fill!r}", path=source)
     for name in ("synthetic_train_seeds", "synthetic_val_seeds"):

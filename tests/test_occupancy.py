@@ -171,14 +171,18 @@ def test_cpu_fallback_matches_cuda(cli, sample_data, tmp_path):
 
 
 def test_lidar_tin_truth_of_a_generated_scene():
-    """The survey-TIN truth is the scene's surface outside trees, and lies below it in tree crowns, where a
-    survey's returns reach down through the crown."""
+    """The survey-TIN truth lies below the scene's surface in tree crowns, where a survey's returns reach down
+    through the crown, and is the surface on roofs and streets."""
     from geoimplicit.dsm.occupancy.data import synthetic_scene
 
     surf = synthetic_scene(3, 48.0, stereo=False, n_clouds=0)
-    tin = synthetic_scene(3, 48.0, stereo=False, n_clouds=0, truth="lidar_tin")
+    tin = synthetic_scene(3, 48.0, stereo=False, n_clouds=0, truth="lidar_tin_trees")
+    full = synthetic_scene(3, 48.0, stereo=False, n_clouds=0, truth="lidar_tin")
     np.testing.assert_array_equal(surf.truth, tin.surface)
     np.testing.assert_array_equal(tin.truth[~surf.vegetation], surf.truth[~surf.vegetation])
+    np.testing.assert_array_equal(full.truth[surf.vegetation], tin.truth[surf.vegetation])
+    # the full survey TIN is the surface on roofs and streets: the surface within 1 cm on most non-tree cells
+    assert np.mean(np.abs(full.truth - surf.truth)[~surf.vegetation] < 0.01) > 0.6
     trees = surf.vegetation
     assert trees.sum() > 20 and np.isfinite(tin.truth[trees]).all()
     assert np.median(tin.truth[trees] - surf.truth[trees]) < -0.2

@@ -13,9 +13,9 @@ The truth DSM (``data.truth``) is either ``surface`` (generated: the scene's own
 real: the cell maximum of the dense cloud) or ``lidar_tin``: the DSM a dense LiDAR survey gives when it is
 made the way national mapping agencies make theirs (IGN LiDAR HD: linear interpolation on the triangulation
 of all points at each cell centre, ``rasterize`` statistic ``tin``). The two differ in trees, where a
-survey's returns reach down through the crown: for generated scenes ``lidar_tin`` is the TIN of a dense
-simulated survey (``data.truth_density_m2``) in tree cells and the scene's surface elsewhere (on roofs and
-ground the TIN is the surface; at walls it only says where the survey's points happened to fall).
+survey's returns reach down through the crown, and at walls, where the TIN ramps between the last roof
+point and the first ground point. For generated scenes the TIN is that of a dense simulated survey
+(``data.truth_density_m2``); ``lidar_tin_trees`` takes it in tree cells only and the surface elsewhere.
 
 Queries go through each sampled column, concentrated near the truth surface; a query is occupied (label 1)
 when it lies below the truth surface. Everything a patch holds is in its local frame (:mod:`.normalize`).
@@ -93,15 +93,15 @@ def second_sun_ortho(scene, seed: int) -> np.ndarray:
     return render_ortho(other, np.random.default_rng([seed, 1]))
 
 
-TRUTHS = ("surface", "lidar_tin")
+TRUTHS = ("surface", "lidar_tin", "lidar_tin_trees")
 
 
 def synthetic_scene(seed: int, size_m: float = 128.0, crs: str = "EPSG:2154", resolution_m: float = 0.5,
                     stereo: bool = True, n_clouds: int = 2, truth: str = "surface",
                     truth_density_m2: float = 25.0) -> TrainScene:
     """A generated city as a training scene (truth DSM, both orthos, DTM and tree mask). ``truth``: the scene's
-    own DSM (``surface``) or, in tree cells, the TIN DSM of a simulated dense survey of ``truth_density_m2``
-    (``lidar_tin``)."""
+    own DSM (``surface``), the TIN DSM of a simulated dense survey of ``truth_density_m2`` (``lidar_tin``), or
+    that TIN in tree cells and the surface elsewhere (``lidar_tin_trees``)."""
     from geoimplicit.synthetic.city import VEGETATION, generate_city, scene_bounds
     from geoimplicit.io.crs import linear_units, parse_crs
 
@@ -123,9 +123,9 @@ def synthetic_scene(seed: int, size_m: float = 128.0, crs: str = "EPSG:2154", re
     out = TrainScene(f"city{seed}", scene.dsm.astype(np.float64), scene.transform, mpu, images, None,
                      scene.dtm.astype(np.float64), scene.classes == VEGETATION, clouds,
                      scene.classes == BUILDING, scene.crs, surface=scene.dsm.astype(np.float64))
-    if truth == "lidar_tin":  # in trees; elsewhere the two agree but for where the survey's points fell at walls
-        tin = survey_tin_truth(out, np.random.default_rng([seed, 123]), truth_density_m2)
-        out.truth = np.where(out.vegetation & np.isfinite(tin), tin, out.surface)
+    if truth in ("lidar_tin", "lidar_tin_trees"):
+        tin = survey_tin_truth(out, np.random.default_rng([seed, 123]), truth_density_m2)  # NaN outside the hull
+        out.truth = np.where(out.vegetation & np.isfinite(tin), tin, out.surface) if truth == "lidar_tin_trees" else tin
     elif truth != "surface":
         raise ValueError(f"unknown truth {truth!r}; one of {TRUTHS}")
     return out
@@ -167,7 +167,7 @@ def truth_from_dense(points: dict, metres_per_unit: float, min_cell_m: float = 0
     dsm = np.full(rows * cols, np.nan)
     dsm[flat[top_idx]] = z[top_idx]
     dsm = dsm.reshape(rows, cols)
-    if truth == "lidar_tin":
+    if truth in ("lidar_tin", "lidar_tin_trees"):  # a real survey: walls are the survey's too
         from geoimplicit.dsm.rasterize import grid_statistic
         from geoimplicit.tiling.grid import GridSpec
 
