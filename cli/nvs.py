@@ -26,6 +26,12 @@ def nvs():
 @click.option("--steps", type=click.IntRange(min=0), default=1500, help="Optimisation steps.")
 @click.option("--image-scale", type=click.FloatRange(min=0, min_open=True), default=1.0,
               help="Fit on images resized by this factor.")
+@click.option("--colour-share", type=click.FloatRange(0, 1), default=0.0,
+              help="Tie each texel's colour across the planes (0: free per plane, ImMPI; 1: one colour per texel). "
+                   "0.8 for near-nadir aerial/satellite views.")
+@click.option("--extent", type=click.Choice(["nadir", "union"]), default="nadir",
+              help="Geo layout: texture over the most nadir view's footprint, or over all train views' footprints "
+                   "(what off-nadir test views see near the edges; slower).")
 @click.option("--refine-cameras", is_flag=True, help="Learn small pose corrections per view; writes cameras/.")
 @click.option("--geo-products", is_flag=True, help="Geo layout: also write true_ortho.tif and height.tif.")
 @click.option("--aoi", default=None, type=click.Path(dir_okay=False),
@@ -49,7 +55,8 @@ def nvs():
 @device_option
 @overwrite_option
 @click.pass_context
-def fit(ctx, views_dir, views_opt, model_dir, planes, layout, model_kind, steps, image_scale, refine_cameras,
+def fit(ctx, views_dir, views_opt, model_dir, planes, layout, model_kind, steps, image_scale, colour_share, extent,
+        refine_cameras,
         geo_products, aoi, tile_size, overlap, resolution, height_range, min_view_coverage, scheduler, dask_workers,
         resume, device, overwrite):
     """Fit an MPI to the train views of VIEWS_DIR (Images/, Cams/, view_split.txt); with --aoi, one geo-MPI per
@@ -67,7 +74,8 @@ def fit(ctx, views_dir, views_opt, model_dir, planes, layout, model_kind, steps,
         from geoimplicit.executors import make_executor
         from geoimplicit.mpi.tiled import fit_tiled
 
-        cfg = FitConfig(planes=planes, layout="geo", model=model_kind, steps=steps, image_scale=image_scale)
+        cfg = FitConfig(planes=planes, layout="geo", model=model_kind, steps=steps, image_scale=image_scale,
+                        colour_share=colour_share, extent=extent)
         gpus = 0
         if scheduler or dask_workers:
             import torch
@@ -87,7 +95,7 @@ def fit(ctx, views_dir, views_opt, model_dir, planes, layout, model_kind, steps,
         raise click.BadParameter("--tile-size, --overlap, --resolution, --height-range, --scheduler and "
                                  "--dask-workers are options of the tiled fit", param_hint="--aoi")
     cfg = FitConfig(planes=planes, layout=layout, model=model_kind, steps=steps, image_scale=image_scale,
-                    refine_cameras=refine_cameras, device=device)
+                    colour_share=colour_share, extent=extent, refine_cameras=refine_cameras, device=device)
     result = fit_mpi(views, model_dir, cfg, resume=resume, overwrite=overwrite, progress=ctx.obj["progress"])
     outputs = dict(result.outputs)
     if geo_products:

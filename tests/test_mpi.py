@@ -196,8 +196,12 @@ def test_cli_round_trip(views, fitted, cli, tmp_path):
     r = cli("nvs", "render", model_dir, "--cams", views / "Track", "-o", tmp_path / "r")
     assert_clean_error(r, "already exists", "--overwrite")
     r = cli("nvs", "fit", views, "-o", tmp_path / "g", "--planes", "4", "--steps", "3", "--layout", "geo",
-            "--device", "cpu", "--geo-products")
+            "--device", "cpu", "--geo-products", "--colour-share", "0.8", "--extent", "union")
     assert r.exit_code == 0, r.output
+    import json
+
+    saved = json.loads((tmp_path / "g" / "config.json").read_text())
+    assert saved["colour_share"] == 0.8 and saved["extent"] == "union"
     import rasterio
 
     with rasterio.open(tmp_path / "g" / "height.tif") as ds:
