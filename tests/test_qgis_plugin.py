@@ -324,7 +324,8 @@ def qgis_runs(tmp_path_factory):
         expected["views"] = scene / "views"
         jobs.append({"id": "nvs_fit", "alg": "geoimplicit:nvs_fit",
                      "params": {"VIEWS": str(scene / "views"), "LAYOUT": 1, "PLANES": 8, "STEPS": 5,
-                                "GEO_PRODUCTS": True, "DEVICE": 1, "OUTPUT": str(out / "mpi")}})
+                                "GEO_PRODUCTS": True, "DEVICE": 1, "COLOUR_SHARE": 0.8, "EXTENT": 1,
+                                "OUTPUT": str(out / "mpi")}})
         if _cli_has("nvs", "render"):
             jobs.append({"id": "nvs_render", "alg": "geoimplicit:nvs_render",
                          "params": {"MODEL": str(out / "mpi"), "CAMS": str(scene / "views" / "Cams"), "DEVICE": 1,
@@ -579,6 +580,7 @@ def test_nvs_fit_in_qgis_loads_geo_products(qgis_runs):
     job = qgis_runs["runs"]["jobs"]["nvs_fit"]
     assert job["ok"], job.get("error")
     assert "--layout geo" in job["commands"][0] and "--device cpu" in job["commands"][0]
+    assert "--colour-share 0.8" in job["commands"][0] and "--extent union" in job["commands"][0]
     res = job["results"]
     assert Path(res["MODEL"]).is_file()
     crs = (qgis_runs["views"] / "crs.txt").read_text().strip()

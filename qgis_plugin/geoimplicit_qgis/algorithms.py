@@ -28,13 +28,17 @@ from .base import GeoImplicitAlgorithm
 from .styling import DsmStyler, ResidualStyler
 
 METHODS = ["occupancy", "raster"]
-STATS = ["max", "max", "min", "mean", "median", "idw", "count", "stdev"]  # index 0 = the CLI's default
+# index 0 = the CLI's default; new entries go at the end so that saved models keep their choice
+STATS = ["max", "max", "min", "mean", "median", "idw", "count", "stdev", "tin"]
 STAT_LABELS = ["Default (maximum: the highest return)", "Maximum", "Minimum", "Mean", "Median",
-               "Inverse distance weighting", "Point count", "Standard deviation"]
+               "Inverse distance weighting", "Point count", "Standard deviation",
+               "TIN: linear on the points' triangulation at cell centres (how IGN makes its DSMs)"]
 METHOD_LABELS = ["Occupancy field (neural, ImpliCity)", "Raster (cell statistics of the points)"]
 LAYOUTS = ["fronto", "geo"]
 LAYOUT_LABELS = ["fronto: parallel to a reference camera (ImMPI)", "geo: horizontal planes on the map grid"]
 GENERATORS = ["direct", "conv", "mlp"]
+EXTENTS = ["nadir", "union"]
+EXTENT_LABELS = ["the most nadir view's footprint", "all train views' footprints (slower; better frame edges)"]
 DSM_GROUP = "Elevation"
 VIEWS_GROUP = "Novel views"
 
@@ -379,6 +383,10 @@ class NovelViewsFit(GeoImplicitAlgorithm):
         self.add_advanced(QgsProcessingParameterEnum("GENERATOR", "Generator of the planes", options=GENERATORS,
                                                      defaultValue=0))
         self.add_number("IMAGE_SCALE", "Fit on images resized by", 1.0, minimum=1e-6, advanced=True)
+        self.add_number("COLOUR_SHARE", "Colour shared across planes (0 = free, ImMPI; 0.8 for near-nadir views)",
+                        0.0, minimum=0.0, maximum=1.0, advanced=True)
+        self.add_advanced(QgsProcessingParameterEnum("EXTENT", "Texture extent (geo layout)", options=EXTENT_LABELS,
+                                                     defaultValue=0))
         self.add_device_parameter()
         self.add_extra_args_parameter()
         self.addParameter(QgsProcessingParameterFolderDestination("OUTPUT", "Model folder"))
@@ -397,7 +405,9 @@ class NovelViewsFit(GeoImplicitAlgorithm):
                 "--planes", str(self.parameterAsInt(parameters, "PLANES", context)),
                 "--steps", str(self.parameterAsInt(parameters, "STEPS", context)),
                 "--model", GENERATORS[self.parameterAsEnum(parameters, "GENERATOR", context)],
-                "--image-scale", repr(self.parameterAsDouble(parameters, "IMAGE_SCALE", context))]
+                "--image-scale", repr(self.parameterAsDouble(parameters, "IMAGE_SCALE", context)),
+                "--colour-share", repr(self.parameterAsDouble(parameters, "COLOUR_SHARE", context)),
+                "--extent", EXTENTS[self.parameterAsEnum(parameters, "EXTENT", context)]]
         if geo:
             args.append("--geo-products")
         if self.parameterAsBoolean(parameters, "REFINE_CAMERAS", context):

@@ -88,13 +88,16 @@ class GeoImplicitAlgorithm(QgsProcessingAlgorithm):
             )
         )
 
-    def add_number(self, name, label, default, *, minimum=None, optional=False, advanced=False, integer=False):
+    def add_number(self, name, label, default, *, minimum=None, maximum=None, optional=False, advanced=False,
+                   integer=False):
         param = QgsProcessingParameterNumber(
             name, label, QgsProcessingParameterNumber.Integer if integer else QgsProcessingParameterNumber.Double,
             defaultValue=default, optional=optional,
         )
         if minimum is not None:
             param.setMinimum(minimum)
+        if maximum is not None:
+            param.setMaximum(maximum)
         if advanced:
             self.add_advanced(param)
         else:
