@@ -119,7 +119,7 @@ class TrainConfig:
 
 @dataclass
 class ExtractConfig:
-    coarse_steps: int = 16
+    coarse_steps: int = 32
     """Heights evaluated per column in the coarse pass of the surface search."""
     refine_steps: int = 10
     """Bisection steps between the highest occupied coarse height and the one above it."""
