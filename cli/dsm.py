@@ -21,7 +21,8 @@ STATS = ("max", "min", "mean", "median", "idw", "tin", "count", "stdev")  # = ra
                    "statistics).")
 # --- raster method options ---------------------------------------------------------------------------------
 @click.option("--stat", type=click.Choice(STATS), default=None,
-              help="[raster] Cell statistic (default max: the highest return, a DSM; tin: linear on the points' triangulation at cell centres, how IGN makes its LiDAR HD DSMs).")
+              help="[raster] Cell statistic (default max: the highest return, a DSM; tin: linear on the points' "
+                   "triangulation at cell centres, how IGN makes its LiDAR HD DSMs).")
 @click.option("--fill-max-hole", type=click.FloatRange(min=0), default=None,
               help="[raster] Fill holes up to this width (CRS units) with a smooth membrane; 0: no filling. "
                    "Default 5.")
