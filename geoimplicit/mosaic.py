@@ -46,9 +46,7 @@ def write_tile(path, height: np.ndarray, valid: np.ndarray, tile, *, filled: np.
 
     ``tile`` is a :class:`~geoimplicit.tiling.grid.Tile` (its grid gives the georeferencing).
     """
-    import rasterio
-
-    from geoimplicit.io.crs import to_rasterio_crs
+    from geoimplicit.io.raster import write_geotiff
 
     grid = tile.grid
     rows, cols = grid.shape
@@ -62,17 +60,8 @@ def write_tile(path, height: np.ndarray, valid: np.ndarray, tile, *, filled: np.
     all_tags = {TAG_ID: tile.id, TAG_CORE: json.dumps(list(tile.core_bounds)), TAG_OVERLAP: str(overlap_px),
                 "AREA_OR_POINT": "Area"}
     all_tags.update({k: str(v) for k, v in (tags or {}).items()})
-    profile = dict(driver="GTiff", width=cols, height=rows, count=2, dtype="float32", nodata=NODATA,
-                   crs=None if grid.crs is None else to_rasterio_crs(grid.crs), transform=grid.transform,
-                   compress="deflate", predictor=3, tiled=cols >= 256 and rows >= 256)
-    if profile["tiled"]:
-        profile.update(blockxsize=256, blockysize=256)
-    with atomic_output(path, overwrite=overwrite) as tmp:
-        with rasterio.open(tmp, "w", **profile) as dst:
-            dst.write(data)
-            dst.update_tags(**all_tags)
-            dst.set_band_description(1, "height")
-            dst.set_band_description(2, "filled")
+    write_geotiff(path, data, grid.transform, grid.crs, nodata=NODATA, tags=all_tags,
+                  band_descriptions=["height", "filled"], overwrite=overwrite, overviews=False)
     return Path(path)
 
 

@@ -329,7 +329,7 @@ def write_geotiff(
     Args:
         path: output file.
         array: (rows, cols) or (bands, rows, cols); a masked array's mask and NaNs become ``nodata`` for floats.
-        transform, crs: georeferencing (crs: anything :func:`parse_crs` takes).
+        transform, crs: georeferencing (crs: anything :func:`parse_crs` takes; None writes no CRS).
         nodata: written in the file; dropped (None) for integer arrays whose dtype cannot hold it.
         cog: write a COG (internal overviews, tiles in COG order).
         tags: dataset tags (how the file was made).
@@ -369,7 +369,7 @@ def write_geotiff(
         if mask is not None and nodata is not None:
             arr[mask] = nodata
     count, rows, cols = arr.shape
-    rio_crs = to_rasterio_crs(crs)
+    rio_crs = None if crs is None else to_rasterio_crs(crs)
     profile = dict(
         driver="GTiff", width=cols, height=rows, count=count, dtype=arr.dtype.name, crs=rio_crs,
         transform=transform, nodata=nodata, tiled=True, blockxsize=256, blockysize=256,
