@@ -14,6 +14,7 @@ is the same cloud whether it is written in chunks or held in memory.
 
 from __future__ import annotations
 
+import datetime
 import math
 from pathlib import Path
 from typing import Iterator, Optional
@@ -23,6 +24,9 @@ from scipy import ndimage
 
 from geoimplicit.progress import CancelCallback, ProgressCallback, check_cancel
 from geoimplicit.synthetic.terrain import smooth_noise
+
+GENERATOR_DATE = datetime.date(2026, 11, 22)
+"""Creation date in the LAS headers of generated clouds (the generator's date, so that files are reproducible)."""
 
 CLEAN, EDGE, OUTLIER = 0, 1, 2
 CHUNK_ROWS = 256  # grid rows per random stream (fixed: changing it changes the cloud)
@@ -224,6 +228,7 @@ def write_points(path, chunks, crs, *, bounds_xyz=None, scale: float = 0.01, ove
 
     path = Path(path)
     header = laspy.LasHeader(point_format=7, version="1.4")
+    header.creation_date = GENERATOR_DATE  # not today's: a seed gives the same file on any day
     header.scales = np.array([scale, scale, scale])
     header.add_extra_dim(laspy.ExtraBytesParams(name="defect", type=np.uint8,
                                                 description="0 clean 1 edge 2 outlier"))
