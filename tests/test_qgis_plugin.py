@@ -207,6 +207,8 @@ def _qgis_env(home: Path, extra_path=()) -> dict:
         HOME=str(home), QT_QPA_PLATFORM="offscreen", XDG_RUNTIME_DIR=str(runtime),
         # /usr/bin first (qgis_process's embedded Python must find the system's), then this venv's geoimplicit
         PATH=os.pathsep.join(["/usr/bin", "/bin", *map(str, extra_path), str(VENV_BIN)]),
+        # QGIS writes layer statistics to .aux.xml beside the rasters it loads: not into the checkout's sample_data
+        GDAL_PAM_ENABLED="NO",
     )
     return env
 
