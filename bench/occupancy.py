@@ -107,8 +107,10 @@ def quality(predictor, scenes, ign, n_images) -> dict:
 
 def summarise(rows: dict, suffix: str = "") -> dict:
     """Means over the generated scenes whose names end with ``suffix`` (:func:`truth_suffix`)."""
-    synth = [r for k, r in rows.items() if not k.startswith("IGN") and not k.endswith(" truth]")] if not suffix \
-        else [r for k, r in rows.items() if k.endswith(suffix)]
+    if suffix:
+        synth = [r for k, r in rows.items() if k.endswith(suffix)]
+    else:  # the surface rows: neither IGN nor another truth
+        synth = [r for k, r in rows.items() if not k.startswith("IGN") and not k.endswith(" truth]")]
     out = {}
     for pre in ("occ_", "raster_", "occ_bldg_", "raster_bldg_"):
         for k in KEYS:

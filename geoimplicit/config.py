@@ -23,6 +23,7 @@ from geoimplicit.errors import ConfigError
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 VARIANT_IMAGES = {"points": 0, "mono": 1, "stereo": 2}
+TRUTHS = ("surface", "lidar_tin", "lidar_tin_trees")  # data.truth: docs/occupancy.md
 
 
 @dataclass
@@ -274,9 +275,8 @@ def _validate(cfg: Config, source) -> None:
             f"model.variant must be one of points, mono, stereo, got {cfg.model.variant!r}", path=source,
             hint=f"did you mean {close[0]}?" if close else None,
         )
-    if cfg.data.truth not in ("surface", "lidar_tin", "lidar_tin_trees"):
-        raise ConfigError(f"data.truth must be surface, lidar_tin or lidar_tin_trees, got {cfg.data.truth!r}",
-                          path=source)
+    if cfg.data.truth not in TRUTHS:
+        raise ConfigError(f"data.truth must be one of {', '.join(TRUTHS)}, got {cfg.data.truth!r}", path=source)
     if cfg.extract.fill not in ("nodata", "prior"):
         raise ConfigError(f"extract.fill must be nodata or prior, got {cfg.extract.fill!r}", path=source)
     for name in ("synthetic_train_seeds", "synthetic_val_seeds"):

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from geoimplicit.config import Config, VARIANT_IMAGES
+from geoimplicit.config import TRUTHS, VARIANT_IMAGES, Config
 from geoimplicit.dsm.occupancy.normalize import PatchFrame, resample_image_to_frame
 from geoimplicit.errors import InputFileNotFoundError
 
@@ -91,9 +91,6 @@ def second_sun_ortho(scene, seed: int) -> np.ndarray:
     other.sun_elevation_deg = float(rng.uniform(30, 65))
     other.shadow = cast_shadows(scene.dsm, scene.resolution, other.sun_azimuth_deg, other.sun_elevation_deg)
     return render_ortho(other, np.random.default_rng([seed, 1]))
-
-
-TRUTHS = ("surface", "lidar_tin", "lidar_tin_trees")
 
 
 def synthetic_scene(seed: int, size_m: float = 128.0, crs: str = "EPSG:2154", resolution_m: float = 0.5,
@@ -164,16 +161,17 @@ def truth_from_dense(points: dict, metres_per_unit: float, min_cell_m: float = 0
     order = np.lexsort((z, flat))  # per cell, highest last
     last = np.r_[flat[order][1:] != flat[order][:-1], True]
     top_idx = order[last]
-    dsm = np.full(rows * cols, np.nan)
-    dsm[flat[top_idx]] = z[top_idx]
-    dsm = dsm.reshape(rows, cols)
-    if truth in ("lidar_tin", "lidar_tin_trees"):  # a real survey: walls are the survey's too
+    if truth == "surface":
+        dsm = np.full(rows * cols, np.nan)
+        dsm[flat[top_idx]] = z[top_idx]
+        dsm = dsm.reshape(rows, cols)
+    elif truth in TRUTHS:  # lidar_tin(_trees): a real survey, walls and trees are the survey's too
         from geoimplicit.dsm.rasterize import grid_statistic
         from geoimplicit.tiling.grid import GridSpec
 
         grid = GridSpec((left, top - rows * cell, left + cols * cell, top), cell)
         dsm = grid_statistic(x, y, z, grid, "tin")[0].astype(np.float64)
-    elif truth != "surface":
+    else:
         raise ValueError(f"unknown truth {truth!r}; one of {TRUTHS}")
     image = None
     if all(k in points for k in ("red", "green", "blue")):
