@@ -44,7 +44,9 @@ def sample_planes(mpi: torch.Tensor, warp: PlaneWarp) -> tuple[torch.Tensor, tor
         depth = rows.to(torch.float32) @ p
         ray = torch.ones(p.shape[1], device=dev)
     grid = torch.stack([(2 * a + 1) / w - 1, (2 * b + 1) / h - 1], dim=-1).reshape(D, H, W, 2)
-    samples = F.grid_sample(mpi[order], grid.to(mpi.dtype), mode="bilinear", padding_mode="zeros", align_corners=False)
+    if not bool((order == torch.arange(D, device=dev)).all()):  # skip the copy (and its backward) when in order
+        mpi = mpi[order]
+    samples = F.grid_sample(mpi, grid.to(mpi.dtype), mode="bilinear", padding_mode="zeros", align_corners=False)
     return samples, depth.reshape(D, H, W), ray.reshape(H, W)
 
 

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 from pathlib import Path
 
 import numpy as np
 
-from geoimplicit.errors import CameraFileError, InputError
+from geoimplicit.errors import CameraFileError, GeoImplicitError, InputError
 from geoimplicit.io.cameras import AffineCamera, read_cameras_dir
 from geoimplicit.outputs import atomic_output
 from geoimplicit.progress import check_cancel
@@ -73,6 +74,9 @@ def render_views(
     from geoimplicit.device import resolve_device
     from geoimplicit.mpi.scene import MPIScene
 
+    if video and importlib.util.find_spec("imageio_ffmpeg") is None:  # before anything is rendered or written
+        raise GeoImplicitError("an MP4 video needs the imageio-ffmpeg package (it carries ffmpeg)",
+                               hint="pip install imageio-ffmpeg, or leave out --video")
     scene = MPIScene.load(model_dir, resolve_device(device))
     cams = read_cameras_dir(_camera_folder(Path(cams_dir)))
     out_dir = Path(out_dir)
