@@ -283,6 +283,9 @@ def main(argv=None):
     ap.add_argument("--truths", default="surface", help="truths of the generated scenes: surface,lidar_tin,lidar_tin_trees")
     ap.add_argument("--compare", action="append", default=[], metavar="NAME=WEIGHTS",
                     help="another model to evaluate in the same run (e.g. the previous default)")
+    ap.add_argument("--no-quality", action="store_true",
+                    help="skip the quality evaluation (e.g. train the ablation variants on the GPU, then evaluate "
+                         "their OUT/ablation/*/model.pt with --compare in another run)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     import torch
@@ -307,23 +310,24 @@ def main(argv=None):
         except Exception:  # noqa: BLE001
             results["ablation_error"] = traceback.format_exc()
         dump()
-    try:
-        scenes = held_out_scenes(args.scene_size, tuple(args.truths.split(",")))
+    if not args.no_quality:
         try:
-            ign = ign_scene(Path(args.data))
+            scenes = held_out_scenes(args.scene_size, tuple(args.truths.split(",")))
+            try:
+                ign = ign_scene(Path(args.data))
+            except Exception:  # noqa: BLE001
+                results["ign_error"] = traceback.format_exc()
+                ign = None
+            for name, w in models.items():
+                p = OccupancyPredictor(w, args.device)
+                t0 = time.perf_counter()
+                rows = quality(p, scenes, ign, p.n_images)
+                results.setdefault("quality", {})[name] = {
+                    "scenes": rows, "seconds": time.perf_counter() - t0,
+                    "means": {truth: summarise(rows, truth_suffix(truth)) for truth in args.truths.split(",")}}
+                dump()
         except Exception:  # noqa: BLE001
-            results["ign_error"] = traceback.format_exc()
-            ign = None
-        for name, w in models.items():
-            p = OccupancyPredictor(w, args.device)
-            t0 = time.perf_counter()
-            rows = quality(p, scenes, ign, p.n_images)
-            results.setdefault("quality", {})[name] = {
-                "scenes": rows, "seconds": time.perf_counter() - t0,
-                "means": {truth: summarise(rows, truth_suffix(truth)) for truth in args.truths.split(",")}}
-            dump()
-    except Exception:  # noqa: BLE001
-        results["quality_error"] = traceback.format_exc()
+            results["quality_error"] = traceback.format_exc()
     dump()
     if args.speed_size > 0:
         try:
