@@ -73,6 +73,22 @@ def _tiny_cfg():
     return cfg
 
 
+def test_training_leaves_no_worker_processes(tmp_path):
+    """Batches come from worker processes; they are gone when train() returns (not left to the garbage
+    collector, which could run inside the next training's forked workers)."""
+    import multiprocessing
+
+    from geoimplicit.dsm.occupancy.data import synthetic_scene
+    from geoimplicit.dsm.occupancy.train import train
+
+    cfg = _tiny_cfg()
+    cfg.train.steps, cfg.data.workers = 3, 2
+    scenes = [synthetic_scene(0, 32.0, stereo=False, n_clouds=1)]
+    summary = train(cfg, tmp_path / "run", device="cpu", scenes=scenes, val_scenes=[], real_scenes=[])
+    assert summary["steps"] == 3
+    assert multiprocessing.active_children() == []
+
+
 def test_training_lowers_loss_and_checkpoint_round_trip(tmp_path):
     from geoimplicit.dsm.occupancy.data import synthetic_scene
     from geoimplicit.dsm.occupancy.train import train

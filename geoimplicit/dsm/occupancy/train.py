@@ -112,32 +112,37 @@ def evaluate_scene(predictor, scene, seed: int, *, images=None, buildings=None, 
     return out
 
 
-class _Batches:
-    """An endless stream of collated batches (in worker processes when ``workers`` > 0)."""
+class _SampleStream:
+    """Endless collated batches from ``sampler`` (an iterable dataset; one random stream per worker). It holds
+    no reference back to its loader, so that a finished training's loader and worker processes are freed when
+    its iterator goes, not later by the garbage collector (possibly inside the next training's forked workers)."""
 
-    def __init__(self, sampler, batch_size: int, seed: int, workers: int):
-        import torch
-
-        self.sampler, self.batch_size, self.seed, self.workers = sampler, batch_size, seed, workers
-        outer = self
-
-        class _It(torch.utils.data.IterableDataset):
-            def __iter__(self):
-                info = torch.utils.data.get_worker_info()
-                wid = info.id if info else 0
-                rng = np.random.default_rng([outer.seed, wid])
-                from geoimplicit.dsm.occupancy.data import collate
-
-                while True:
-                    yield collate([outer.sampler.sample(rng) for _ in range(outer.batch_size)])
-
-        self.loader = torch.utils.data.DataLoader(
-            _It(), batch_size=None, num_workers=workers, persistent_workers=workers > 0,
-            prefetch_factor=4 if workers > 0 else None, multiprocessing_context="fork" if workers > 0 else None,
-        )
+    def __init__(self, sampler, batch_size: int, seed: int):
+        self.sampler, self.batch_size, self.seed = sampler, batch_size, seed
 
     def __iter__(self):
-        return iter(self.loader)
+        import torch
+
+        from geoimplicit.dsm.occupancy.data import collate
+
+        info = torch.utils.data.get_worker_info()
+        rng = np.random.default_rng([self.seed, info.id if info else 0])
+        while True:
+            yield collate([self.sampler.sample(rng) for _ in range(self.batch_size)])
+
+
+def _batches(sampler, batch_size: int, seed: int, workers: int):
+    """Iterator over :class:`_SampleStream` batches, made in ``workers`` processes when > 0."""
+    import torch
+
+    class _Stream(_SampleStream, torch.utils.data.IterableDataset):
+        pass
+
+    loader = torch.utils.data.DataLoader(
+        _Stream(sampler, batch_size, seed), batch_size=None, num_workers=workers,
+        prefetch_factor=4 if workers > 0 else None, multiprocessing_context="fork" if workers > 0 else None,
+    )
+    return iter(loader)
 
 
 def train(cfg: Config, run_dir, *, device: str = "auto", resume=None, progress=None, cancel=None,
@@ -189,7 +194,7 @@ def train(cfg: Config, run_dir, *, device: str = "auto", resume=None, progress=N
         step = int(ckpt["step"])
         log.info("resumed from %s at step %d", resume, step)
     sampler = PatchSampler(scenes, real_scenes, cfg, model.grid_multiple)
-    batches = iter(_Batches(sampler, tc.batch_size, tc.seed + 1000 * step, dc.workers))
+    batches = _batches(sampler, tc.batch_size, tc.seed + 1000 * step, dc.workers)
     amp = torch.bfloat16 if (tc.amp and dev.type == "cuda") else None
     metrics_path = run_dir / "metrics.jsonl"
     t0 = time.perf_counter()
