@@ -14,6 +14,7 @@ Which one fits best was measured (``bench/mpi_fit.py``, ``docs/nvs.md``): ``dire
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -36,9 +37,11 @@ def fourier(x: torch.Tensor, n_freq: int) -> torch.Tensor:
     return torch.cat([x, torch.sin(xf).flatten(-2), torch.cos(xf).flatten(-2)], dim=-1)
 
 
+@functools.lru_cache(maxsize=16)  # a fit asks for the same few matrices every step
 def bilinear_matrix(n_in: int, n_out: int, device=None) -> torch.Tensor:
     """(n_out, n_in) matrix of 1D linear interpolation from ``n_in`` to ``n_out`` samples, the same weights as
-    ``F.interpolate(mode="bilinear", align_corners=False)`` with an output size (edge samples clamped)."""
+    ``F.interpolate(mode="bilinear", align_corners=False)`` with an output size (edge samples clamped). Cached:
+    do not modify it in place."""
     scale = n_in / n_out
     src = ((torch.arange(n_out, dtype=torch.float64) + 0.5) * scale - 0.5).clamp_min(0.0)
     i0 = src.floor().long().clamp_max(n_in - 1)
