@@ -21,7 +21,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-__all__ = ["MPIGenerator", "DirectMPI", "ConvMPI", "MLPMPI", "build_model", "MODEL_KINDS", "upsample_bilinear"]
+__all__ = ["MPIGenerator", "DirectMPI", "ConvMPI", "MLPMPI", "build_model", "MODEL_KINDS", "bilinear_matrix",
+           "upsample_bilinear"]
 
 DENSITY_INIT = 0.05  # softplus(raw) at init: alpha ~ 1 - exp(-0.05) per plane spacing
 
