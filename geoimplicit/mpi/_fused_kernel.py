@@ -14,6 +14,15 @@ def _bilinear_tap(p00, p01, p10, p11, m00, m01, m10, m11, w00, w01, w10, w11, c:
 
 
 @triton.jit
+def _over(tau, trans, acc_r, acc_g, acc_b, acc_z, acc_w, r, g, b, z):
+    """One segment of optical thickness ``tau`` and colour (r, g, b) at depth z composited under what is in
+    front (transmittance ``trans``): the new transmittance and accumulators."""
+    wgt = trans * (1.0 - tl.exp(-tau))
+    return (trans * tl.exp(-tau), acc_r + wgt * r, acc_g + wgt * g, acc_b + wgt * b, acc_z + wgt * z,
+            acc_w + wgt)
+
+
+@triton.jit
 def mpi_render_kernel(
     mpi_ptr, hinv_ptr, rows_ptr, kinv_ptr, order_ptr, out_rgb_ptr, out_depth_ptr, out_opac_ptr,
     TH, TW, H, W, n_tiles_x,
@@ -93,28 +102,15 @@ def mpi_render_kernel(
         cb = _bilinear_tap(p00, p01, p10, p11, m00, m01, m10, m11, w00, w01, w10, w11, 2)
         cs = _bilinear_tap(p00, p01, p10, p11, m00, m01, m10, m11, w00, w01, w10, w11, 3)
         if d > 0:
-            tau = prev_s * tl.abs(z - prev_z) * ray
-            alpha = 1.0 - tl.exp(-tau)
-            wgt = trans * alpha
-            acc_r += wgt * prev_r
-            acc_g += wgt * prev_g
-            acc_b += wgt * prev_b
-            acc_z += wgt * prev_z
-            acc_w += wgt
-            trans = trans * tl.exp(-tau)
+            trans, acc_r, acc_g, acc_b, acc_z, acc_w = _over(prev_s * tl.abs(z - prev_z) * ray, trans, acc_r, acc_g,
+                                                             acc_b, acc_z, acc_w, prev_r, prev_g, prev_b, prev_z)
         prev_r = cr
         prev_g = cg
         prev_b = cb
         prev_s = cs
         prev_z = z
-    tau = prev_s * LAST
-    alpha = 1.0 - tl.exp(-tau)
-    wgt = trans * alpha
-    acc_r += wgt * prev_r
-    acc_g += wgt * prev_g
-    acc_b += wgt * prev_b
-    acc_z += wgt * prev_z
-    acc_w += wgt
+    trans, acc_r, acc_g, acc_b, acc_z, acc_w = _over(prev_s * LAST, trans, acc_r, acc_g, acc_b, acc_z, acc_w,
+                                                     prev_r, prev_g, prev_b, prev_z)
     pix = py * W + px
     ob = out_rgb_ptr + cam * 3 * H * W
     tl.store(ob + pix, acc_r, mask=inside)
