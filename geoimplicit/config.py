@@ -23,6 +23,7 @@ from geoimplicit.errors import ConfigError
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 VARIANT_IMAGES = {"points": 0, "mono": 1, "stereo": 2}
+SECOND_IMAGES = ("sun", "irc")  # kinds of second ortho in stereo training (data.second_images)
 TRUTHS = ("surface", "lidar_tin", "lidar_tin_trees")  # data.truth: docs/occupancy.md
 
 
@@ -70,6 +71,12 @@ class DataConfig:
     (generated scenes: that TIN in tree cells only; docs/occupancy.md)."""
     truth_density_m2: float = 25.0
     """``lidar_tin`` on generated scenes: points per square metre of the simulated dense survey."""
+    second_images: list = field(default_factory=lambda: ["sun"])
+    """Stereo: kinds of second ortho a generated training patch gets, one drawn per patch: ``sun`` (the RGB
+    ortho under another sun) and ``irc`` (a false-colour infrared ortho: near infrared, red, green)."""
+    image_lean: list = field(default_factory=lambda: [0.0, 0.0])
+    """Range of the relief displacement of generated orthos (horizontal shift per unit of height above the
+    ground, random direction): above 0, half the training patches see orthos that are not true orthos."""
     real_weight: float = 0.25
     """Fraction of training patches drawn from the real files (when there are any)."""
     patch_size_m: float = 32.0
@@ -279,6 +286,14 @@ def _validate(cfg: Config, source) -> None:
         raise ConfigError(f"data.truth must be one of {', '.join(TRUTHS)}, got {cfg.data.truth!r}", path=source)
     if cfg.extract.fill not in ("nodata", "prior"):
         raise ConfigError(f"extract.fill must be nodata or prior, got {cfg.extract.fill!r}", path=source)
+    bad = [k for k in cfg.data.second_images if k not in SECOND_IMAGES]
+    if bad or not cfg.data.second_images:
+        raise ConfigError(f"data.second_images must be a non-empty list of {', '.join(SECOND_IMAGES)}, got "
+                          f"{cfg.data.second_images!r}", path=source)
+    lean = cfg.data.image_lean
+    if len(lean) != 2 or not all(isinstance(x, (int, float)) and 0 <= x for x in lean) or lean[0] > lean[1]:
+        raise ConfigError(f"data.image_lean must be a range [low, high] of non-negative numbers, got {lean!r}",
+                          path=source)
     for name in ("synthetic_train_seeds", "synthetic_val_seeds"):
         v = getattr(cfg.data, name)
         if len(v) != 2 or not all(isinstance(x, int) for x in v):

@@ -128,3 +128,45 @@ def render_ortho(scene, rng: np.random.Generator) -> np.ndarray:
     sky_tint = np.array([0.92, 0.97, 1.10])[:, None, None]
     img = np.where(scene.shadow[None], img * sky_tint, img)
     return np.clip(np.round(img), 0, 255).astype(np.uint8)
+
+
+def render_irc(scene, rng: np.random.Generator) -> np.ndarray:
+    """(3, rows, cols) uint8 false-colour infrared ortho in IGN's IRC band order (near infrared, red, green).
+
+    Near-infrared reflectance is modelled from the material colour: between its red and its brightness (red tiles
+    stay bright, asphalt dark), plus a strong term for green vegetation (chlorophyll reflects near infrared, hence
+    the red trees and grass of IRC images)."""
+    col = albedo(scene, rng)
+    r, g = col[0], col[1]
+    nir = 0.5 * (r + col.mean(0)) + 4.0 * np.clip(g - r, 0.0, None)
+    light = shading(scene)
+    img = np.stack([nir, r, g]) * light[None]
+    return np.clip(np.round(img), 0, 255).astype(np.uint8)
+
+
+def relief_displacement(image: np.ndarray, dsm: np.ndarray, dtm: np.ndarray, resolution: float,
+                        lean: tuple[float, float]) -> np.ndarray:
+    """What a (non-true) ortho-image of a central-perspective camera shows: everything above the ground is shifted
+    by ``lean`` (dx, dy, CRS units per unit of height above the ground, ``dy`` northwards) times its height, the
+    highest surface winning, and the footprint it leaves shows its facade (darkened). Most orthos, IGN's BD ORTHO
+    included, are of this kind: roofs lean away from the nadir by up to a few metres."""
+    out = image.copy()
+    hag = np.clip(dsm - dtm, 0.0, None)
+    dc = lean[0] * hag / resolution
+    dr = -lean[1] * hag / resolution
+    r, c = np.nonzero(np.hypot(dc, dr) >= 0.5)
+    if not len(r):
+        return out
+    h, w = hag.shape
+    tr = np.rint(r + dr[r, c]).astype(np.int64)
+    tc = np.rint(c + dc[r, c]).astype(np.int64)
+    inside = (tr >= 0) & (tr < h) & (tc >= 0) & (tc < w)
+    r, c, tr, tc = r[inside], c[inside], tr[inside], tc[inside]
+    facade = image[:, r, c].astype(np.float64) * 0.55 + 30.0
+    out[:, r, c] = np.clip(facade, 0, 255).astype(image.dtype)
+    target = tr * w + tc
+    top = np.full(h * w, -np.inf)
+    np.maximum.at(top, target, hag[r, c])
+    wins = hag[r, c] >= top[target]
+    out[:, tr[wins], tc[wins]] = image[:, r[wins], c[wins]]
+    return out

@@ -54,6 +54,8 @@ class TrainScene:
     buildings: np.ndarray | None = None  # bool mask of building cells of the truth grid (evaluation)
     crs: object = None
     surface: np.ndarray | None = None  # generated scenes: the scene's own DSM (points are sampled on it)
+    field_images: dict = field(default_factory=dict)  # generated scenes: orthos as they come in the field
+    # ({"rgb": [...], "sun": [...], "irc": [...]}, each a list of (array, transform): true and leaning)
 
     @property
     def bounds(self):
@@ -95,10 +97,15 @@ def second_sun_ortho(scene, seed: int) -> np.ndarray:
 
 def synthetic_scene(seed: int, size_m: float = 128.0, crs: str = "EPSG:2154", resolution_m: float = 0.5,
                     stereo: bool = True, n_clouds: int = 2, truth: str = "surface",
-                    truth_density_m2: float = 25.0) -> TrainScene:
+                    truth_density_m2: float = 25.0, second_images: tuple = ("sun",),
+                    image_lean: tuple = (0.0, 0.0)) -> TrainScene:
     """A generated city as a training scene (truth DSM, both orthos, DTM and tree mask). ``truth``: the scene's
     own DSM (``surface``), the TIN DSM of a simulated dense survey of ``truth_density_m2`` (``lidar_tin``), or
-    that TIN in tree cells and the surface elsewhere (``lidar_tin_trees``)."""
+    that TIN in tree cells and the surface elsewhere (``lidar_tin_trees``).
+
+    ``images`` are the true-ortho RGB and its second-sun partner (what evaluation feeds). With an IRC second
+    image or a ``image_lean`` range above 0, ``field_images`` also holds the orthos a user has in the field
+    (:func:`field_orthos`)."""
     from geoimplicit.synthetic.city import VEGETATION, generate_city, scene_bounds
     from geoimplicit.io.crs import linear_units, parse_crs
 
@@ -120,6 +127,8 @@ def synthetic_scene(seed: int, size_m: float = 128.0, crs: str = "EPSG:2154", re
     out = TrainScene(f"city{seed}", scene.dsm.astype(np.float64), scene.transform, mpu, images, None,
                      scene.dtm.astype(np.float64), scene.classes == VEGETATION, clouds,
                      scene.classes == BUILDING, scene.crs, surface=scene.dsm.astype(np.float64))
+    if stereo and (tuple(second_images) != ("sun",) or max(image_lean) > 0):
+        out.field_images = field_orthos(scene, images, second_images, image_lean, np.random.default_rng([seed, 5]))
     if truth in ("lidar_tin", "lidar_tin_trees"):
         tin = survey_tin_truth(out, np.random.default_rng([seed, 123]), truth_density_m2)  # NaN outside the hull
         out.truth = np.where(out.vegetation & np.isfinite(tin), tin, out.surface) if truth == "lidar_tin_trees" else tin
@@ -182,6 +191,27 @@ def truth_from_dense(points: dict, metres_per_unit: float, min_cell_m: float = 0
         image[:, flat[top_idx]] = np.clip(rgb[:, top_idx], 0, 255).astype(np.uint8)
         image = image.reshape(3, rows, cols)
     return dsm, Affine(cell, 0, left, 0, -cell, top), image
+
+
+def field_orthos(city, images: list, second_images, image_lean, rng) -> dict:
+    """The orthos of a generated city as they come in the field: the RGB, the second-sun RGB and the IRC
+    (near infrared, red, green: IGN's BD ORTHO IRC) ortho, each as a true ortho and as a leaning one
+    (:func:`~geoimplicit.synthetic.ortho.relief_displacement`, lean drawn from ``image_lean`` in a random
+    direction: most orthos are not true orthos, and their roofs are off their footprints by up to a few metres)."""
+    from geoimplicit.synthetic.ortho import relief_displacement, render_irc
+
+    tr = city.transform
+    true = {"rgb": images[0][0], "sun": images[1][0]}
+    if "irc" in second_images:
+        true["irc"] = render_irc(city, np.random.default_rng([city.seed, 1]))
+    out = {}
+    for kind, img in true.items():
+        out[kind] = [(img, tr)]
+        if max(image_lean) > 0:
+            k, a = rng.uniform(*image_lean), rng.uniform(0, 2 * math.pi)
+            lean = (k * math.cos(a), k * math.sin(a))
+            out[kind].append((relief_displacement(img, city.dsm, city.dtm, city.resolution, lean), tr))
+    return out
 
 
 def read_dense(path) -> tuple[dict, float]:
@@ -311,6 +341,15 @@ class PatchSampler:
             return self.sample(rng, training)
         return self.make_patch(scene, bounds, x, y, z, rng, training)
 
+    def choose_images(self, scene: TrainScene, rng: np.random.Generator) -> list:
+        """The orthos of one training patch: the scene's own, or (generated scenes with ``field_images``) the
+        RGB and a second image of a kind from ``data.second_images``, each true or leaning at random."""
+        if not scene.field_images:
+            return scene.images
+        kind = self.cfg.data.second_images[rng.integers(len(self.cfg.data.second_images))]
+        pick = lambda versions: versions[rng.integers(len(versions))]  # noqa: E731
+        return [pick(scene.field_images["rgb"]), pick(scene.field_images[kind])]
+
     def make_patch(self, scene: TrainScene, bounds, x, y, z, rng, training=True) -> dict:
         d, mc = self.cfg.data, self.cfg.model
         upm = 1.0 / scene.metres_per_unit
@@ -333,10 +372,11 @@ class PatchSampler:
         qz = np.where(near, h + rng.normal(0, 1, Q) * sigma, rng.uniform(zlo, zhi, Q))
         label = (qz < h).astype(np.float32)
         images = np.zeros((self.n_images, 4) + frame.shape, np.float32)
-        for k in range(min(self.n_images, len(scene.images))):
+        chosen = self.choose_images(scene, rng) if training else scene.images
+        for k in range(min(self.n_images, len(chosen))):
             if training and rng.random() < self.cfg.model.image_dropout:
                 continue
-            arr, tr = scene.images[k]
+            arr, tr = chosen[k]
             images[k] = resample_image_to_frame(arr, tr, frame)
         return {
             "points": frame.points_to_local(x, y, z),
@@ -370,7 +410,8 @@ def build_scenes(cfg: Config, seeds, progress=None, workers: int = 0) -> list:
     seeds = list(range(*seeds))
     d = cfg.data
     stereo = VARIANT_IMAGES[cfg.model.variant] >= 2
-    args = [(s, d.synthetic_size_m, d.synthetic_crs, 0.5, stereo, 2, d.truth, d.truth_density_m2) for s in seeds]
+    args = [(s, d.synthetic_size_m, d.synthetic_crs, 0.5, stereo, 2, d.truth, d.truth_density_m2,
+             tuple(d.second_images), tuple(d.image_lean)) for s in seeds]
     if workers > 1 and len(seeds) > 1:
         import multiprocessing as mp
 
