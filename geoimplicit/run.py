@@ -191,7 +191,9 @@ def plan_run(points, *, resolution: float, aoi=None, bbox=None, bbox_crs=None, c
             from geoimplicit.errors import InputFileNotFoundError
 
             raise InputFileNotFoundError("ortho image not found", path=p)
-    run_key = input_fingerprint(files + ortho, {"method": method, "options": options, **tilegrid.metadata()})
+    model_files = list(getattr(m, "model_files", ()))
+    run_key = input_fingerprint(files + ortho + model_files,
+                                {"method": method, "options": options, **tilegrid.metadata()})
     inputs = RunInputs(points=files, ortho=ortho, crs_wkt=work_crs.to_wkt(), resolution=float(resolution),
                        bounds=tilegrid.grid.bounds, density=float(density), z_range=tuple(dataset.z_range),
                        point_count=int(dataset.point_count), workdir=str(workdir) if workdir else "")

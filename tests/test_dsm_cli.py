@@ -213,3 +213,34 @@ def test_cli_statistics_are_the_library_statistics():
     from geoimplicit.dsm.rasterize import STATS
 
     assert CLI_STATS == STATS
+
+
+def test_new_weights_at_the_same_path_redo_the_tiles(tmp_path, cli):
+    """The resume key covers the model file: replacing the weights (same path) and re-running gives the new
+    model's DSM, the one a fresh run with those weights gives, not the tiles of the old one."""
+    import shutil
+
+    import torch
+
+    from geoimplicit.dsm.occupancy.checkpoint import DEFAULT_WEIGHTS
+
+    laz = _scene(tmp_path, seed=4, n=8_000)
+    weights = tmp_path / "model.pt"
+    shutil.copy(DEFAULT_WEIGHTS, weights)
+    args = ["dsm", "--points", laz, "--bbox", X0, Y0, X0 + 40, Y0 + 20, "--resolution", 0.5, "--tile-size", 20,
+            "--method", "occupancy", "--device", "cpu", "--weights", weights, "--overwrite", "-o", tmp_path / "dsm.tif"]
+    assert cli(*args).exit_code == 0
+    first, *_ = _read(tmp_path / "dsm.tif")
+    ckpt = torch.load(weights, weights_only=True)
+    ckpt["model"]["decoder.fc_out.bias"] = ckpt["model"]["decoder.fc_out.bias"] - 4.0  # a lower surface
+    torch.save(ckpt, weights)
+    r = cli(*args)
+    assert r.exit_code == 0, r.output
+    again, *_ = _read(tmp_path / "dsm.tif")
+    r = cli(*args[:-2], "--workdir", tmp_path / "fresh_work", "-o", tmp_path / "fresh.tif")
+    assert r.exit_code == 0, r.output
+    fresh, *_ = _read(tmp_path / "fresh.tif")
+    ok = (first != -9999) & (fresh != -9999)
+    assert ok.mean() > 0.9
+    assert np.median(first[ok] - fresh[ok]) > 0.05  # the changed model really gives another DSM
+    assert np.array_equal(again, fresh)

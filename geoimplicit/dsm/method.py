@@ -77,6 +77,8 @@ class DsmMethod(Protocol):
         point_fields: point fields the method needs, "x", "y", "z" first (e.g. + "classification", "red").
         needs_ortho: whether ``run_tile`` wants ortho crops.
         needs_gpu: tiles are annotated with a GPU resource on Dask.
+        model_files (optional): files besides the inputs that decide the heights (a model's weights); a re-run
+            resumes only while they are unchanged.
     """
 
     name: str

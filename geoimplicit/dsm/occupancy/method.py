@@ -29,6 +29,8 @@ class OccupancyMethod:
         self.device = device or "auto"
         load_checkpoint(weights)  # fail early, with the file named, before any tile runs
         self._weights_name = str(weights or DEFAULT_WEIGHTS.name)
+        # the run's resume key covers these files: new weights at the same path redo the tiles
+        self.model_files = (str(weights or DEFAULT_WEIGHTS),)
 
     def default_tiling(self, resolution: float, density: float) -> tuple[float, float]:
         """128 m tiles with 16 m of context (about the U-Net's receptive field), in CRS units."""
