@@ -13,7 +13,8 @@ STATS = ("max", "min", "mean", "median", "idw", "tin", "count", "stdev")  # = ra
 @click.option("--points", "points", multiple=True, required=True, type=click.Path(),
               help="LAS/LAZ file, folder or glob; repeat --points for several.")
 @click.option("--ortho", "ortho", multiple=True, type=click.Path(dir_okay=False),
-              help="Ortho GeoTIFF(s) for methods that use them (repeat for RGB and IR).")
+              help="Ortho GeoTIFF(s) for methods that use them: an RGB ortho, then optionally a second RGB or an IRC "
+                   "(near infrared, red, green) one; true or ordinary orthos.")
 @aoi_options()
 @resolution_option
 @click.option("--method", default="occupancy", metavar="NAME",
@@ -64,7 +65,7 @@ def dsm(ctx, points, ortho, aoi, bbox_crs, bbox, resolution, method, stat, fill_
     from geoimplicit.run import run_dsm
 
     if len(ortho) > 2:
-        raise click.BadParameter("at most two ortho images (RGB and IR)", param_hint="--ortho")
+        raise click.BadParameter("at most two ortho images (RGB, then RGB or IRC)", param_hint="--ortho")
     raster_options = {"stat": stat, "fill_max_hole": fill_max_hole, "idw_radius": idw_radius,
                       "idw_max_points": idw_max_points, "remove_outliers": False if no_outlier_removal else None}
     occupancy_options = {"weights": weights, "device": device}

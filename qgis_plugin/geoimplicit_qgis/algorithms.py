@@ -75,12 +75,12 @@ class ReconstructDsm(GeoImplicitAlgorithm):
         self.addParameter(
             QgsProcessingParameterEnum("METHOD", "Method", options=METHOD_LABELS, defaultValue=0)
         )
-        self.addParameter(QgsProcessingParameterRasterLayer("ORTHO", "Ortho-image (optional)", optional=True))
+        self.addParameter(QgsProcessingParameterRasterLayer("ORTHO", "Ortho-image, RGB (optional)", optional=True))
         self.add_aoi_parameters()
         self.add_number("RESOLUTION", "Resolution (CRS units per pixel)", 0.5, minimum=1e-9)
         self.add_crs_parameter()
         self.add_advanced(
-            QgsProcessingParameterRasterLayer("ORTHO2", "Second ortho-image (stereo, occupancy only)", optional=True)
+            QgsProcessingParameterRasterLayer("ORTHO2", "Second ortho-image: RGB or IRC (stereo, occupancy only)", optional=True)
         )
         self.add_advanced(
             QgsProcessingParameterEnum("STAT", "Cell statistic (raster method)", options=STAT_LABELS, defaultValue=0)
