@@ -290,3 +290,18 @@ def test_training_patches_see_field_images_evaluation_patches_the_true_ones(fiel
                 assert fed[0][0] is field_scene.images[0][0] and fed[1][0] is field_scene.images[1][0]
             for k in range(2):
                 np.testing.assert_array_equal(patch["images"][k], fed[k][1])
+
+
+def test_mono_scenes_lean_their_one_ortho():
+    """A mono training scene (no stereo partner) with a lean range gets its RGB true and leaning, and a patch
+    gets one of them and no second image."""
+    scene = synthetic_scene(SEED, size_m=SIZE_M, n_clouds=0, stereo=False, second_images=("sun", "irc"),
+                            image_lean=(0.1, 0.3))
+    fi = scene.field_images
+    assert set(fi) == {"rgb"} and len(fi["rgb"]) == 2
+    assert fi["rgb"][0][0] is scene.images[0][0] and not np.array_equal(fi["rgb"][1][0], scene.images[0][0])
+    sampler = _sampler(scene, ["sun", "irc"])
+    rng = np.random.default_rng(5)
+    for _ in range(20):
+        chosen = sampler.choose_images(scene, rng)
+        assert len(chosen) == 1 and _is_one_of(chosen[0], fi["rgb"])

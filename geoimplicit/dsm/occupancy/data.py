@@ -127,7 +127,7 @@ def synthetic_scene(seed: int, size_m: float = 128.0, crs: str = "EPSG:2154", re
     out = TrainScene(f"city{seed}", scene.dsm.astype(np.float64), scene.transform, mpu, images, None,
                      scene.dtm.astype(np.float64), scene.classes == VEGETATION, clouds,
                      scene.classes == BUILDING, scene.crs, surface=scene.dsm.astype(np.float64))
-    if stereo and (tuple(second_images) != ("sun",) or max(image_lean) > 0):
+    if (stereo and tuple(second_images) != ("sun",)) or max(image_lean) > 0:
         out.field_images = field_orthos(scene, images, second_images, image_lean, np.random.default_rng([seed, 5]))
     if truth in ("lidar_tin", "lidar_tin_trees"):
         tin = survey_tin_truth(out, np.random.default_rng([seed, 123]), truth_density_m2)  # NaN outside the hull
@@ -201,8 +201,10 @@ def field_orthos(city, images: list, second_images, image_lean, rng) -> dict:
     from geoimplicit.synthetic.ortho import relief_displacement, render_irc
 
     tr = city.transform
-    true = {"rgb": images[0][0], "sun": images[1][0]}
-    if "irc" in second_images:
+    true = {"rgb": images[0][0]}
+    if len(images) > 1:  # stereo
+        true["sun"] = images[1][0]
+    if len(images) > 1 and "irc" in second_images:
         true["irc"] = render_irc(city, np.random.default_rng([city.seed, 1]))
     out = {}
     for kind, img in true.items():
@@ -348,7 +350,8 @@ class PatchSampler:
             return scene.images
         kind = self.cfg.data.second_images[rng.integers(len(self.cfg.data.second_images))]
         pick = lambda versions: versions[rng.integers(len(versions))]  # noqa: E731
-        return [pick(scene.field_images["rgb"]), pick(scene.field_images[kind])]
+        first = pick(scene.field_images["rgb"])
+        return [first, pick(scene.field_images[kind])] if kind in scene.field_images else [first]  # mono: one
 
     def make_patch(self, scene: TrainScene, bounds, x, y, z, rng, training=True) -> dict:
         d, mc = self.cfg.data, self.cfg.model
