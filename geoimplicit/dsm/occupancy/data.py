@@ -205,6 +205,7 @@ def field_orthos(city, images: list, second_images, image_lean, rng) -> dict:
     if len(images) > 1:  # stereo
         true["sun"] = images[1][0]
     if len(images) > 1 and "irc" in second_images:
+        # the random stream generate_city renders its ortho with: the same materials, seen in near infrared
         true["irc"] = render_irc(city, np.random.default_rng([city.seed, 1]))
     out = {}
     for kind, img in true.items():
