@@ -16,8 +16,9 @@ import math
 
 import numpy as np
 
+from bench.occupancy import KEYS
+
 SEEDS = (1000, 1001, 1002, 1003)
-KEYS = ("mae", "rmse", "median_abs_error", "nmad")
 
 
 def conditions(scene, lean_m_per_m: float) -> dict:
