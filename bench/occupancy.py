@@ -93,15 +93,19 @@ def ign_scene(data: Path):
 
 
 def quality(predictor, scenes, ign, n_images) -> dict:
+    """Metrics per test scene. The generated scenes' orthos are true orthos and are said to be (``true_ortho``);
+    IGN's RGB and IRC orthos are ordinary orthos (roofs lean off their footprints) and are said not to be."""
     from geoimplicit.dsm.occupancy.train import evaluate_scene, validation_input
 
     rows = {}
     for name, scene, seed in scenes:
         imgs = scene.images[:n_images]
-        rows[name] = evaluate_scene(predictor, scene, seed, images=imgs, points=validation_input(scene, seed))
+        rows[name] = evaluate_scene(predictor, scene, seed, images=imgs, true_ortho=True,
+                                    points=validation_input(scene, seed))
     if ign is not None:
         scene, pts, images = ign
-        rows["IGN Montpellier (real, unseen)"] = evaluate_scene(predictor, scene, 0, images=images[:n_images], points=pts)
+        rows["IGN Montpellier (real, unseen)"] = evaluate_scene(predictor, scene, 0, images=images[:n_images],
+                                                                true_ortho=False, points=pts)
     return rows
 
 

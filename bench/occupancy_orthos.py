@@ -5,7 +5,8 @@
 Generator seeds 1000-1003 (``synthetic_val_seeds``), lidar_tin truth, their generator cloud as input; the model
 gets: the true-ortho RGB and the same RGB under another sun (what it trains on), the RGB and an IRC ortho (near
 infrared, red, green: IGN's BD ORTHO IRC), leaning versions of those (relief displacement of ``--lean`` per unit of
-height, a random direction per scene, as in an ordinary non-true ortho), the leaning RGB alone, and no ortho.
+height, a random direction per scene, as in an ordinary non-true ortho), the leaning RGB alone, and no ortho. Models
+that read a true-ortho flag are told which orthos are true (the first two sets) and which are not.
 Prints one markdown row per model and condition: MAE / RMSE / median abs error / NMAD, overall and on buildings.
 """
 
@@ -64,7 +65,8 @@ def main(argv=None):
         name, path = spec.split("=", 1)
         predictor = OccupancyPredictor(path, args.device)
         for cond in sets[0]:
-            rows = [evaluate_scene(predictor, sc, int(sc.name[4:]), images=imgs[cond][:predictor.n_images])
+            rows = [evaluate_scene(predictor, sc, int(sc.name[4:]), images=imgs[cond][:predictor.n_images],
+                                   true_ortho=cond.startswith("true"))
                     for sc, imgs in zip(scenes, sets)]
             mean = {k: float(np.mean([r[k] for r in rows])) for k in rows[0] if k.startswith(("occ", "raster"))}
             cells = [" / ".join(f"{mean[f'{pre}{k}']:.3f}" for k in KEYS)

@@ -33,7 +33,9 @@ def main(out_dir: str = "out/demo") -> None:
     out = (REPO / out_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
     common = ["--points", CITY / "points.laz", "--aoi", CITY / "aoi.geojson", "--resolution", "0.5", "--overwrite"]
-    _run(["dsm", *common, "--ortho", CITY / "ortho.tif", "--method", "occupancy", "-o", out / "dsm_occupancy.tif"])
+    # the sample's ortho is a true ortho (rendered straight down), and the model is told so
+    _run(["dsm", *common, "--ortho", CITY / "ortho.tif", "--true-ortho", "--method", "occupancy",
+          "-o", out / "dsm_occupancy.tif"])
     _run(["dsm", *common, "--method", "raster", "-o", out / "dsm_raster.tif"])
     for name in ("occupancy", "raster"):
         _run(["eval", out / f"dsm_{name}.tif", CITY / "truth_dsm.tif", "--classes", CITY / "classes.tif",

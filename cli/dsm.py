@@ -33,11 +33,14 @@ STATS = ("max", "min", "mean", "median", "idw", "tin", "count", "stdev")  # = ra
 @click.option("--idw-max-points", type=click.IntRange(min=1), default=None,
               help="[raster] --stat idw uses only the nearest N points within the radius (like gdal_grid "
                    "invdistnn's max_points); default: all of them.")
-# --- occupancy method options: added by the occupancy method (--weights, --device) ---------------------------
+# --- occupancy method options: added by the occupancy method (--weights, --device, --true-ortho) -------------
 @click.option("--weights", type=click.Path(dir_okay=False), default=None,
               help="[occupancy] Model checkpoint (default: the shipped occupancy_default.pt).")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default=None,
               help="[occupancy] Compute device; auto takes a CUDA GPU when there is one.")
+@click.option("--true-ortho", is_flag=True,
+              help="[occupancy] The orthos are true orthos (every roof on its footprint, e.g. made from a DSM); "
+                   "leave it off for ordinary orthos, where roofs lean off their footprints.")
 # --- tiling and run -------------------------------------------------------------------------------------------
 @click.option("--tile-size", type=click.FloatRange(min=0, min_open=True), default=None,
               help="Tile side in CRS units (default: what suits the method).")
@@ -57,8 +60,8 @@ STATS = ("max", "min", "mean", "median", "idw", "tin", "count", "stdev")  # = ra
 @overwrite_option
 @click.pass_context
 def dsm(ctx, points, ortho, aoi, bbox_crs, bbox, resolution, method, stat, fill_max_hole, no_outlier_removal,
-        idw_radius, idw_max_points, weights, device, tile_size, overlap, crs, assume_crs, workdir, keep_points,
-        scheduler, dask_workers, output, overwrite):
+        idw_radius, idw_max_points, weights, device, true_ortho, tile_size, overlap, crs, assume_crs, workdir,
+        keep_points, scheduler, dask_workers, output, overwrite):
     """Make a DSM (Cloud-Optimized GeoTIFF, float32, nodata -9999) from point clouds on the exact grid asked
     for, tile by tile, resumable. Also writes <output stem>_filled.tif (1 = hole filled, 0 = measured).
     """
@@ -68,12 +71,13 @@ def dsm(ctx, points, ortho, aoi, bbox_crs, bbox, resolution, method, stat, fill_
         raise click.BadParameter("at most two ortho images (RGB, then RGB or IRC)", param_hint="--ortho")
     raster_options = {"stat": stat, "fill_max_hole": fill_max_hole, "idw_radius": idw_radius,
                       "idw_max_points": idw_max_points, "remove_outliers": False if no_outlier_removal else None}
-    occupancy_options = {"weights": weights, "device": device}
+    occupancy_options = {"weights": weights, "device": device, "true_ortho": True if true_ortho else None}
     if method != "raster" and any(v is not None for v in raster_options.values()):
         raise click.BadParameter("--stat, --fill-max-hole, --idw-radius, --idw-max-points, --no-outlier-removal "
                                  "are options of --method raster", param_hint="--method")
     if method != "occupancy" and any(v is not None for v in occupancy_options.values()):
-        raise click.BadParameter("--weights and --device are options of --method occupancy", param_hint="--method")
+        raise click.BadParameter("--weights, --device and --true-ortho are options of --method occupancy",
+                                 param_hint="--method")
     options = raster_options if method == "raster" else occupancy_options if method == "occupancy" else {}
     progress = ctx.obj["progress"]
     executor = None

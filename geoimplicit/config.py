@@ -51,6 +51,10 @@ class ModelConfig:
     """Feed the raster DSM prior (cell max of the points, holes filled) to the encoder and the decoder."""
     image_dropout: float = 0.0
     """Training only: probability that an ortho image is withheld (so that the model also runs without it)."""
+    true_ortho_input: bool = False
+    """Tell the image encoder, per ortho, whether it is a true ortho (every roof on its footprint). A user knows
+    this of the product (most orthos lean); the model can then trust the image's edges only when they are where
+    the walls are. Inference takes it as ``true_ortho`` (``geoimplicit dsm --true-ortho``)."""
 
 
 @dataclass
@@ -87,6 +91,12 @@ class DataConfig:
     """Fraction of queries drawn near the truth surface (the rest uniformly through the column)."""
     near_surface_sigma_m: float = 1.0
     """Standard deviation in metres of the near-surface queries around the truth surface."""
+    neighbour_fraction: float = 0.0
+    """Fraction of queries drawn near the truth surface of another column up to ``neighbour_radius_m`` away (the
+    label still that of the query's own column): beside walls these are queries at roof height over the ground
+    and at ground height under the roof edge, exactly where a surface that bleeds past its walls goes wrong."""
+    neighbour_radius_m: float = 1.0
+    """Largest horizontal offset in metres of the column whose surface a neighbour query is drawn near."""
     column_margin_m: float = 5.0
     """Queries and the surface search extend this far below the lowest and above the highest input point."""
     keep_fraction: list = field(default_factory=lambda: [0.2, 0.8])
@@ -293,6 +303,12 @@ def _validate(cfg: Config, source) -> None:
     lean = cfg.data.image_lean
     if len(lean) != 2 or not all(isinstance(x, (int, float)) and 0 <= x for x in lean) or lean[0] > lean[1]:
         raise ConfigError(f"data.image_lean must be a range [low, high] of non-negative numbers, got {lean!r}",
+                          path=source)
+    if not 0.0 <= cfg.data.neighbour_fraction <= 1.0:
+        raise ConfigError(f"data.neighbour_fraction must be within [0, 1], got {cfg.data.neighbour_fraction!r}",
+                          path=source)
+    if not cfg.data.neighbour_radius_m > 0:
+        raise ConfigError(f"data.neighbour_radius_m must be above 0 (metres), got {cfg.data.neighbour_radius_m!r}",
                           path=source)
     for name in ("synthetic_train_seeds", "synthetic_val_seeds"):
         v = getattr(cfg.data, name)

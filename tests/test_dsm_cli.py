@@ -244,3 +244,57 @@ def test_new_weights_at_the_same_path_redo_the_tiles(tmp_path, cli):
     assert ok.mean() > 0.9
     assert np.median(first[ok] - fresh[ok]) > 0.05  # the changed model really gives another DSM
     assert np.array_equal(again, fresh)
+
+
+def _ortho(tmp_path, seed=0):
+    """A textured RGB GeoTIFF (EPSG:2154, 0.5 m) over the scene of :func:`_scene`, the block in its own colour."""
+    from affine import Affine
+
+    rng = np.random.default_rng(seed)
+    img = rng.integers(40, 120, (3, 80, 120)).astype(np.uint8)
+    img[:, 20:60, 40:80] = np.array([200, 60, 100], np.uint8)[:, None, None]  # the roof (x 20-40 m, y 10-30 m)
+    path = tmp_path / "ortho.tif"
+    with rasterio.open(path, "w", driver="GTiff", width=120, height=80, count=3, dtype="uint8", crs="EPSG:2154",
+                       transform=Affine(0.5, 0, X0, 0, -0.5, Y0 + 40)) as ds:
+        ds.write(img)
+    return path
+
+
+@pytest.mark.parametrize("flagged", [False, True])
+def test_true_ortho_reaches_the_model_and_the_resume_key(tmp_path, cli, flagged):
+    """``--true-ortho`` changes the DSM of a model that reads the flag (a re-run in the same work folder redoes
+    the tiles: it is the DSM a fresh run gives) and leaves the DSM of a model that does not read it unchanged."""
+    from geoimplicit.config import Config, ModelConfig
+    from geoimplicit.dsm.occupancy.checkpoint import save_checkpoint
+    from geoimplicit.dsm.occupancy.model import OccupancyNet
+
+    import torch
+
+    torch.manual_seed(1)
+    cfg = Config()
+    cfg.model = ModelConfig(variant="stereo", unet_channels=[8, 16], point_features=8, image_features=4, features=8,
+                            decoder_hidden=16, decoder_blocks=2, true_ortho_input=flagged)
+    model = OccupancyNet(cfg.model)  # untrained, random features; a hand-set decoder reads them as a height:
+    with torch.no_grad():  # logit = relu(-10 (z - prior) + c0) - relu(10 (z - prior) + c1), c from the features
+        d = model.decoder
+        d.fc_p.weight.zero_(), d.fc_p.bias.zero_(), d.fc_out.weight.zero_(), d.fc_out.bias.zero_()
+        d.fc_p.weight[0, 1], d.fc_p.weight[1, 1] = -10.0, 10.0  # input 1 is z minus the prior
+        d.fc_out.weight[0, 0], d.fc_out.weight[0, 1] = 1.0, -1.0
+    weights = tmp_path / "model.pt"
+    save_checkpoint(weights, model, cfg, step=0)
+    laz, ortho = _scene(tmp_path, seed=4, n=8_000), _ortho(tmp_path)
+    args = ["dsm", "--points", laz, "--ortho", ortho, "--bbox", X0, Y0, X0 + 40, Y0 + 20, "--resolution", 0.5,
+            "--tile-size", 20, "--method", "occupancy", "--device", "cpu", "--weights", weights, "--overwrite"]
+    assert cli(*args, "-o", tmp_path / "dsm.tif").exit_code == 0
+    plain, *_ = _read(tmp_path / "dsm.tif")
+    r = cli(*args, "--true-ortho", "-o", tmp_path / "dsm.tif")  # same work folder: resumes where it can
+    assert r.exit_code == 0, r.output
+    said, *_ = _read(tmp_path / "dsm.tif")
+    r = cli(*args, "--true-ortho", "--workdir", tmp_path / "fresh_work", "-o", tmp_path / "fresh.tif")
+    assert r.exit_code == 0, r.output
+    fresh, *_ = _read(tmp_path / "fresh.tif")
+    assert np.array_equal(said, fresh)
+    assert (not np.array_equal(said, plain)) == flagged
+    r = cli("dsm", "--points", laz, "--resolution", 0.5, "--method", "raster", "--true-ortho", "-o", tmp_path / "r.tif")
+    assert r.exit_code == 2 and "Traceback" not in r.output  # a usage error, as click gives them
+    assert "--true-ortho" in r.stderr.splitlines()[-1] and "--method occupancy" in r.stderr.splitlines()[-1]

@@ -136,6 +136,9 @@ def test_irc_vegetation_is_bright_in_near_infrared(city):
     ("image_lean", [0.3, 0.1]),
     ("image_lean", [-0.1, 0.2]),
     ("image_lean", [0.1]),
+    ("neighbour_fraction", 1.5),
+    ("neighbour_fraction", -0.1),
+    ("neighbour_radius_m", 0.0),
 ])
 def test_bad_second_images_and_image_lean_raise(key, value):
     with pytest.raises(ConfigError, match=f"data.{key}"):
@@ -227,7 +230,10 @@ def test_field_images_empty_with_defaults_one_version_without_lean():
 
 # ------------------------------------------------------------------------------------------ patch sampler
 def _is_one_of(item, versions):
-    return sum(item is v for v in versions) == 1
+    """``item`` (array, transform, is_true_ortho) is exactly one of ``versions`` (the true one first), and its
+    flag says whether it is that true one."""
+    hits = [i for i, v in enumerate(versions) if item[0] is v[0] and item[1] is v[1]]
+    return len(hits) == 1 and item[2] == (hits[0] == 0)
 
 
 def _sampler(scene, second_images):
@@ -246,7 +252,7 @@ def test_choose_images_irc_only_draws_true_and_leaning(field_scene):
         first, second = sampler.choose_images(field_scene, rng)
         assert _is_one_of(first, fi["rgb"])
         assert _is_one_of(second, fi["irc"])
-        leaning += [first is fi["rgb"][1], second is fi["irc"][1]]
+        leaning += [first[0] is fi["rgb"][1][0], second[0] is fi["irc"][1][0]]
     assert (leaning >= 0.25 * n).all() and (leaning <= 0.75 * n).all(), leaning
 
 
@@ -261,8 +267,10 @@ def test_choose_images_draws_every_kind_and_scene_images_without_field_images(fi
         assert _is_one_of(second, fi["sun"]) != _is_one_of(second, fi["irc"])
         irc += _is_one_of(second, fi["irc"])
     assert 0.25 * n <= irc <= 0.75 * n
-    plain = synthetic_scene(SEED, size_m=SIZE_M, n_clouds=0)
-    assert sampler.choose_images(plain, rng) is plain.images
+    plain = synthetic_scene(SEED, size_m=SIZE_M, n_clouds=0)  # its own images: true orthos
+    chosen = sampler.choose_images(plain, rng)
+    same = [(a is pa, t is pt, flag) for (a, t, flag), (pa, pt) in zip(chosen, plain.images)]
+    assert same == [(True, True, True)] * 2
 
 
 def test_training_patches_see_field_images_evaluation_patches_the_true_ones(field_scene, monkeypatch):
@@ -290,6 +298,12 @@ def test_training_patches_see_field_images_evaluation_patches_the_true_ones(fiel
                 assert fed[0][0] is field_scene.images[0][0] and fed[1][0] is field_scene.images[1][0]
             for k in range(2):
                 np.testing.assert_array_equal(patch["images"][k], fed[k][1])
+            # the flag the model reads: 1 exactly for the true orthos (all of them outside training)
+            true_arrays = (fi["rgb"][0][0], fi["irc"][0][0], field_scene.images[1][0])
+            expected = [float(any(fed[k][0] is a for a in true_arrays)) for k in range(2)]
+            assert patch["true_ortho"].tolist() == expected
+            if not training:
+                assert expected == [1.0, 1.0]
 
 
 def test_mono_scenes_lean_their_one_ortho():
@@ -305,3 +319,51 @@ def test_mono_scenes_lean_their_one_ortho():
     for _ in range(20):
         chosen = sampler.choose_images(scene, rng)
         assert len(chosen) == 1 and _is_one_of(chosen[0], fi["rgb"])
+
+
+# ------------------------------------------------------------------------------------------ neighbour queries
+def _step_scene():
+    """A 24 m x 24 m scene at 0.5 m: ground at 100 m, a 10 m high block over x in [8, 16) m (all y)."""
+    from affine import Affine
+
+    truth = np.full((48, 48), 100.0)
+    truth[:, 16:32] = 110.0
+    return occ_data.TrainScene("step", truth, Affine(0.5, 0, 0, 0, -0.5, 24.0), 1.0)
+
+
+@pytest.mark.parametrize("fraction", [0.0, 0.5])
+def test_neighbour_queries_sit_at_the_other_side_of_a_wall_with_their_own_labels(fraction):
+    """With ``neighbour_fraction``, near-surface queries within 1 m of the wall also go to the height of the other
+    side (ground columns get queries at roof height, roof columns at ground height); labels stay those of the
+    query's own column. Without it, every near query is at its own surface."""
+    from geoimplicit.dsm.occupancy.normalize import PatchFrame
+
+    scene = _step_scene()
+    cfg = config_from_dict({"model": {"variant": "points"},
+                            "data": {"patch_size_m": 24.0, "queries_per_patch": 4000, "near_surface_fraction": 1.0,
+                                     "neighbour_fraction": fraction, "neighbour_radius_m": 1.0}})
+    rng = np.random.default_rng(0)
+    x, y = rng.uniform(0, 24, 3000), rng.uniform(0, 24, 3000)
+    z = scene.truth_at(x, y)
+    patch = PatchSampler([scene], [], cfg).make_patch(scene, scene.bounds, x, y, z, rng)
+    frame = PatchFrame.from_bounds(scene.bounds, PatchFrame.reference_height(z), cell_m=cfg.model.feature_cell_m,
+                                   height_scale_m=cfg.model.height_scale_m)
+    q = patch["queries"].astype(np.float64)
+    qx, qy = q[:, 0] + frame.origin[0], q[:, 1] + frame.origin[1]  # local metres -> CRS (metres here)
+    qz = frame.z_from_local(q[:, 2])
+    own = scene.truth_at(qx, qy)
+    np.testing.assert_array_equal(patch["labels"], (qz < own).astype(np.float32))  # own column's label
+    other = 210.0 - own  # the height across the wall (100 m <-> 110 m)
+    near_wall = (np.abs(qx - 8.0) < 0.9) | (np.abs(qx - 16.0) < 0.9)
+    far = (np.abs(qx - 8.0) > 1.1) & (np.abs(qx - 16.0) > 1.1)
+    across = np.abs(qz - other) < 3.0  # at the height of the other side (10 m away from its own)
+    assert not across[far].any()  # beyond 1 m of a wall nothing but its own surface
+    if fraction == 0:
+        assert not across.any()
+    else:
+        # a neighbour query lands across the wall when its offset crosses it: about a quarter of the near-wall
+        # ones for x uniform within 0.9 m of the wall and offsets uniform within 1 m (half of fraction 0.5)
+        share = across[near_wall].mean()
+        assert 0.08 < share < 0.3, share
+        assert (patch["labels"][across & near_wall & (own > 105)] == 1).all()  # roof columns at ground height
+        assert (patch["labels"][across & near_wall & (own < 105)] == 0).all()  # ground columns at roof height

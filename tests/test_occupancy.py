@@ -139,7 +139,8 @@ def test_cli_default_weights_beat_raster_on_sample(cli, sample_data, tmp_path):
     truth_ds = rasterio.open(city / "truth_dsm.tif")
     truth = truth_ds.read(1).astype(float)
     errors = {}
-    for method, extra in (("occupancy", ["--ortho", city / "ortho.tif", "--device", "cpu"]), ("raster", [])):
+    occupancy = ["--ortho", city / "ortho.tif", "--true-ortho", "--device", "cpu"]  # the sample ortho is true
+    for method, extra in (("occupancy", occupancy), ("raster", [])):
         out = tmp_path / f"{method}.tif"
         r = cli("dsm", "--points", city / "points.laz", "--aoi", city / "aoi.geojson", "--resolution", "0.5",
                 "--method", method, "-o", out, *extra)
@@ -175,7 +176,7 @@ def test_cpu_fallback_matches_cuda(cli, sample_data, tmp_path):
     dsms = {}
     for device in ("cpu", "cuda"):
         out = tmp_path / f"{device}.tif"
-        r = cli("dsm", "--points", city / "points.laz", "--bbox", *bbox, "--ortho", city / "ortho.tif",
+        r = cli("dsm", "--points", city / "points.laz", "--bbox", *bbox, "--ortho", city / "ortho.tif", "--true-ortho",
                 "--resolution", "0.5", "--device", device, "-o", out)
         assert r.exit_code == 0, r.output
         with rasterio.open(out) as ds:
@@ -203,3 +204,29 @@ def test_lidar_tin_truth_of_a_generated_scene():
     assert trees.sum() > 20 and np.isfinite(tin.truth[trees]).all()
     assert np.median(tin.truth[trees] - surf.truth[trees]) < -0.2
     assert (tin.truth[trees] <= surf.truth[trees] + 1e-6).mean() > 0.85
+
+
+def _images(frame, seed=0):
+    """Two random RGB orthos on the frame's grid, as the model takes them (bands + coverage)."""
+    rng = np.random.default_rng(seed)
+    rgb = rng.random((1, 2, 3) + tuple(frame.shape)).astype(np.float32)
+    return torch.from_numpy(np.concatenate([rgb, np.ones((1, 2, 1) + tuple(frame.shape), np.float32)], 2))
+
+
+@pytest.mark.parametrize("flagged", [False, True])
+def test_true_ortho_input_is_read_only_by_models_that_take_it(flagged):
+    """A model trained with ``true_ortho_input`` has a fifth image channel that carries the flag: its output
+    depends on it, but not when there is no ortho to flag; any other model ignores the flag."""
+    torch.manual_seed(0)
+    model = OccupancyNet(ModelConfig(variant="stereo", unet_channels=[8, 16], point_features=8, image_features=4,
+                                     features=8, decoder_hidden=16, decoder_blocks=2, true_ortho_input=flagged)).eval()
+    assert model.images.net[0].in_channels == (5 if flagged else 4)
+    pts, q, frame = _patch()
+    args = (torch.from_numpy(pts), torch.zeros(len(pts), dtype=torch.int64), 1, frame.shape, torch.from_numpy(q)[None])
+    with torch.no_grad():
+        for images in (_images(frame), None):
+            yes = model(*args, images, torch.ones(1, 2))
+            no = model(*args, images, torch.zeros(1, 2))
+            unsaid = model(*args, images)
+            assert torch.equal(no, unsaid)  # not said = not a true ortho
+            assert (not torch.equal(yes, no)) == (flagged and images is not None)

@@ -558,14 +558,14 @@ def test_dsm_occupancy_in_qgis_matches_cli(tmp_path):
     out = tmp_path / "dsm_occupancy.tif"
     runs = _run_harness(tmp_path, [{
         "id": "occ", "alg": "geoimplicit:dsm",
-        "params": {"POINTS": [str(CITY / "points.laz")], "ORTHO": str(CITY / "ortho.tif"),
+        "params": {"POINTS": [str(CITY / "points.laz")], "ORTHO": str(CITY / "ortho.tif"), "TRUE_ORTHO": True,
                    "AOI": str(CITY / "aoi.geojson"), "METHOD": 0, "RESOLUTION": 0.5, "DEVICE": 1,
                    "OUTPUT": {"load": str(out)}}}])
     job = runs["jobs"]["occ"]
     assert job["ok"], job.get("error")
-    assert "--method occupancy" in job["commands"][0]
+    assert "--method occupancy" in job["commands"][0] and "--true-ortho" in job["commands"][0]
     cli_out = tmp_path / "cli.tif"
-    done = _geoimplicit("dsm", "--points", CITY / "points.laz", "--ortho", CITY / "ortho.tif", "--aoi",
+    done = _geoimplicit("dsm", "--points", CITY / "points.laz", "--ortho", CITY / "ortho.tif", "--true-ortho", "--aoi",
                         CITY / "aoi.geojson", "--resolution", 0.5, "--method", "occupancy", "--device", "cpu",
                         "-o", cli_out)
     assert done.returncode == 0, done.stderr

@@ -52,7 +52,7 @@ class ReconstructDsm(GeoImplicitAlgorithm):
                      "--tile-size": "TILE_SIZE", "--overlap": "OVERLAP", "--weights": "WEIGHTS", "--device": "DEVICE",
                      "--ortho": "ORTHO", "--points": "POINTS", "--dask-workers": "DASK_WORKERS",
                      "--scheduler": "SCHEDULER", "--workdir": "WORKDIR", "--stat": "STAT", "--method": "METHOD",
-                     "--fill-max-hole": "FILL_MAX_HOLE"}
+                     "--fill-max-hole": "FILL_MAX_HOLE", "--true-ortho": "TRUE_ORTHO"}
     HELP = (
         "<p>A digital surface model (GeoTIFF, float32, nodata set) from LAS/LAZ point clouds, on the exact grid "
         "given by the resolution and the area of interest.</p>"
@@ -62,6 +62,9 @@ class ReconstructDsm(GeoImplicitAlgorithm):
         "<li><b>Raster</b>: the baseline by cell statistics of the points (maximum by default), with outlier "
         "removal and hole filling.</li></ul>"
         "<p><b>Point cloud files</b>: one or more LAS/LAZ files in a projected CRS (metres or feet). "
+        "<b>True orthos</b>: tick it only when every roof of the ortho-images sits on its footprint (a true ortho, "
+        "made from a surface model); ordinary orthos lean away from the image centre, and the model is told not "
+        "to trust their edges. "
         "<b>Area of interest</b>: a polygon layer, or an extent; one of them is required. "
         "<b>Resolution</b>: pixel size in units of the working CRS. <b>Tile size</b> and <b>overlap</b> "
         "(advanced, CRS units, 0 = the method's default) set how the area is cut for processing; the result does "
@@ -76,6 +79,9 @@ class ReconstructDsm(GeoImplicitAlgorithm):
             QgsProcessingParameterEnum("METHOD", "Method", options=METHOD_LABELS, defaultValue=0)
         )
         self.addParameter(QgsProcessingParameterRasterLayer("ORTHO", "Ortho-image, RGB (optional)", optional=True))
+        self.addParameter(QgsProcessingParameterBoolean(
+            "TRUE_ORTHO", "The ortho-images are true orthos: every roof on its footprint (occupancy only)",
+            defaultValue=False))
         self.add_aoi_parameters()
         self.add_number("RESOLUTION", "Resolution (CRS units per pixel)", 0.5, minimum=1e-9)
         self.add_crs_parameter()
@@ -142,6 +148,8 @@ class ReconstructDsm(GeoImplicitAlgorithm):
             if weights:
                 args += ["--weights", weights]
             args += self.optional_device_args(parameters, context)
+            if self.parameterAsBoolean(parameters, "TRUE_ORTHO", context):
+                args.append("--true-ortho")
         workers = self.parameterAsInt(parameters, "DASK_WORKERS", context)
         if workers > 0:
             args += ["--dask-workers", str(workers)]

@@ -345,12 +345,17 @@ class PatchSampler:
         return self.make_patch(scene, bounds, x, y, z, rng, training)
 
     def choose_images(self, scene: TrainScene, rng: np.random.Generator) -> list:
-        """The orthos of one training patch: the scene's own, or (generated scenes with ``field_images``) the
-        RGB and a second image of a kind from ``data.second_images``, each true or leaning at random."""
+        """The orthos of one training patch as (array, transform, is_true_ortho): the scene's own (true orthos:
+        generated true orthos, or a real cloud's top-point colours), or (generated scenes with ``field_images``)
+        the RGB and a second image of a kind from ``data.second_images``, each true or leaning at random."""
         if not scene.field_images:
-            return scene.images
+            return [(a, t, True) for a, t in scene.images]
         kind = self.cfg.data.second_images[rng.integers(len(self.cfg.data.second_images))]
-        pick = lambda versions: versions[rng.integers(len(versions))]  # noqa: E731
+
+        def pick(versions):  # versions[0] is the true ortho, any other leans
+            i = int(rng.integers(len(versions)))
+            return versions[i] + (i == 0,)
+
         first = pick(scene.field_images["rgb"])
         return [first, pick(scene.field_images[kind])] if kind in scene.field_images else [first]  # mono: one
 
@@ -373,21 +378,30 @@ class PatchSampler:
         u = rng.random(Q)  # three scales: the surface to centimetres, decimetres and metres
         sigma = np.where(u < 0.25, d.near_surface_sigma_m / 20, np.where(u < 0.55, d.near_surface_sigma_m / 5,
                                                                           d.near_surface_sigma_m)) * upm
-        qz = np.where(near, h + rng.normal(0, 1, Q) * sigma, rng.uniform(zlo, zhi, Q))
+        centre = h
+        if d.neighbour_fraction > 0:  # near the surface of a nearby column: above and below the wall tops
+            r = d.neighbour_radius_m * upm
+            nb = rng.random(Q) < d.neighbour_fraction
+            h_nb = scene.truth_at(qx + rng.uniform(-r, r, Q), qy + rng.uniform(-r, r, Q))
+            centre = np.where(nb & np.isfinite(h_nb), h_nb, h)
+        qz = np.where(near, centre + rng.normal(0, 1, Q) * sigma, rng.uniform(zlo, zhi, Q))
         label = (qz < h).astype(np.float32)
         images = np.zeros((self.n_images, 4) + frame.shape, np.float32)
-        chosen = self.choose_images(scene, rng) if training else scene.images
+        true_ortho = np.zeros(self.n_images, np.float32)
+        chosen = self.choose_images(scene, rng) if training else [(a, t, True) for a, t in scene.images]
         for k in range(min(self.n_images, len(chosen))):
             if training and rng.random() < self.cfg.model.image_dropout:
                 continue
-            arr, tr = chosen[k]
+            arr, tr, is_true = chosen[k]
             images[k] = resample_image_to_frame(arr, tr, frame)
+            true_ortho[k] = float(is_true)
         return {
             "points": frame.points_to_local(x, y, z),
             "queries": frame.points_to_local(qx, qy, qz),
             "labels": label,
             "weights": weight,
             "images": images,
+            "true_ortho": true_ortho,
             "shape": frame.shape,
         }
 
@@ -406,6 +420,7 @@ def collate(patches: list) -> dict:
         "labels": torch.from_numpy(np.stack([p["labels"] for p in patches])),
         "weights": torch.from_numpy(np.stack([p["weights"] for p in patches])),
         "images": torch.from_numpy(np.stack([p["images"] for p in patches])),
+        "true_ortho": torch.from_numpy(np.stack([p["true_ortho"] for p in patches])),
     }
 
 

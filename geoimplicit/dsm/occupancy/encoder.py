@@ -149,18 +149,20 @@ class PointGridEncoder(nn.Module):
 
 class ImageEncoder(nn.Module):
     """Per ortho image (RGB + coverage channel, already on the feature grid): standardise, two conv layers.
-    The same weights for every image; outputs are concatenated in image order."""
+    The same weights for every image; outputs are concatenated in image order. With ``true_ortho_input`` a fifth
+    channel says, per image, whether it is a true ortho (1 over its coverage) or not (0)."""
 
-    def __init__(self, features: int = 16, in_channels: int = 4):
+    def __init__(self, features: int = 16, true_ortho_input: bool = False):
         super().__init__()
-        self.in_channels = in_channels
+        self.true_ortho_input = true_ortho_input
+        in_channels = 5 if true_ortho_input else 4
         self.net = nn.Sequential(
             nn.Conv2d(in_channels, features, 3, padding=1), nn.ReLU(inplace=True),
             nn.Conv2d(features, features, 3, padding=1), nn.ReLU(inplace=True),
         )
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """images (B, K, 4, H, W) -> (B, K*features, H, W)."""
+    def forward(self, images: torch.Tensor, true_ortho: torch.Tensor | None = None) -> torch.Tensor:
+        """images (B, K, 4, H, W), true_ortho (B, K) (1 = true ortho; None = none is) -> (B, K*features, H, W)."""
         B, K, C, H, W = images.shape
         x = images.reshape(B * K, C, H, W)
         rgb, valid = x[:, :-1], x[:, -1:]
@@ -168,5 +170,9 @@ class ImageEncoder(nn.Module):
         mean = (rgb * valid).sum((2, 3), keepdim=True) / n
         var = (((rgb - mean) * valid) ** 2).sum((2, 3), keepdim=True) / n
         rgb = (rgb - mean) / (var.sqrt() + 0.02) * valid
-        y = self.net(torch.cat([rgb, valid], 1))
+        parts = [rgb, valid]
+        if self.true_ortho_input:
+            flag = images.new_zeros((B, K)) if true_ortho is None else true_ortho.to(images.dtype)
+            parts.append(valid * flag.reshape(B * K, 1, 1, 1))
+        y = self.net(torch.cat(parts, 1))
         return y.reshape(B, -1, H, W)

@@ -71,7 +71,8 @@ class OccupancyPredictor:
         return self.model.n_images
 
     def predict_tile(self, x, y, z, *, core_bounds, resolution: float, context_bounds=None,
-                     metres_per_unit: float = 1.0, images=()) -> tuple[np.ndarray, np.ndarray]:
+                     metres_per_unit: float = 1.0, images=(),
+                     true_ortho: bool = False) -> tuple[np.ndarray, np.ndarray]:
         """DSM of one tile.
 
         Args:
@@ -81,6 +82,8 @@ class OccupancyPredictor:
             context_bounds: the area the model encodes (default: core_bounds).
             metres_per_unit: of the CRS (0.3048 for international feet).
             images: up to two (array (bands, rows, cols), affine transform) orthos.
+            true_ortho: the orthos are true orthos (every roof on its footprint); read by models trained with
+                ``true_ortho_input``, ignored by others.
 
         Returns:
             (rows, cols) float32 heights (NODATA where none) and a bool valid mask.
@@ -104,12 +107,13 @@ class OccupancyPredictor:
                                        cell_m=mc.feature_cell_m, height_scale_m=mc.height_scale_m,
                                        multiple=self.model.grid_multiple)
         pts = frame.points_to_local(x, y, z)
-        imgs = None
+        imgs = flags = None
         if self.n_images and images:
             arr = np.zeros((1, self.n_images, 4) + frame.shape, np.float32)
             for k, (a, tr) in enumerate(list(images)[: self.n_images]):
                 arr[0, k] = resample_image_to_frame(a, tr, frame)
             imgs = torch.from_numpy(arr).to(self.device)
+            flags = torch.full((1, self.n_images), float(bool(true_ortho)), device=self.device)
         # output cell centres (CRS, float64) -> local metres
         cx = left + (np.arange(cols) + 0.5) * resolution
         cy = top - (np.arange(rows) + 0.5) * resolution
@@ -138,7 +142,7 @@ class OccupancyPredictor:
             p = torch.from_numpy(pts).to(dev)
             b = torch.zeros(len(pts), dtype=torch.int64, device=dev)
             with torch.autocast(dev.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
-                enc = self.model.encode(p, b, 1, frame.shape, imgs)
+                enc = self.model.encode(p, b, 1, frame.shape, imgs, flags)
             enc = {k: v.float() for k, v in enc.items()}
             if dev.type == "cuda":
                 torch.cuda.synchronize()
@@ -169,11 +173,12 @@ class OccupancyPredictor:
 
 
 def predict_dsm(predictor: OccupancyPredictor, points: dict, bounds, resolution: float, *,
-                metres_per_unit: float = 1.0, images=(), tile_size=None, overlap=None,
+                metres_per_unit: float = 1.0, images=(), true_ortho: bool = False, tile_size=None, overlap=None,
                 progress=None, cancel=None) -> tuple[np.ndarray, np.ndarray]:
     """DSM over ``bounds`` (multiples of ``resolution``) from in-memory points, tile by tile.
 
-    ``tile_size`` and ``overlap`` are in CRS units (default: the config's ``infer`` values in metres).
+    ``tile_size`` and ``overlap`` are in CRS units (default: the config's ``infer`` values in metres);
+    ``true_ortho``: see :meth:`OccupancyPredictor.predict_tile`.
     Returns (rows, cols) float32 heights (NODATA = -9999 where none) and the valid mask.
     """
     ic = predictor.cfg.infer
@@ -211,7 +216,8 @@ def predict_dsm(predictor: OccupancyPredictor, points: dict, bounds, resolution:
             ctx = (tl - ovl, tb - ovl, tr + ovl, tt + ovl)
             img_t = [_crop_image(a, t, ctx) for a, t in images]
             h, v = predictor.predict_tile(sx[m], sy[m], sz[m], core_bounds=core, context_bounds=ctx,
-                                          resolution=resolution, metres_per_unit=metres_per_unit, images=img_t)
+                                          resolution=resolution, metres_per_unit=metres_per_unit, images=img_t,
+                                          true_ortho=true_ortho)
             dsm[r0:r1, c0:c1] = h
             valid[r0:r1, c0:c1] = v
             done += 1

@@ -15,6 +15,7 @@ class OccupancyMethod:
     Args:
         weights: checkpoint path (default: the shipped ``geoimplicit/weights/occupancy_default.pt``).
         device: "auto", "cpu" or "cuda".
+        true_ortho: the orthos are true orthos (every roof on its footprint), for models that take it.
     """
 
     name = "occupancy"
@@ -22,11 +23,12 @@ class OccupancyMethod:
     needs_ortho = True
     needs_gpu = True
 
-    def __init__(self, weights=None, device: str = "auto"):
+    def __init__(self, weights=None, device: str = "auto", true_ortho: bool = False):
         from geoimplicit.dsm.occupancy.checkpoint import DEFAULT_WEIGHTS, load_checkpoint
 
         self.weights = weights
         self.device = device or "auto"
+        self.true_ortho = bool(true_ortho)
         load_checkpoint(weights)  # fail early, with the file named, before any tile runs
         self._weights_name = str(weights or DEFAULT_WEIGHTS.name)
         # the run's resume key covers these files: new weights at the same path redo the tiles
@@ -54,7 +56,7 @@ class OccupancyMethod:
         height, valid = state.predict_tile(
             np.asarray(points["x"], np.float64), np.asarray(points["y"], np.float64),
             np.asarray(points["z"], np.float64), core_bounds=grid.bounds, context_bounds=tile.bounds,
-            resolution=grid.resolution, metres_per_unit=mpu, images=images)
+            resolution=grid.resolution, metres_per_unit=mpu, images=images, true_ortho=self.true_ortho)
         return TileOutput(height=height, valid=valid, filled=None,
                           stats={"points": int(len(points["x"])), "seconds": round(time.perf_counter() - t0, 3),
                                  "device": str(state.device)})

@@ -26,7 +26,7 @@ class OccupancyNet(nn.Module):
         self.points = PointGridEncoder(cfg.point_features)
         cin = self.points.out_channels
         if self.n_images:
-            self.images = ImageEncoder(cfg.image_features)
+            self.images = ImageEncoder(cfg.image_features, cfg.true_ortho_input)
             cin += self.n_images * cfg.image_features
         self.unet = UNet2D(cin, list(cfg.unet_channels), cfg.features)
         self.decoder = OccupancyDecoder(cfg.features, cfg.decoder_hidden, cfg.decoder_blocks, cfg.use_prior)
@@ -35,9 +35,9 @@ class OccupancyNet(nn.Module):
     def grid_multiple(self) -> int:
         return self.unet.multiple
 
-    def encode(self, points, batch, n_batch: int, shape: tuple, images=None) -> dict:
-        """points (N, 3) local; batch (N,) patch index; images (B, K, 4, H, W) or None ->
-        {"features": (B, C, H, W), "prior": (B, 1, H, W)}."""
+    def encode(self, points, batch, n_batch: int, shape: tuple, images=None, true_ortho=None) -> dict:
+        """points (N, 3) local; batch (N,) patch index; images (B, K, 4, H, W) or None; true_ortho (B, K) or None
+        (read only by models with ``true_ortho_input``) -> {"features": (B, C, H, W), "prior": (B, 1, H, W)}."""
         grid, prior = self.points(points, batch, n_batch, shape, self.cfg.feature_cell_m)
         parts = [grid]
         if self.n_images:
@@ -46,7 +46,9 @@ class OccupancyNet(nn.Module):
             elif images.shape[1] < self.n_images:  # fewer orthos than the model takes: the rest are absent
                 pad = images.new_zeros((n_batch, self.n_images - images.shape[1], 4) + tuple(shape))
                 images = torch.cat([images, pad], 1)
-            parts.append(self.images(images[:, : self.n_images].to(grid.dtype)))
+            if true_ortho is not None and true_ortho.shape[1] != self.n_images:
+                true_ortho = F.pad(true_ortho, (0, max(0, self.n_images - true_ortho.shape[1])))[:, : self.n_images]
+            parts.append(self.images(images[:, : self.n_images].to(grid.dtype), true_ortho))
         features = self.unet(torch.cat(parts, 1))
         if not self.cfg.use_prior:
             prior = torch.zeros_like(prior)
@@ -69,8 +71,8 @@ class OccupancyNet(nn.Module):
         ctx = self.decoder.column_context(c)
         return self.decoder.decode(ctx, queries[..., 2], prior)
 
-    def forward(self, points, batch, n_batch, shape, queries, images=None):
-        return self.decode(self.encode(points, batch, n_batch, shape, images), queries)
+    def forward(self, points, batch, n_batch, shape, queries, images=None, true_ortho=None):
+        return self.decode(self.encode(points, batch, n_batch, shape, images, true_ortho), queries)
 
 
 def build_model(cfg: ModelConfig) -> OccupancyNet:

@@ -87,16 +87,18 @@ def raster_baseline(points: dict, bounds, resolution: float, crs=None):
     return r.with_nodata(), r.valid
 
 
-def evaluate_scene(predictor, scene, seed: int, *, images=None, buildings=None, points=None) -> dict:
+def evaluate_scene(predictor, scene, seed: int, *, images=None, true_ortho: bool = True, buildings=None,
+                   points=None) -> dict:
     """Occupancy DSM vs the in-memory raster max baseline on one scene with a truth DSM, on the truth grid
-    (metrics in metres)."""
+    (metrics in metres). ``true_ortho``: whether ``images`` are true orthos (a scene's own images are)."""
     from geoimplicit.dsm.occupancy.infer import predict_dsm
 
     pts = points if points is not None else validation_input(scene, seed)
     res = abs(scene.transform.a)
     b = scene.bounds
     imgs = scene.images if images is None else images
-    dsm, valid = predict_dsm(predictor, pts, b, res, metres_per_unit=scene.metres_per_unit, images=imgs)
+    dsm, valid = predict_dsm(predictor, pts, b, res, metres_per_unit=scene.metres_per_unit, images=imgs,
+                             true_ortho=true_ortho)
     base, bvalid = raster_baseline(pts, b, res, scene.crs)
     buildings = scene.buildings if buildings is None else buildings
     both = valid & bvalid & np.isfinite(scene.truth)
@@ -223,7 +225,7 @@ def train(cfg: Config, run_dir, *, device: str = "auto", resume=None, progress=N
             b = collate([vs.sample(rng, training=False) for _ in range(8)])
             with torch.inference_mode():
                 logits = model(b["points"].to(dev), b["batch"].to(dev), b["n_batch"], b["shape"],
-                               b["queries"].to(dev), b["images"].to(dev)).float().cpu()
+                               b["queries"].to(dev), b["images"].to(dev), b["true_ortho"].to(dev)).float().cpu()
             p, l = logits > 0, b["labels"] > 0.5
             w = b["weights"] > 0
             m["iou"] = float(((p & l) & w).sum() / max(((p | l) & w).sum(), 1))
@@ -245,7 +247,7 @@ def train(cfg: Config, run_dir, *, device: str = "auto", resume=None, progress=N
         with torch.autocast(dev.type, dtype=amp, enabled=amp is not None):
             logits = model(b["points"].to(dev, non_blocking=True), b["batch"].to(dev, non_blocking=True),
                            b["n_batch"], b["shape"], b["queries"].to(dev, non_blocking=True),
-                           b["images"].to(dev, non_blocking=True))
+                           b["images"].to(dev, non_blocking=True), b["true_ortho"].to(dev, non_blocking=True))
         w = b["weights"].to(dev)
         loss = (F.binary_cross_entropy_with_logits(logits.float(), b["labels"].to(dev), reduction="none") * w).sum() / w.sum().clamp_min(1)
         opt.zero_grad(set_to_none=True)
