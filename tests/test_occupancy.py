@@ -130,6 +130,16 @@ def test_default_weights_load_weights_only_and_are_small():
     assert DEFAULT_WEIGHTS.stat().st_size < 5_000_000
     ckpt = torch.load(DEFAULT_WEIGHTS, weights_only=True)
     assert ckpt["config"]["model"]["variant"] == "stereo"
+    # made by the recipe the README gives: default.yaml's model and data, trained to its full number of steps
+    import dataclasses
+
+    from geoimplicit.config import load_config, packaged_config
+
+    recipe = load_config(packaged_config("default.yaml"))
+    assert ckpt["config"]["model"] == dataclasses.asdict(recipe.model)
+    data = {k: v for k, v in ckpt["config"]["data"].items() if k != "real"}
+    assert data == {k: v for k, v in dataclasses.asdict(recipe.data).items() if k != "real"}
+    assert ckpt["step"] == recipe.train.steps
 
 
 def test_cli_default_weights_beat_raster_on_sample(cli, sample_data, tmp_path):
