@@ -268,7 +268,7 @@ def qgis_runs(tmp_path_factory):
     _write_dem(data / "truth.tif", truth, "EPSG:32632")
     _write_dem(data / "pred.tif", pred, "EPSG:32632")
     _write_dem(data / "pred_l93.tif", pred, "EPSG:2154", left=700000.0, top=6600000.0)
-    big = _surface(1500, 1500, seed=3)
+    big = _surface(2500, 2500, seed=3)  # seconds of work after the first progress line: the cancel lands mid-run
     _write_dem(data / "big_truth.tif", big, "EPSG:32632")
     _write_dem(data / "big_pred.tif", big + 0.5, "EPSG:32632")
     fake = root / "fakebin" / "geoimplicit"

@@ -3,6 +3,7 @@ and ends with the same mosaic as an uninterrupted run; nothing finished-looking 
 
 from __future__ import annotations
 
+import fcntl
 import json
 import signal
 import subprocess
@@ -39,8 +40,13 @@ def _tile_events(stdout: str) -> list[dict]:
 
 
 def _interrupt_after(cmd, n_tiles: int, sig: int) -> int:
-    """Start ``cmd``; send ``sig`` once ``n_tiles`` tiles are reported done; return how many were reported."""
+    """Start ``cmd``; send ``sig`` once ``n_tiles`` tiles are reported done; return how many were reported.
+
+    The progress pipe is shrunk to one page, so that the run blocks on it a few dozen lines ahead of this reader
+    instead of finishing before the signal arrives when this process is slow to be scheduled (a loaded machine)."""
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    if hasattr(fcntl, "F_SETPIPE_SZ"):  # Linux
+        fcntl.fcntl(proc.stdout.fileno(), fcntl.F_SETPIPE_SZ, 4096)
     seen = 0
     for line in proc.stdout:
         if line.startswith("{") and json.loads(line).get("stage") == "tiles":
