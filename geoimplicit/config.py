@@ -53,8 +53,8 @@ class ModelConfig:
     """Training only: probability that an ortho image is withheld (so that the model also runs without it)."""
     true_ortho_input: bool = False
     """Tell the image encoder, per ortho, whether it is a true ortho (every roof on its footprint). A user knows
-    this of the product (most orthos lean); the model can then trust the image's edges only when they are where
-    the walls are. Inference takes it as ``true_ortho`` (``geoimplicit dsm --true-ortho``)."""
+    this of the product (most orthos lean), and only in a true ortho are the image's edges where the walls are.
+    Inference takes it as ``true_ortho`` (``geoimplicit dsm --true-ortho``)."""
 
 
 @dataclass
@@ -92,9 +92,10 @@ class DataConfig:
     near_surface_sigma_m: float = 1.0
     """Standard deviation in metres of the near-surface queries around the truth surface."""
     neighbour_fraction: float = 0.0
-    """Fraction of queries drawn near the truth surface of another column up to ``neighbour_radius_m`` away (the
-    label still that of the query's own column): beside walls these are queries at roof height over the ground
-    and at ground height under the roof edge, exactly where a surface that bleeds past its walls goes wrong."""
+    """Share of the near-surface queries drawn around the truth surface of another column up to
+    ``neighbour_radius_m`` away (the label still that of the query's own column): beside walls these are queries at
+    roof height over the ground and at ground height under the roof edge, where a surface that bleeds past its
+    walls goes wrong."""
     neighbour_radius_m: float = 1.0
     """Largest horizontal offset in metres of the column whose surface a neighbour query is drawn near."""
     column_margin_m: float = 5.0
