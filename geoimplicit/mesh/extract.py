@@ -19,6 +19,7 @@ evaluated densely and kept, so that the seams can later be made to agree between
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -254,6 +255,7 @@ def extract_box(field, lattice: Lattice, lo, hi, *, options: ExtractOptions | No
     check_range(lo, hi)
     sampler = FieldSampler(field, lattice, lo, opt.batch_points)
     dev = sampler.device
+    clock = _Clock(dev)
     seeds = [mise_cells(sampler, lo, hi, int(opt.coarse_stride), cancel)]
     ring_k = torch.zeros(0, dtype=torch.int64, device=dev)
     ring_v = torch.zeros(0, device=dev)
@@ -264,26 +266,32 @@ def extract_box(field, lattice: Lattice, lo, hi, *, options: ExtractOptions | No
         nodes = torch.unique(node_key(cell_corners(rc).reshape(-1, 3)))
         ring_k, ring_v = nodes, sampler.at_nodes(key_to_ijk(nodes)[0])
     cells = key_to_ijk(torch.unique(node_key(torch.cat(seeds))))[0]
+    clock("mise_s")
     cells, passes = close_surface(sampler, cells, lo, hi, opt.max_closure_passes, cancel)
+    clock("closure_s")
     if cell_filter is not None and cells.numel():
         centre = lattice.position(cells.cpu().numpy() + 0.5)
         cells = cells[torch.as_tensor(np.asarray(cell_filter(centre[:, 0], centre[:, 1]), bool), device=dev)]
-    mesh, boundary = surface_of_cells(sampler, cells, lo, hi, opt, colour, crs_wkt, cancel)
+    mesh, boundary = surface_of_cells(sampler, cells, lo, hi, opt, colour, crs_wkt, cancel, clock)
     stats = {"queries": int(sampler.queries), "cells": int(cells.shape[0]), "closure_passes": int(passes),
-             "triangles": mesh.n_faces}
+             "triangles": mesh.n_faces, **clock.seconds}
     return TileSurface(mesh, boundary, tuple(int(v) for v in (*lo, *hi)), ring_k.cpu().numpy(),
                        ring_v.cpu().numpy(), stats)
 
 
 def surface_of_cells(sampler: FieldSampler, cells, lo, hi, opt: ExtractOptions, colour=None, crs_wkt=None,
-                     cancel=None) -> tuple[Mesh, np.ndarray]:
+                     cancel=None, clock=None) -> tuple[Mesh, np.ndarray]:
     """Marching cubes on ``cells``, vertices refined, normals and colours: a keyed mesh and the ring-face mask."""
     check_cancel(cancel)
+    clock = clock or _Clock(sampler.device)
     g = sampler.at_nodes(cell_corners(cells))
     tri_keys, tri_cell = march_cells(cells, g)
     keys, inverse = torch.unique(tri_keys.reshape(-1), return_inverse=True)
+    clock("march_s")
     p = vertices_on_edges(sampler, keys, opt.refine_steps)
+    clock("refine_s")
     normals = field_normals(sampler, p).cpu().numpy().astype(np.float32) if opt.normals else None
+    clock("normals_s")
     base = np.asarray(sampler.field.origin, np.float64)
     vertices = p.double().cpu().numpy() + base
     faces = inverse.reshape(-1, 3).cpu().numpy().astype(np.int64)
@@ -293,6 +301,21 @@ def surface_of_cells(sampler: FieldSampler, cells, lo, hi, opt: ExtractOptions, 
         mesh.normals = vertex_normals_from_faces(mesh)
     boundary = is_ring_cell(cells[tri_cell], lo, hi).cpu().numpy()
     return mesh, boundary
+
+
+class _Clock:
+    """Seconds per stage (synchronised on CUDA), for the tile's stats."""
+
+    def __init__(self, device):
+        self.device, self.seconds = torch.device(device), {}
+        self.t = time.perf_counter()
+
+    def __call__(self, name: str) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        now = time.perf_counter()
+        self.seconds[name] = round(self.seconds.get(name, 0.0) + now - self.t, 4)
+        self.t = now
 
 
 def vertex_normals_from_faces(mesh: Mesh) -> np.ndarray:
