@@ -123,3 +123,33 @@ def test_occupancy_mesh_of_a_generated_city(scene, truth):
     ok = (row >= 0) & (row < scene.shape[0]) & (col >= 0) & (col < scene.shape[1])
     expected = scene.ortho[:, row[ok], col[ok]].T
     assert (np.abs(mesh.colours[ok].astype(int) - expected).max(1) == 0).mean() > 0.95
+
+
+@pytest.mark.parametrize("roof", ["flat", "gabled", "hipped"])
+@pytest.mark.parametrize("a,b", [(8.0, 4.0), (4.0, 6.5), (5.0, 5.0)])
+def test_roof_envelope_equals_the_generators_roof_function(roof, a, b):
+    """The polygon roof of a part, also with the short side along u (a < b: L-shapes' second parts), against the
+    generator's own roof height formula at random points."""
+    import shapely
+
+    from geoimplicit.synthetic.city import _inside, _local_uv, _roof_rel
+    from geoimplicit.synthetic.mesh import roof_regions
+
+    part = {"cx": 770010.0, "cy": 6277020.0, "a": a, "b": b, "angle": 0.4}
+    slope = 0.0 if roof == "flat" else 0.7
+    building = {"base": 30.0, "eave_height": 6.0, "roof": roof, "roof_slope": slope, "parts": [part],
+                "structure": None}
+    c0 = (770000.0, 6277000.0)
+    regions = roof_regions(building, c0)
+    rng = np.random.default_rng(0)
+    x = rng.uniform(part["cx"] - 9, part["cx"] + 9, 4000)
+    y = rng.uniform(part["cy"] - 9, part["cy"] + 9, 4000)
+    u, v = _local_uv(x, y, part)
+    inside = _inside(u, v, part) & (np.minimum(a - np.abs(u), b - np.abs(v)) > 1e-6)
+    expected = 36.0 + _roof_rel(u, v, part, roof, slope)
+    got = np.full(len(x), np.nan)
+    for region, plane in regions:
+        hit = shapely.contains_xy(region, x - c0[0], y - c0[1])
+        got[hit] = plane[0] + plane[1] * (x[hit] - c0[0]) + plane[2] * (y[hit] - c0[1])
+    assert np.isfinite(got[inside]).all() and np.isnan(got[~_inside(u, v, part)]).all()
+    assert np.abs(got[inside] - expected[inside]).max() < 1e-6

@@ -53,6 +53,9 @@ def _part_facets(part, roof, eave_z, slope, c0) -> list:
     if roof == "gabled":  # z = eave + (b - |v|) slope
         return [(poly([(-a, 0), (a, 0), (a, b), (-a, b)]), _plane_uv(part, c0, eave_z + b * slope, 0, -slope)),
                 (poly([(-a, -b), (a, -b), (a, 0), (-a, 0)]), _plane_uv(part, c0, eave_z + b * slope, 0, slope))]
+    if a < b:  # hipped with the ridge along v: the same roof as the part turned by 90 degrees
+        turned = dict(part, a=b, b=a, angle=part["angle"] + math.pi / 2)
+        return _part_facets(turned, roof, eave_z, slope, c0)
     d = a - b  # hipped: z = eave + min(b - |v|, a - |u|) slope, a >= b
     return [
         (poly([(-a, b), (-d, 0), (d, 0), (a, b)]), _plane_uv(part, c0, eave_z + b * slope, 0, -slope)),
