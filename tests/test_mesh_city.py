@@ -109,7 +109,8 @@ def test_occupancy_mesh_of_a_generated_city(scene, truth):
     mesh = mesh_from_points(predictor, pts, area, 0.5, images=[(scene.ortho, scene.transform)],
                             true_ortho=True, tile_size=16, overlap=16, crs_wkt=scene.crs.to_wkt())
     n_edges, worst = _outer_boundary_only(mesh, area, 0.5)
-    assert n_edges and worst < 1e-6  # 4 tiles, each its own encoding: still no crack at the seams
+    assert n_edges and worst <= 0.25 + 1e-6  # 4 tiles, each its own encoding: no crack at the seams (cells are
+    # centred on the grid's cell corners: the mesh ends half a cell inside the area)
     assert len(mesh.nonmanifold_edges()) == 0
     core = (area[0] + 1, area[1] + 1, area[2] - 1, area[3] - 1)
     scored = compare_meshes(mesh, truth, samples=40000, bounds=core)

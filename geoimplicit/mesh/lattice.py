@@ -38,12 +38,14 @@ class Lattice:
             raise InputError(f"mesh resolution must be a positive number, got {self.spacing}")
 
     @classmethod
-    def around(cls, bounds, z_min: float, spacing: float, margin_cells: int = 4) -> "Lattice":
-        """A lattice whose nodes fall on multiples of ``spacing`` (so runs line up), starting a few cells below
-        and west/south of ``bounds`` (left, bottom, right, top) and ``z_min``."""
+    def around(cls, bounds, z_min: float, spacing: float, margin_cells: int = 4, offset: float = 0.0) -> "Lattice":
+        """A lattice whose nodes fall on multiples of ``spacing`` plus ``offset`` spacings in x and y (0.5: on
+        the centres of a grid of that resolution), starting a few cells west/south of ``bounds`` (left, bottom,
+        right, top) and below ``z_min``."""
         s = float(spacing)
         left, bottom = bounds[0], bounds[1]
-        return cls((math.floor(left / s) * s - margin_cells * s, math.floor(bottom / s) * s - margin_cells * s,
+        return cls(((math.floor(left / s) + offset - margin_cells) * s,
+                    (math.floor(bottom / s) + offset - margin_cells) * s,
                     math.floor(z_min / s) * s - margin_cells * s), s)
 
     def index_of(self, x, y, z=None, rounding=np.floor) -> np.ndarray:

@@ -58,8 +58,8 @@ def ortho_colour(image: np.ndarray, transform):
 def tile_box(lattice: Lattice, core_bounds, z_lo: float, z_hi: float) -> tuple[np.ndarray, np.ndarray]:
     """Node bounds (lo, hi) of a tile's core (multiples of the lattice spacing) and a height range."""
     left, bottom, right, top = core_bounds
-    lo = lattice.index_of(left, bottom, z_lo, rounding=np.round)
-    hi = lattice.index_of(right, top, z_hi, rounding=np.round)
+    lo = lattice.index_of(left, bottom, z_lo)  # floor: neighbouring cores share their border node index
+    hi = lattice.index_of(right, top, z_hi)
     lo[2] = lattice.index_of(0, 0, z_lo)[2]
     hi[2] = lattice.index_of(0, 0, z_hi, rounding=np.ceil)[2]
     return lo, hi
@@ -84,7 +84,7 @@ def mesh_tile(predictor, x, y, z, *, core_bounds, context_bounds, lattice: Latti
 
 def mesh_from_points(predictor, points: dict, bounds, resolution: float, *, metres_per_unit: float = 1.0,
                      images=(), true_ortho: bool = False, tile_size=None, overlap=None, options=None, crs_wkt=None,
-                     progress=None, cancel=None):
+                     lattice: Lattice | None = None, progress=None, cancel=None):
     """A stitched mesh over ``bounds`` from in-memory points, tile by tile (benchmarks and tests; the command
     runs tiles through the job layer). ``tile_size``/``overlap`` in CRS units (default 128 m / 16 m)."""
     from geoimplicit.dsm.occupancy.infer import _crop_image
@@ -94,8 +94,11 @@ def mesh_from_points(predictor, points: dict, bounds, resolution: float, *, metr
     ovl = float(overlap) if overlap is not None else 16.0 / metres_per_unit
     tile = max(resolution, round(tile / resolution) * resolution)
     x, y, z = (np.asarray(points[k], np.float64) for k in ("x", "y", "z"))
-    lattice = Lattice.around(bounds, float(z.min()) - 2 * predictor.cfg.data.column_margin_m / metres_per_unit,
-                             resolution)
+    # nodes on the DSM grid's cell centres, where the features are sampled (validation seeds 1001, 1002:
+    # Chamfer 0.134 / 0.144 m against 0.139 / 0.148 with nodes on the cell corners)
+    lattice = lattice or Lattice.around(bounds, float(z.min()) - 2 * predictor.cfg.data.column_margin_m /
+                                        metres_per_unit, resolution, offset=0.5)
+    inside = box_filter(bounds)
     left, bottom, right, top = bounds
     n_c, n_r = math.ceil((right - left) / tile - 1e-9), math.ceil((top - bottom) / tile - 1e-9)
     tiles = []
@@ -109,9 +112,26 @@ def mesh_from_points(predictor, points: dict, bounds, resolution: float, *, metr
             imgs = [_crop_image(a, t, ctx) for a, t in images]
             surface = mesh_tile(predictor, x[m], y[m], z[m], core_bounds=core, context_bounds=ctx, lattice=lattice,
                                 metres_per_unit=metres_per_unit, images=imgs, true_ortho=true_ortho,
-                                options=options, crs_wkt=crs_wkt, cancel=cancel)
+                                options=options, cell_filter=inside, crs_wkt=crs_wkt, cancel=cancel)
             if surface is not None:
                 tiles.append(surface)
             if progress:
                 progress(r * n_c + c + 1, n_r * n_c, "tiles", f"tile {r * n_c + c + 1}/{n_r * n_c}")
-    return stitch_tiles(tiles, lattice, crs_wkt=crs_wkt, cancel=cancel)
+    return stitch_tiles(tiles, lattice, cell_filter=inside, crs_wkt=crs_wkt, cancel=cancel)
+
+
+def box_filter(bounds):
+    """``f(x, y)``: cell centres strictly inside ``bounds`` (cells centred on the border straddle it)."""
+    left, bottom, right, top = bounds
+    return lambda x, y: (x > left) & (x < right) & (y > bottom) & (y < top)
+
+
+def occupancy_tile_surface(method, predictor, tile, points: dict, ortho: list, lattice: Lattice,
+                           options: ExtractOptions, cell_filter=None, crs_wkt=None) -> TileSurface | None:
+    """The tile job's surface for ``--method occupancy`` (the DSM method's prepared predictor and orthos)."""
+    images = [(np.asarray(r.array)[:3], r.transform) for r in ortho][:2]
+    mpu = getattr(method, "_mpu", 1.0)
+    return mesh_tile(predictor, np.asarray(points["x"], np.float64), np.asarray(points["y"], np.float64),
+                     np.asarray(points["z"], np.float64), core_bounds=tile.core_bounds, context_bounds=tile.bounds,
+                     lattice=lattice, metres_per_unit=mpu, images=images, true_ortho=method.true_ortho,
+                     options=options, cell_filter=cell_filter, crs_wkt=crs_wkt)
