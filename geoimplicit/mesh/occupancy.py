@@ -132,6 +132,7 @@ def occupancy_tile_surface(method, predictor, tile, points: dict, ortho: list, l
     images = [(np.asarray(r.array)[:3], r.transform) for r in ortho][:2]
     mpu = getattr(method, "_mpu", 1.0)
     return mesh_tile(predictor, np.asarray(points["x"], np.float64), np.asarray(points["y"], np.float64),
-                     np.asarray(points["z"], np.float64), core_bounds=tile.core_bounds, context_bounds=tile.bounds,
+                     np.asarray(points["z"], np.float64), core_bounds=tile.core_bounds,
+                     context_bounds=getattr(tile, "context_bounds", None) or tile.bounds,
                      lattice=lattice, metres_per_unit=mpu, images=images, true_ortho=method.true_ortho,
                      options=options, cell_filter=cell_filter, crs_wkt=crs_wkt)
