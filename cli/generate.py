@@ -39,8 +39,9 @@ def generate(ctx, out_dir, seed, size, resolution, crs, origin, density, noise, 
     aoi.geojson, scene.json and, with --views, a LEVIR-NVS view set in views/."""
     from geoimplicit.outputs import check_output
     from geoimplicit.synthetic import generate_city, scene_bounds, write_city
+    from geoimplicit.synthetic.write import CITY_PRODUCTS
 
-    check_output(out_dir, overwrite)
+    check_output(out_dir, overwrite, products=CITY_PRODUCTS)
     progress = ctx.obj["progress"]
     bounds = scene_bounds(size, crs=crs, origin=origin, resolution=resolution)
     scene = generate_city(seed, bounds=bounds, resolution=resolution, crs=crs,

@@ -5,7 +5,8 @@ from __future__ import annotations
 import click
 
 overwrite_option = click.option(
-    "--overwrite", is_flag=True, help="Replace existing outputs (never done without this flag)."
+    "--overwrite", is_flag=True, help="Replace this command's existing outputs (never done without this flag); other files in an "
+         "output folder are never touched."
 )
 
 resolution_option = click.option(

@@ -219,10 +219,10 @@ def mosaic(
 
     from geoimplicit import __version__
 
-    check_output(output, overwrite)
-    if filled_output is not None:
-        check_output(filled_output, overwrite)
     tiles = [Path(t) for t in tiles]
+    check_output(output, overwrite, inputs=tiles, folder=False)
+    if filled_output is not None:
+        check_output(filled_output, overwrite, inputs=tiles + [output], folder=False)
     bands = [1] if bands is None else [int(b) for b in bands]
     nb = len(bands)
     out_dtype = np.dtype(dtype)

@@ -18,7 +18,7 @@ from geoimplicit.evaluate.classes import (
 )
 from geoimplicit.evaluate.coregister import nuth_kaab, shift_array
 from geoimplicit.evaluate.metrics import residual_stats
-from geoimplicit.evaluate.report import write_report
+from geoimplicit.evaluate.report import REPORT_PRODUCTS, write_report
 from geoimplicit.progress import check_cancel, no_progress
 
 log = logging.getLogger(__name__)
@@ -92,10 +92,11 @@ def evaluate_dsm(
     if class_polygons is not None and not class_field:
         raise InputError("--class-polygons needs --class-field (the field naming each polygon's class)",
                          path=class_polygons)
+    inputs = [prediction, truth, classes, class_polygons, tiles, *(class_points or ())]
     if output_dir is not None:
         from geoimplicit.outputs import check_output
 
-        check_output(output_dir, overwrite)  # fail before any work
+        check_output(output_dir, overwrite, inputs=inputs, products=REPORT_PRODUCTS)  # fail before any work
     total = 5
     progress(0, total, "eval", "aligning")
     pair: AlignedPair = align_to_truth(prediction, truth, reproject=reproject)
@@ -161,7 +162,8 @@ def evaluate_dsm(
     check_cancel(cancel)
     if output_dir is not None:
         progress(3, total, "eval", "writing the report")
-        paths = write_report(output_dir, report, residual, grid, overwrite=overwrite, figures=figures)
+        paths = write_report(output_dir, report, residual, grid, overwrite=overwrite, figures=figures,
+                             inputs=inputs)
         report["paths"] = {k: str(v) for k, v in paths.items()}
     progress(total, total, "eval", "done")
     return report

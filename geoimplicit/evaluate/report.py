@@ -27,6 +27,8 @@ from geoimplicit.evaluate.metrics import STAT_KEYS
 from geoimplicit.outputs import atomic_output
 
 NODATA = -9999.0
+# what a report folder holds (its manifest): --overwrite replaces these names and nothing else in the folder
+REPORT_PRODUCTS = ("report.json", "report.csv", "report.html", "residual.tif", "figures")
 
 _GROUP_TITLES = {
     "overall": "Overall",
@@ -240,14 +242,15 @@ def _html(report: dict) -> str:
 
 
 def write_report(output_dir: str | os.PathLike, report: dict, residual: np.ndarray, grid, *,
-                 overwrite: bool = False, figures: bool = True) -> dict[str, Path]:
+                 overwrite: bool = False, figures: bool = True, inputs=()) -> dict[str, Path]:
     """Write the report folder atomically; return the paths of its files.
 
     ``report`` is the dictionary built by :func:`geoimplicit.evaluate.evaluate_dsm` (its ``files`` entry is
-    filled in here).
+    filled in here). Into an existing folder only :data:`REPORT_PRODUCTS` are replaced; a folder holding one of
+    ``inputs`` is refused.
     """
     output_dir = Path(output_dir)
-    with atomic_output(output_dir, overwrite=overwrite) as tmp:
+    with atomic_output(output_dir, overwrite=overwrite, products=REPORT_PRODUCTS, inputs=inputs) as tmp:
         tmp.mkdir(parents=True)
         units = report["units"]["vertical"]
         write_residual_tif(tmp / "residual.tif", residual, grid,

@@ -1,0 +1,134 @@
+"""``--overwrite`` replaces the outputs a command writes, never anything else; an output that holds an input is
+refused; a full disk leaves nothing that looks finished."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from affine import Affine
+
+from conftest import assert_clean_error
+from evaluate_helpers import grid_xy, smooth_surface, write_dem
+
+T = Affine(0.5, 0, 770500.0, 0, -0.5, 6277600.0)
+
+
+def _dem_pair(folder: Path, shape=(40, 50)):
+    folder.mkdir(parents=True, exist_ok=True)
+    x, y = grid_xy(T, shape)
+    truth = smooth_surface(x - 770500.0, y - 6277600.0)
+    write_dem(folder / "T.tif", truth, T)
+    write_dem(folder / "P.tif", truth + np.random.default_rng(0).normal(0, 0.2, shape), T)
+    return folder / "P.tif", folder / "T.tif"
+
+
+def _user_files(folder: Path) -> dict[str, str]:
+    """A user's unrelated files in ``folder``: notes, another GeoTIFF, a sub-folder with a file."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "notes.txt").write_text("my field notes\n")
+    write_dem(folder / "other.tif", np.ones((4, 4)), T)
+    (folder / "sub").mkdir(exist_ok=True)
+    (folder / "sub" / "keep.txt").write_text("keep me\n")
+    return _snapshot(folder)
+
+
+def _snapshot(folder: Path) -> dict[str, str]:
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def _survived(before: dict[str, str], folder: Path) -> None:
+    after = _snapshot(folder)
+    for name, digest in before.items():
+        assert after.get(name) == digest, f"{name} was removed or changed"
+
+
+def test_eval_refuses_an_output_folder_holding_its_inputs(tmp_path, cli, monkeypatch):
+    pred, truth = _dem_pair(tmp_path / "d")
+    (tmp_path / "d" / "notes.txt").write_text("notes\n")
+    before = _snapshot(tmp_path / "d")
+    for extra in ((), ("--overwrite",)):
+        result = cli("eval", pred, truth, "-o", tmp_path / "d", *extra)
+        assert_clean_error(result, "holds the input", "P.tif", "another folder")
+        assert _snapshot(tmp_path / "d") == before
+    # the output is one of the inputs' folders only through a relative path: still refused
+    monkeypatch.chdir(tmp_path / "d")
+    assert_clean_error(cli("eval", "P.tif", "T.tif", "-o", ".", "--overwrite"), "holds the input")
+    assert _snapshot(tmp_path / "d") == before
+
+
+def test_eval_overwrite_replaces_only_its_own_products(tmp_path, cli):
+    pred, truth = _dem_pair(tmp_path / "in")
+    out = tmp_path / "report"
+    before = _user_files(out)
+    ok = cli("eval", pred, truth, "-o", out)  # nothing of the report is there yet: no --overwrite needed
+    assert ok.exit_code == 0, ok.output
+    assert (out / "figures" / "error_map.png").exists()
+    assert_clean_error(cli("eval", pred, truth, "-o", out), "report", "--overwrite")
+    ok = cli("eval", pred, truth, "-o", out, "--overwrite", "--no-figures")
+    assert ok.exit_code == 0, ok.output
+    _survived(before, out)
+    # the previous run's figures are this command's products: removed, so the folder shows one run only
+    assert not (out / "figures").exists()
+    assert json.loads((out / "report.json").read_text())["files"]["figures"] == {}
+    assert not [p for p in tmp_path.rglob(".*partial-*")]
+
+
+def test_generate_overwrite_keeps_other_files(tmp_path, cli, monkeypatch):
+    out = tmp_path / "city"
+    before = _user_files(out)
+    args = ("--size", 16, "--density", 1, "--seed", 2)
+    assert cli("generate", out, *args).exit_code == 0
+    assert_clean_error(cli("generate", out, *args), "already exists", "--overwrite")
+    ok = cli("generate", out, *args, "--overwrite", "--no-points")
+    assert ok.exit_code == 0, ok.output
+    _survived(before, out)
+    assert (out / "truth_dsm.tif").exists() and not (out / "points.laz").exists()  # no stale points of run 1
+    # "." as the output folder (crashed with "PosixPath('.') has an empty name")
+    monkeypatch.chdir(out)
+    ok = cli("generate", ".", *args, "--overwrite")
+    assert ok.exit_code == 0, ok.output
+    _survived(before, out)
+    assert (out / "points.laz").exists()
+    assert json.loads((out / "scene.json").read_text())["points"]["written"] is True
+    assert not [p for p in tmp_path.rglob(".*partial-*")]
+
+
+def test_a_file_output_never_replaces_a_folder(tmp_path, cli):
+    from geoimplicit.errors import OutputExistsError
+    from geoimplicit.io.raster import write_geotiff
+
+    pred, _ = _dem_pair(tmp_path / "in")
+    folder = tmp_path / "mosaic.tif"
+    before = _user_files(folder)
+    result = cli("mosaic", pred, "-o", folder, "--overwrite")  # Click refuses it as a usage error
+    assert result.exit_code == 2 and _snapshot(folder) == before
+    with pytest.raises(OutputExistsError, match="is a folder"):  # the library too (it used to rmtree it)
+        write_geotiff(folder, np.ones((4, 4), np.float32), T, "EPSG:2154", overwrite=True)
+    assert _snapshot(folder) == before
+
+
+def test_a_folder_output_never_replaces_a_file(tmp_path):
+    from geoimplicit.errors import OutputExistsError
+    from geoimplicit.outputs import atomic_output
+
+    user_file = tmp_path / "report"
+    user_file.write_text("a file of the user's\n")
+    with pytest.raises(OutputExistsError, match="is a file"):
+        with atomic_output(user_file, overwrite=True, products=("a.txt",)) as tmp:
+            tmp.mkdir()
+            (tmp / "a.txt").write_text("x")
+    assert user_file.read_text() == "a file of the user's\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["report"]
+
+
+def test_mosaic_refuses_to_write_over_an_input(tmp_path, cli):
+    pred, _ = _dem_pair(tmp_path / "in")
+    digest = hashlib.sha256(pred.read_bytes()).hexdigest()
+    assert_clean_error(cli("mosaic", pred, "-o", pred, "--overwrite"), "P.tif", "both an input and the output")
+    assert hashlib.sha256(pred.read_bytes()).hexdigest() == digest
