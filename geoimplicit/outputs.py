@@ -119,7 +119,7 @@ def atomic_output(path: str | os.PathLike, overwrite: bool = False, *, products:
             raise RuntimeError(f"atomic_output: nothing was written to {tmp}")
         _move_into_place(tmp, final, products)
     except Exception as exc:  # an OSError, or GDAL's own error class for a full disk
-        _raise_if_disk_full(exc, final)
+        _raise_if_disk_full(exc, final, tmp)
         raise
     finally:
         if tmp.exists():
@@ -158,16 +158,44 @@ def _replace_entries(staging: Path, final: Path, products: Sequence[str] | None)
         os.replace(new, old)
 
 
-def _raise_if_disk_full(exc: BaseException, final: Path) -> None:
-    if isinstance(exc, DiskFullError):
+_NEARLY_FULL_BYTES = 16 * 2**20  # GDAL and lazrs report a full disk as a bare "write failed"
+
+
+def is_disk_full(exc: BaseException, path: str | os.PathLike | None = None) -> bool:
+    """Whether ``exc`` (or an exception it was raised from) comes from a full disk.
+
+    True for ENOSPC/EDQUOT and the messages of libraries that lose the errno (GDAL, SQLite); with ``path``,
+    also for any error while the disk holding ``path`` has less than 16 MiB left.
+    """
+    seen = exc
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        text = str(seen).lower()
+        if any(s in text for s in ("no space left", "free disk space", "disk full", "database or disk is full")):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return path is not None and free_bytes(path) < _NEARLY_FULL_BYTES
+
+
+def free_bytes(path: str | os.PathLike) -> int:
+    """Free bytes on the disk holding ``path`` (its nearest existing ancestor); a large number if unknown."""
+    path = Path(os.path.abspath(path))
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    try:
+        return shutil.disk_usage(path).free
+    except OSError:
+        return 2**62
+
+
+def _raise_if_disk_full(exc: BaseException, final: Path, tmp: Path) -> None:
+    if isinstance(exc, DiskFullError) and exc.path and Path(exc.path).is_relative_to(tmp):
+        pass  # raised by a file inside this staging folder: name the folder the user asked for
+    elif isinstance(exc, (DiskFullError, InputError, OutputExistsError)) or not is_disk_full(exc, final.parent):
         return
-    full = isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
-    text = str(exc).lower()
-    full = full or "no space left" in text or "free disk space" in text or "disk full" in text
-    if not full:
-        return
-    folder = final.parent if not final.is_dir() else final
-    raise DiskFullError(f"disk full while writing {final.name}; nothing was left half-written", path=folder,
+    folder = final if final.is_dir() else final.parent
+    raise DiskFullError(f"disk full while writing {final.name}; the partial output was removed", path=folder,
                         hint="free some space on that disk (or write elsewhere with -o) and run the command again"
                         ) from exc
 

@@ -132,3 +132,51 @@ def test_mosaic_refuses_to_write_over_an_input(tmp_path, cli):
     digest = hashlib.sha256(pred.read_bytes()).hexdigest()
     assert_clean_error(cli("mosaic", pred, "-o", pred, "--overwrite"), "P.tif", "both an input and the output")
     assert hashlib.sha256(pred.read_bytes()).hexdigest() == digest
+
+
+# ------------------------------------------------------------------------------------------- a full disk
+def _can_mount_tmpfs() -> bool:
+    import shutil
+    import subprocess
+
+    if os.geteuid() != 0 or shutil.which("unshare") is None:
+        return False
+    probe = subprocess.run(["unshare", "-m", "sh", "-c", "mount -t tmpfs -o size=64k tmpfs /mnt"],
+                           capture_output=True)
+    return probe.returncode == 0
+
+
+@pytest.mark.skipif(not _can_mount_tmpfs(), reason="needs root and unshare to mount a small tmpfs")
+@pytest.mark.parametrize("case", ["eval", "generate", "dsm"])
+def test_disk_full_says_so_and_leaves_nothing_final(tmp_path, sample_data, case):
+    """Each command writes onto a real small tmpfs (its own mount namespace): ENOSPC from the kernel."""
+    import shlex
+    import subprocess
+    import sys
+
+    city = sample_data / "synthetic_city"
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    args = {
+        "eval": ["eval", city / "truth_dsm.tif", city / "truth_dsm.tif", "-o", disk / "report"],
+        "generate": ["generate", disk / "city", "--size", 64],
+        "dsm": ["dsm", "--method", "raster", "--points", city / "points.laz", "--resolution", 0.5,
+                "-o", disk / "dsm.tif"],
+    }[case]
+    command = shlex.join([sys.executable, "-m", "cli", *map(str, args)])
+    size = {"eval": "60k", "generate": "200k", "dsm": "200k"}[case]  # each too small for the outputs
+    script = f"mount -t tmpfs -o size={size} tmpfs {shlex.quote(str(disk))} && {command}; code=$?; " \
+             f"find {shlex.quote(str(disk))} -mindepth 1 > {shlex.quote(str(tmp_path / 'left.txt'))}; exit $code"
+    done = subprocess.run(["unshare", "-m", "sh", "-c", script], capture_output=True, text=True, timeout=300,
+                          cwd=Path(__file__).resolve().parents[1])
+    assert done.returncode == 1, done.stderr
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("Error: ") and "disk full" in last and str(disk) in last, done.stderr
+    assert "Traceback" not in done.stderr and "internal error" not in last
+    left = [Path(p) for p in (tmp_path / "left.txt").read_text().split()]
+    final_looking = [p for p in left if p.name in ("report.json", "report", "city", "dsm.tif", "dsm_filled.tif",
+                                                   "truth_dsm.tif", "scene.json") or PARTIAL in p.name]
+    assert not final_looking, left
+
+
+PARTIAL = ".partial-"
