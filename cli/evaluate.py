@@ -20,6 +20,8 @@ from cli.options import overwrite_option
 @click.option("--class-points", multiple=True, type=click.Path(), metavar="LAS",
               help="LAS/LAZ file(s), folder or glob: ground (2) / building (6) / vegetation (3,4,5) by majority "
                    "per cell. Repeat for several.")
+@click.option("--class-points-crs", default=None, metavar="CRS",
+              help="CRS of --class-points files whose LAS header has none (they are refused without it).")
 @click.option("--dilate-buildings", "dilate_buildings_px", type=click.IntRange(min=0), default=0, metavar="PX",
               help="Dilate the building class by PX pixels and remove that band from the other classes (ImpliCity).")
 @click.option("--tiles", type=click.Path(dir_okay=False), default=None,
@@ -32,7 +34,7 @@ from cli.options import overwrite_option
 @overwrite_option
 @click.pass_context
 def evaluate(ctx, prediction, truth, output_dir, classes, class_polygons, class_field, class_points,
-             dilate_buildings_px, tiles, coregister, reproject, no_figures, overwrite):
+             class_points_crs, dilate_buildings_px, tiles, coregister, reproject, no_figures, overwrite):
     """Compare PREDICTION with the reference DSM TRUTH on TRUTH's grid and write an accuracy report.
 
     Residual = prediction - truth. Statistics: count, bias, median, std, MAE, RMSE, median absolute error,
@@ -44,7 +46,8 @@ def evaluate(ctx, prediction, truth, output_dir, classes, class_polygons, class_
     progress = ctx.obj["progress"] if ctx.obj else None
     report = evaluate_dsm(
         prediction, truth, output_dir, classes=classes, class_polygons=class_polygons, class_field=class_field,
-        class_points=list(class_points) or None, dilate_buildings_px=dilate_buildings_px, tiles=tiles,
+        class_points=list(class_points) or None, class_points_crs=class_points_crs,
+        dilate_buildings_px=dilate_buildings_px, tiles=tiles,
         coregister=coregister, reproject=reproject, overwrite=overwrite, figures=not no_figures,
         progress=progress,
     )

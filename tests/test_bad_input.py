@@ -183,3 +183,112 @@ def test_dsm_bad_inputs_leave_no_output(cli, tmp_path, l93_laz):
         result = cli("dsm", *args, "--resolution", 1.0, "-o", out)
         assert_clean_error(result, *fragments)
         assert not out.exists(), args
+
+
+# ------------------------------------------------------------------ issue 16: the sweep's cases, one test each
+_BBOX = ("--bbox", 770500, 6277500, 770650, 6277600, "--crs", "EPSG:2154")
+
+
+def test_tile_refuses_sizes_that_cannot_fit_before_any_work(cli, tmp_path):
+    out = tmp_path / "t.gpkg"
+    # 5-pixel tiles: a MemoryError after 32 s before
+    assert_clean_error(cli("tile", *_BBOX, "--tile-size", 0.05, "--resolution", 0.01, "-o", out),
+                       "5 pixels", "at least 16", "--tile-size 0.16")
+    # a tile smaller than a pixel: a 21 MB index of 1-pixel tiles before
+    assert_clean_error(cli("tile", *_BBOX, "--tile-size", 0.1, "--overlap", 0, "--resolution", 0.5, "-o", out),
+                       "0.2 pixels", "--tile-size 8")
+    big = ("--bbox", 700000, 6200000, 800000, 6300000, "--crs", "EPSG:2154")
+    assert_clean_error(cli("tile", *big, "--tile-size", 8, "--overlap", 0, "--resolution", 0.5, "-o", out),
+                       "156,250,000 tiles", "--tile-size")
+    assert not out.exists()
+    ok = cli("tile", *_BBOX, "--tile-size", 8, "--overlap", 0, "--resolution", 0.5, "-o", out)
+    assert ok.exit_code == 0 and "count: 247" in ok.stdout, ok.output  # 19 x 13 tiles of 16 pixels
+
+
+def test_tile_refuses_a_wrong_extension(cli, tmp_path):
+    result = cli("tile", *_BBOX, "--tile-size", 20, "--resolution", 0.5, "-o", tmp_path / "t.tif")
+    assert_clean_error(result, "t.tif", "GeoPackage", ".gpkg", "-o t.gpkg")
+    assert "RuntimeWarning" not in result.output and not (tmp_path / "t.tif").exists()
+
+
+def test_eval_refuses_an_rgb_image_as_classes_or_as_a_dsm(cli, sample_data, tmp_path):
+    city = sample_data / "synthetic_city"
+    out = tmp_path / "report"
+    result = cli("eval", city / "truth_dsm.tif", city / "truth_dsm.tif", "--classes", city / "ortho.tif", "-o", out)
+    assert_clean_error(result, "ortho.tif", "3 bands", "one band of class codes", "--class-polygons")
+    for pred, truth in ((city / "ortho.tif", city / "truth_dsm.tif"), (city / "truth_dsm.tif", city / "ortho.tif")):
+        result = cli("eval", pred, truth, "-o", out, "--reproject")
+        assert_clean_error(result, "ortho.tif", "is an image", "3 bands of uint8", "single-band DSM")
+    assert not out.exists()
+    fractional = tmp_path / "frac.tif"
+    write_geotiff(fractional, np.full((8, 8), 2.5, np.float32), Affine(4, 0, 770500, 0, -4, 6277532), "EPSG:2154")
+    truth = write_geotiff(tmp_path / "truth.tif", np.full((8, 8), 10.0, np.float32),
+                          Affine(4, 0, 770500, 0, -4, 6277532), "EPSG:2154")
+    assert_clean_error(cli("eval", truth, truth, "--classes", fractional, "-o", out), "frac.tif", "fractional")
+
+
+@pytest.fixture
+def empty_laz(tmp_path):
+    return write_las(tmp_path / "empty.laz", {"x": np.zeros(0), "y": np.zeros(0), "z": np.zeros(0)}, "EPSG:2154")
+
+
+def test_a_laz_without_points_says_so(cli, tmp_path, empty_laz, l93_laz):
+    out = tmp_path / "dsm.tif"
+    result = cli("dsm", "--points", empty_laz, "--method", "raster", "--resolution", 1, "-o", out)
+    assert_clean_error(result, "empty.laz", "no points")  # was "AOI does not overlap ... data bounds 0, 0, 0, 0"
+    assert "0.00, 0.00" not in result.output and not out.exists()
+    # info describes it with a warning and no made-up bounds; --check refuses it
+    info = cli("info", "--json", empty_laz)
+    assert info.exit_code == 0 and json.loads(info.stdout)["warning"].startswith("holds no points")
+    assert json.loads(info.stdout)["bounds"] is None
+    assert_clean_error(cli("info", "--check", empty_laz), "empty.laz", "no points")
+    # beside a file with points it is skipped: the extent is the other file's, not one reaching (0, 0)
+    both = cli("dsm", "--points", empty_laz, "--points", l93_laz, "--method", "raster", "--resolution", 1,
+               "-o", out)
+    assert both.exit_code == 0, both.output
+    import rasterio
+
+    with rasterio.open(out) as ds:
+        assert ds.bounds.left > 770000 and ds.width <= 51
+
+
+def test_an_aoi_whose_polygon_is_empty_says_so(cli, tmp_path, l93_laz):
+    aoi = tmp_path / "empty.geojson"
+    aoi.write_text(json.dumps({"type": "FeatureCollection", "features": [
+        {"type": "Feature", "properties": {}, "geometry": {"type": "Polygon", "coordinates": []}}]}))
+    result = cli("info", l93_laz, "--aoi", aoi)
+    assert_clean_error(result, "empty.geojson", "polygon geometry is empty", "--bbox")
+    assert "only polygon" not in result.stderr.lower()
+
+
+def test_eval_class_points_without_crs_are_refused_unless_given(cli, tmp_path):
+    t = Affine(0.5, 0, 770500, 0, -0.5, 6277550)
+    truth = write_geotiff(tmp_path / "truth.tif", np.full((100, 100), 30.0, np.float32), t, "EPSG:2154")
+    pts = _pts((770500.0, 6277500.0), n=20000)
+    pts["classification"] = np.where(pts["x"] < 770525, 2, 6).astype(np.uint8)
+    las = write_las(tmp_path / "nocrs.las", pts, None, point_format=1, version="1.2")
+    out = tmp_path / "report"
+    assert_clean_error(cli("eval", truth, truth, "--class-points", las, "-o", out, "--no-figures"),
+                       "nocrs.las", "no CRS", "--class-points-crs", "EPSG:2154")
+    assert not out.exists()
+    ok = cli("eval", truth, truth, "--class-points", las, "--class-points-crs", "EPSG:2154", "-o", out,
+             "--no-figures")
+    assert ok.exit_code == 0, ok.output
+    classes = {c["class"]: c["cells"] for c in json.loads((out / "report.json").read_text())["per_class"]}
+    assert set(classes) == {"ground", "building"} and abs(classes["ground"] - classes["building"]) < 300
+
+
+def test_geographic_crs_suggests_the_data_s_utm_zone_everywhere(cli, l93_laz, tmp_path):
+    # Montpellier (3.9 E) is UTM zone 31: info --check suggested zone 60 (the Lambert-93 metres read as degrees)
+    for command in (("info", "--check", l93_laz, "--crs", "EPSG:4326"),
+                    ("dsm", "--points", l93_laz, "--crs", "EPSG:4326", "--method", "raster", "--resolution", 1,
+                     "-o", tmp_path / "unused.tif")):
+        assert_clean_error(cli(*command), "geographic", "EPSG:32631")
+
+
+def test_yaml_syntax_error_names_line_and_column(cli, tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train:\n  steps: 3\n   lr: 0.001\n")
+    assert_clean_error(cli("train", bad, "-o", tmp_path / "run"), "bad.yaml", "line 3, column 6",
+                       "mapping values are not allowed")
+    assert not (tmp_path / "run").exists()

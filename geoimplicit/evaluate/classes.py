@@ -18,7 +18,6 @@ a large height error) count as building.
 
 from __future__ import annotations
 
-import glob
 import logging
 import os
 from dataclasses import dataclass, field
@@ -57,15 +56,35 @@ class Zone:
     fields: dict = field(default_factory=dict)
 
 
+_CLASS_HINT = ("pass a single-band integer raster (LAS codes: 2 ground, 5 vegetation, 6 building, or any integer "
+               "labels), or polygons with --class-polygons")
+
+
+def _check_class_raster(src, path) -> None:
+    """A class raster is one band of integer codes; an RGB ortho is not (it gave 227 'classes')."""
+    if src.count != 1:
+        raise InputError(f"has {src.count} bands: a class raster has one band of class codes (is it an image?)",
+                         path=path, hint=_CLASS_HINT)
+    if np.dtype(src.dtypes[0]).kind not in "iuf":
+        raise InputError(f"holds {src.dtypes[0]} values: a class raster holds integer class codes", path=path,
+                         hint=_CLASS_HINT)
+
+
 def _resample_labels(path: Path, grid: Grid) -> np.ndarray:
     """Class labels on ``grid`` (int64, -1 = no class): nearest, or majority when the raster is finer."""
     try:
         with rasterio.open(path) as src:
+            _check_class_raster(src, path)
             labels = src.read(1)
             nodata = src.nodata
             src_crs, src_transform = src.crs, src.transform
     except rasterio.errors.RasterioIOError as exc:
         raise CorruptInputError(f"cannot be read as a raster ({exc})", path=path) from exc
+    if np.issubdtype(labels.dtype, np.floating):
+        values = labels[np.isfinite(labels) & (labels != nodata if nodata is not None else True)]
+        if values.size and not np.all(values == np.round(values)):
+            raise InputError("holds fractional values: a class raster holds integer class codes", path=path,
+                             hint=_CLASS_HINT)
     if src_crs is not None and grid.crs is not None and not same_crs(grid.crs, src_crs):
         log.info("class raster %s is %s: reprojected onto the truth grid", path.name, crs_label(src_crs))
     finer = abs(src_transform.a) < 0.75 * abs(grid.transform.a)
@@ -135,43 +154,33 @@ def _jsonable(value):
     return value.item() if hasattr(value, "item") else value
 
 
-def _expand_point_paths(paths) -> list[str]:
-    out: list[str] = []
-    for p in paths:
-        p = os.fspath(p)
-        if os.path.isdir(p):
-            out += sorted(glob.glob(os.path.join(p, "*.la[sz]")))
-        elif any(ch in p for ch in "*?["):
-            out += sorted(glob.glob(p))
-        else:
-            out.append(p)
-    return out
+def _iter_point_classes(paths, grid: Grid, assume_crs=None):
+    """Yield (x, y, classification) chunks in the grid's CRS.
 
+    A file without a CRS is refused unless ``assume_crs`` says what it is (taking the truth's CRS silently
+    gave wrong zones for a cloud in another CRS).
+    """
+    from geoimplicit.io.pointcloud import PointCloudDataset, expand_paths, read_header
 
-def _iter_point_classes(paths, grid: Grid):
-    """Yield (x, y, classification) chunks in the grid's CRS, through PointCloudDataset when it exists."""
+    if assume_crs is None:
+        missing = [p for p in expand_paths(list(paths)) if read_header(p).crs is None]
+        if missing:
+            from geoimplicit.errors import MissingCRSError
+
+            raise MissingCRSError("has no CRS in its LAS header", path=missing[0],
+                                  hint=f"pass --class-points-crs with its CRS (e.g. {crs_label(grid.crs)}, the "
+                                       "truth's, if that is what it is)")
     left, bottom, right, top = grid.bounds
-    try:
-        from geoimplicit.io.pointcloud import PointCloudDataset
-    except ImportError:
-        PointCloudDataset = None  # noqa: N806
-    if PointCloudDataset is not None:
-        dataset = PointCloudDataset(list(paths), crs=grid.crs)
-        for chunk in dataset.iter_chunks(bounds=(left, bottom, right, top), fields=("x", "y", "classification")):
-            yield chunk["x"], chunk["y"], chunk["classification"]
-        return
-    import laspy  # fallback: files already in the grid's CRS
-
-    for p in _expand_point_paths(paths):
-        if not os.path.exists(p):
-            raise InputFileNotFoundError("point cloud not found", path=p)
-        with laspy.open(p) as reader:
-            for pts in reader.chunk_iterator(2_000_000):
-                yield np.asarray(pts.x), np.asarray(pts.y), np.asarray(pts.classification)
+    dataset = PointCloudDataset(list(paths), crs=grid.crs, assume_crs=assume_crs)
+    for chunk in dataset.iter_chunks(bounds=(left, bottom, right, top), fields=("x", "y", "classification")):
+        yield chunk["x"], chunk["y"], chunk["classification"]
 
 
-def zones_from_points(paths, grid: Grid) -> list[Zone]:
-    """Ground / building / vegetation zones from LAS classification codes, majority per cell."""
+def zones_from_points(paths, grid: Grid, assume_crs=None) -> list[Zone]:
+    """Ground / building / vegetation zones from LAS classification codes, majority per cell.
+
+    ``assume_crs``: the CRS of point files whose header has none (refused without it).
+    """
     paths = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
     rows, cols = grid.shape
     n_groups = len(LAS_GROUPS) + 1  # 0 = any other code
@@ -180,7 +189,7 @@ def zones_from_points(paths, grid: Grid) -> list[Zone]:
         code_to_group[list(codes)] = g
     counts = np.zeros(rows * cols * n_groups, dtype=np.int64)
     t = grid.transform
-    for x, y, cls in _iter_point_classes(paths, grid):
+    for x, y, cls in _iter_point_classes(paths, grid, assume_crs):
         col = np.floor((np.asarray(x, dtype=np.float64) - t.c) / t.a).astype(np.int64)
         row = np.floor((np.asarray(y, dtype=np.float64) - t.f) / t.e).astype(np.int64)
         inside = (col >= 0) & (col < cols) & (row >= 0) & (row < rows)

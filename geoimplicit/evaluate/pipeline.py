@@ -55,6 +55,7 @@ def evaluate_dsm(
     class_polygons: str | os.PathLike | None = None,
     class_field: str | None = None,
     class_points=None,
+    class_points_crs=None,
     dilate_buildings_px: int = 0,
     tiles: str | os.PathLike | None = None,
     slope_bands=SLOPE_BANDS_PERCENT,
@@ -74,6 +75,7 @@ def evaluate_dsm(
         classes: class raster (LAS codes or any integer labels).
         class_polygons, class_field: polygon layer and the field naming each polygon's class.
         class_points: LAS/LAZ path(s) whose classification codes give ground / building / vegetation.
+        class_points_crs: the CRS of class point files whose header has none (they are refused without it).
         dilate_buildings_px: dilate the building class by this many pixels (ImpliCity's evaluation).
         tiles: tile index GeoPackage (``id`` + polygon), statistics per tile.
         slope_bands: slope band edges in percent of the truth's slope (last band open-ended).
@@ -145,7 +147,7 @@ def evaluate_dsm(
     elif class_polygons is not None:
         zones = zones_from_polygons(class_polygons, grid, class_field)
     elif class_points:
-        zones = zones_from_points(class_points, grid)
+        zones = zones_from_points(class_points, grid, assume_crs=class_points_crs)
     if zones is not None:
         zones = dilate_buildings(zones, int(dilate_buildings_px))
         report["per_class"] = zone_stats(residual, zones, "class")
@@ -156,6 +158,7 @@ def evaluate_dsm(
         report["per_tile"] = zone_stats(residual, tile_zones(tiles, grid), "tile")
     report["options"] = {"classes": _s(classes), "class_polygons": _s(class_polygons), "class_field": class_field,
                          "class_points": [str(p) for p in class_points] if class_points else None,
+                         "class_points_crs": _s(class_points_crs),
                          "dilate_buildings_px": int(dilate_buildings_px), "tiles": _s(tiles),
                          "slope_bands_percent": list(slope_bands) if slope_bands else None,
                          "coregister": coregister, "reproject": reproject}

@@ -158,6 +158,22 @@ def suggest_utm(lon: float, lat: float) -> str:
     return f"EPSG:{(32600 if lat >= 0 else 32700) + zone}"
 
 
+def centre_lonlat(bounds, crs) -> tuple[float, float] | None:
+    """(lon, lat) of the centre of ``bounds`` (left, bottom, right, top) given in ``crs``; None if unknown.
+
+    The one place that finds where data are, for the UTM zone suggested by :func:`require_projected`.
+    """
+    if crs is None or bounds is None:
+        return None
+    try:
+        to_ll = pyproj.Transformer.from_crs(parse_crs(crs), "EPSG:4326", always_xy=True)
+        lon, lat = to_ll.transform((bounds[0] + bounds[2]) / 2.0, (bounds[1] + bounds[3]) / 2.0)
+    except Exception:  # noqa: BLE001 - pyproj raises several types on odd CRSs
+        return None
+    ok = np.isfinite(lon) and np.isfinite(lat) and -180 <= lon <= 180 and -90 <= lat <= 90
+    return (float(lon), float(lat)) if ok else None
+
+
 def require_projected(crs: pyproj.CRS, path=None, *, lonlat=None) -> None:
     """Raise :class:`GeographicCRSError` when ``crs`` is geographic (degrees) where metres or feet are needed.
 
