@@ -114,3 +114,19 @@ def aoi_options(required: bool = False):
         return f
 
     return decorator
+
+
+def class_codes(ctx, param, value):
+    """``--exclude-classes 7,18`` -> (7, 18); ``none`` -> (); unset -> None (the method's default)."""
+    if value is None:
+        return None
+    if value.strip().lower() in ("none", ""):
+        return ()
+    try:
+        codes = tuple(int(v) for v in value.replace(" ", "").split(","))
+    except ValueError:
+        raise click.BadParameter(f"{value!r}: give LAS class codes separated by commas (7,18) or none") from None
+    if any(not 0 <= c <= 255 for c in codes):
+        raise click.BadParameter(f"{value!r}: LAS class codes are 0-255")
+    return codes
+

@@ -269,6 +269,7 @@ def run_dsm(
         route_points(plan.dataset, tg.tiles, workdir / "points", fields=plan.method.point_fields,
                      progress=progress, cancel=cancel)
     jobs = [TileJob(t, method, plan.options, plan.inputs, str(workdir), plan.run_key) for t in todo]
+    excluded = 0  # points the method left out for their class, to explain an empty DSM
     if jobs:
         if executor is None:
             from geoimplicit.executors import LocalExecutor
@@ -278,6 +279,7 @@ def run_dsm(
         for _, res in executor.map(run_tile_job, jobs, prefetch=load_tile_inputs, needs_gpu=plan.method.needs_gpu,
                                    cancel=cancel):
             n_done += 1
+            excluded += int(res.stats.get("excluded_by_class", 0))
             if progress is not None:
                 progress(n_done, n_total, "tiles", f"{res.tile_id} {res.status}")
     statuses = read_statuses(index)
@@ -288,8 +290,10 @@ def run_dsm(
     if not tiles:
         from geoimplicit.errors import NoDataError
 
-        raise NoDataError("no tile holds points: the DSM would be empty", path=index,
-                          hint="check that the AOI/bbox overlaps the point clouds")
+        why = getattr(plan.method, "why_empty", lambda stats: None)({"excluded_by_class": excluded})
+        message, hint = why or ("no tile holds points: the DSM would be empty",
+                                "check that the AOI/bbox overlaps the point clouds")
+        raise NoDataError(message, path=index, hint=hint)
     tags = {**plan.method.tags(), "inputs": [str(p) for p in plan.inputs.points] + list(plan.inputs.ortho),
             "tile_size": tg.tile_size, "overlap": tg.overlap}
     clip = plan.aoi.geometry if (plan.aoi is not None and aoi is not None) else None

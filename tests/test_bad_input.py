@@ -292,3 +292,23 @@ def test_yaml_syntax_error_names_line_and_column(cli, tmp_path):
     assert_clean_error(cli("train", bad, "-o", tmp_path / "run"), "bad.yaml", "line 3, column 6",
                        "mapping values are not allowed")
     assert not (tmp_path / "run").exists()
+
+
+def test_every_point_in_an_excluded_class_names_the_exclusion_and_the_option(cli, tmp_path):
+    pts = _pts((770500.0, 6277500.0), n=4000)
+    pts["classification"] = np.full(4000, 7, np.uint8)  # all "low noise"
+    noise = write_las(tmp_path / "noise.laz", pts, "EPSG:2154")
+    out = tmp_path / "dsm.tif"
+    args = ("dsm", "--points", noise, "--method", "raster", "--resolution", 1, "-o", out)
+    assert_clean_error(cli(*args), "4,000 points", "classes 7, 18", "--exclude-classes none")
+    assert not out.exists()
+    ok = cli(*args, "--exclude-classes", "none")
+    assert ok.exit_code == 0, ok.output
+    import rasterio
+
+    with rasterio.open(out) as ds:  # the points' heights (30-31 m) with nothing left out
+        heights = ds.read(1, masked=True)
+        assert heights.count() > 2000 and 29.9 < heights.min() and heights.max() < 31.1
+        assert json.loads(ds.tags()["exclude_classes"]) == []
+    bad = cli(*args, "--exclude-classes", "7,x", "--overwrite")
+    assert bad.exit_code == 2 and "LAS class codes" in bad.stderr

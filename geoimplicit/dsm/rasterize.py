@@ -102,7 +102,8 @@ class RasterResult:
         valid: (rows, cols) bool, True where ``height`` holds a value (measured or filled).
         filled: (rows, cols) bool, True where the value comes from hole filling.
         count: (rows, cols) int32 points per cell (after outlier removal).
-        n_points: points inside the grid used; n_outliers: points removed as outliers.
+        n_points: points inside the grid used; n_outliers: points removed as outliers; n_excluded: points
+            dropped for their class (``exclude_classes``).
     """
 
     height: np.ndarray
@@ -111,6 +112,7 @@ class RasterResult:
     count: np.ndarray
     n_points: int = 0
     n_outliers: int = 0
+    n_excluded: int = 0
 
     def with_nodata(self, nodata: float = -9999.0) -> np.ndarray:
         """``height`` with ``nodata`` instead of NaN."""
@@ -499,8 +501,11 @@ def rasterize(points: Mapping[str, np.ndarray], grid: GridSpec, config: Rasteriz
     z = np.asarray(points["z"], dtype=np.float64)
     keep = np.isfinite(z) & np.isfinite(x) & np.isfinite(y)
     cls = points.get("classification") if hasattr(points, "get") else None
+    n_excluded = 0
     if cls is not None and len(config.exclude_classes):
-        keep &= ~np.isin(np.asarray(cls), np.asarray(config.exclude_classes))
+        excluded = np.isin(np.asarray(cls), np.asarray(config.exclude_classes))
+        n_excluded = int(excluded.sum())
+        keep &= ~excluded
     if not keep.all():
         x, y, z = x[keep], y[keep], z[keep]
     # only the points that can influence the grid
@@ -528,7 +533,7 @@ def rasterize(points: Mapping[str, np.ndarray], grid: GridSpec, config: Rasteriz
         values, filled = fill_holes(values, valid, config.fill_max_hole / grid.resolution)
         valid = valid | filled
     n_in = int(count.sum()) if config.stat != "idw" else int(len(x))
-    return RasterResult(values.astype(np.float32), valid, filled, count, n_in, n_outliers)
+    return RasterResult(values.astype(np.float32), valid, filled, count, n_in, n_outliers, n_excluded)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -560,7 +565,18 @@ class RasterMethod:
 
         r = rasterize(points, tile.grid, self.config, density=(state or {}).get("density"))
         return TileOutput(r.height, r.valid, r.filled,
-                          {"points": r.n_points, "outliers": r.n_outliers, "filled": int(r.filled.sum())})
+                          {"points": r.n_points, "outliers": r.n_outliers, "filled": int(r.filled.sum()),
+                           "excluded_by_class": r.n_excluded})
+
+    def why_empty(self, stats: dict) -> tuple[str, str] | None:
+        """(message, fix) when a run found no usable point because of the class exclusion, else None."""
+        n = int(stats.get("excluded_by_class", 0))
+        if not n:
+            return None
+        codes = ", ".join(str(c) for c in self.config.exclude_classes)
+        return (f"no usable point: {n:,} points in the area are in LAS classes {codes} (noise), which the raster "
+                "method leaves out",
+                "pass --exclude-classes none to use them (or list the classes to leave out)")
 
     def tags(self) -> dict:
         c = self.config
