@@ -83,7 +83,8 @@ def load_tile_inputs(job: TileJob) -> tuple[dict, list]:
 
         for path in job.inputs.ortho:
             try:
-                ortho.append(read_raster(path, job.tile.bounds, dst_crs=job.inputs.crs_wkt))
+                ortho.append(read_raster(path, job.tile.bounds, crs=job.inputs.assumed_crs_wkt,
+                                         dst_crs=job.inputs.crs_wkt))
             except AOIError:
                 log.info("tile %s: %s does not cover it", job.tile.id, path)
     return points, ortho
@@ -196,7 +197,8 @@ def plan_run(points, *, resolution: float, aoi=None, bbox=None, bbox_crs=None, c
                                 {"method": method, "options": options, **tilegrid.metadata()})
     inputs = RunInputs(points=files, ortho=ortho, crs_wkt=work_crs.to_wkt(), resolution=float(resolution),
                        bounds=tilegrid.grid.bounds, density=float(density), z_range=tuple(dataset.z_range),
-                       point_count=int(dataset.point_count), workdir=str(workdir) if workdir else "")
+                       point_count=int(dataset.point_count), workdir=str(workdir) if workdir else "",
+                       assumed_crs_wkt=work_crs.to_wkt() if crs is not None else None)
     return RunPlan(dataset, area, tilegrid, m, options, inputs, Path(workdir) if workdir else None, run_key)
 
 
