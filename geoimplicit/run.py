@@ -259,7 +259,9 @@ def run_dsm(
                     tile_size=tile_size, overlap=overlap, workdir=workdir)
     tg = plan.tilegrid
     index = workdir / "tiles.gpkg"
-    statuses = open_run_index(workdir, tg, plan.run_key, reset=("tiles", "points"))
+    tags = {**plan.method.tags(), "inputs": [str(p) for p in plan.inputs.points] + list(plan.inputs.ortho),
+            "tile_size": tg.tile_size, "overlap": tg.overlap}
+    statuses = open_run_index(workdir, tg, plan.run_key, reset=("tiles", "points"), extra={"tags": tags})
     log.info("%d tiles of %g %s (overlap %g), %d to do", len(tg.tiles), tg.tile_size, plan.dataset.units,
              tg.overlap, sum(statuses.get(t.id) not in FINISHED for t in tg.tiles))
 
@@ -296,8 +298,6 @@ def run_dsm(
         message, hint = why or ("no tile holds points: the DSM would be empty",
                                 "check that the AOI/bbox overlaps the point clouds")
         raise NoDataError(message, path=index, hint=hint)
-    tags = {**plan.method.tags(), "inputs": [str(p) for p in plan.inputs.points] + list(plan.inputs.ortho),
-            "tile_size": tg.tile_size, "overlap": tg.overlap}
     clip = plan.aoi.geometry if (plan.aoi is not None and aoi is not None) else None
     mosaic(tiles, output, grid=tg.grid, aoi=clip, tags=tags, filled_output=filled_output, overwrite=overwrite,
            progress=progress, cancel=cancel)

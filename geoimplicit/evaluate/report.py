@@ -8,7 +8,7 @@ Layout::
       report.json      every number (machine-readable)
       report.csv       one row per group (overall, class, slope band, tile), one column per statistic
       report.html      the same for a person, with the figures
-      residual.tif     prediction - truth on the truth's grid (float32, nodata -9999)
+      residual.tif     prediction - truth on the truth's grid (COG, float32, nodata -9999, band unit)
       figures/error_map.png, histogram.png, cdf.png, per_class.png, per_slope.png, per_tile.png
 """
 
@@ -64,21 +64,14 @@ def csv_rows(report: dict) -> list[dict]:
     return rows
 
 
-def write_residual_tif(path: Path, residual: np.ndarray, grid, tags: dict | None = None) -> None:
-    import rasterio
+def write_residual_tif(path: Path, residual: np.ndarray, grid, tags: dict | None = None,
+                       unit: str | None = None) -> None:
+    """The residual as a Cloud-Optimized GeoTIFF (float32, nodata -9999, band unit ``unit``)."""
+    from geoimplicit.io.raster import write_geotiff
 
     data = np.where(np.isfinite(residual), residual, NODATA).astype(np.float32)
-    rows, cols = data.shape
-    profile = dict(driver="GTiff", width=cols, height=rows, count=1, dtype="float32", nodata=NODATA,
-                   transform=grid.transform, crs=grid.crs.to_wkt() if grid.crs is not None else None,
-                   compress="deflate", predictor=3)
-    if rows >= 256 and cols >= 256:
-        profile.update(tiled=True, blockxsize=256, blockysize=256)
-    with rasterio.open(path, "w", **profile) as dst:
-        dst.write(data, 1)
-        dst.set_band_description(1, "residual = prediction - truth")
-        if tags:
-            dst.update_tags(**{k: str(v) for k, v in tags.items()})
+    write_geotiff(path, data, grid.transform, grid.crs, nodata=NODATA, cog=True, tags=tags,
+                  band_descriptions=["residual = prediction - truth"], band_units=unit)
 
 
 def _figures(folder: Path, residual: np.ndarray, report: dict, units: str) -> dict[str, str]:
@@ -253,8 +246,11 @@ def write_report(output_dir: str | os.PathLike, report: dict, residual: np.ndarr
     with atomic_output(output_dir, overwrite=overwrite, products=REPORT_PRODUCTS, inputs=inputs) as tmp:
         tmp.mkdir(parents=True)
         units = report["units"]["vertical"]
+        from geoimplicit.io.crs import height_unit
+
         write_residual_tif(tmp / "residual.tif", residual, grid,
-                           tags={"GEOIMPLICIT_RESIDUAL": "prediction - truth", "UNITS": units})
+                           tags={"GEOIMPLICIT_RESIDUAL": "prediction - truth", "UNITS": units},
+                           unit=height_unit(grid.crs))
         figs = _figures(tmp / "figures", residual, report, units) if figures else {}
         report["files"] = {"json": "report.json", "csv": "report.csv", "html": "report.html",
                            "residual": "residual.tif", "figures": figs}

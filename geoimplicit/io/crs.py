@@ -144,6 +144,17 @@ def vertical_units(crs: pyproj.CRS) -> tuple[str, float]:
     return (name, factor)
 
 
+_UNIT_SYMBOLS = {"metre": "m", "meter": "m", "foot": "ft", "us survey foot": "US survey foot"}
+
+
+def height_unit(crs) -> str | None:
+    """The band unit of a height raster in ``crs`` ("m", "ft", ...), as GDAL stores it; None without a CRS."""
+    if crs is None:
+        return None
+    name = vertical_units(crs)[0]
+    return _UNIT_SYMBOLS.get(name.lower(), name)
+
+
 def _horizontal(crs: pyproj.CRS) -> pyproj.CRS:
     if crs.is_compound:
         for sub in crs.sub_crs_list:

@@ -332,6 +332,7 @@ def write_geotiff(
     cog: bool = False,
     tags: dict | None = None,
     band_descriptions: Sequence[str] | None = None,
+    band_units: Sequence[str | None] | str | None = None,
     overwrite: bool = False,
     overviews: bool = True,
 ) -> Path:
@@ -345,6 +346,8 @@ def write_geotiff(
         cog: write a COG (internal overviews, tiles in COG order).
         tags: dataset tags (how the file was made).
         band_descriptions: one name a band.
+        band_units: the unit of every band ("m", "ft": heights; see :func:`geoimplicit.io.crs.height_unit`),
+            or one a band (None for a band without unit).
         overwrite: replace an existing file.
         overviews: build internal overviews (always for COGs when the image exceeds one tile).
 
@@ -396,6 +399,10 @@ def write_geotiff(
         if band_descriptions:
             for i, name in enumerate(band_descriptions[:count], start=1):
                 ds.set_band_description(i, str(name))
+        units = [band_units] * count if isinstance(band_units, str) else list(band_units or ())
+        for i, unit in enumerate(units[:count], start=1):
+            if unit:
+                ds.set_band_unit(i, str(unit))
 
     def _factors():
         factors, f = [], 2

@@ -67,6 +67,7 @@ def write_city(
     """
     from shapely.geometry import box
 
+    from geoimplicit.io.crs import height_unit
     from geoimplicit.io.raster import write_geotiff
     from geoimplicit.io.vector import write_aoi
 
@@ -78,8 +79,9 @@ def write_city(
         big = max(scene.shape) > 1024
         tags = {"generator": "geoimplicit.synthetic", "seed": seed}
         common = dict(transform=scene.transform, crs=scene.crs, overviews=big)
-        write_geotiff(tmp / "truth_dsm.tif", scene.dsm.astype(np.float32), tags=tags, **common)
-        write_geotiff(tmp / "dtm.tif", scene.dtm.astype(np.float32), tags=tags, **common)
+        unit = height_unit(scene.crs)
+        write_geotiff(tmp / "truth_dsm.tif", scene.dsm.astype(np.float32), tags=tags, band_units=unit, **common)
+        write_geotiff(tmp / "dtm.tif", scene.dtm.astype(np.float32), tags=tags, band_units=unit, **common)
         write_geotiff(tmp / "classes.tif", scene.classes, nodata=None, tags=tags, **common)
         write_geotiff(tmp / "ortho.tif", scene.ortho, nodata=None, tags=tags,
                       band_descriptions=("red", "green", "blue"), **common)
