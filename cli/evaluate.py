@@ -24,6 +24,9 @@ from cli.options import overwrite_option
               help="CRS of --class-points files whose LAS header has none (they are refused without it).")
 @click.option("--dilate-buildings", "dilate_buildings_px", type=click.IntRange(min=0), default=0, metavar="PX",
               help="Dilate the building class by PX pixels and remove that band from the other classes (ImpliCity).")
+@click.option("--building-class", default=None, metavar="NAME",
+              help="The class --dilate-buildings dilates: a --class-polygons value or a --classes code. "
+                   "Default: the class named 'building' (LAS code 6).")
 @click.option("--tiles", type=click.Path(dir_okay=False), default=None,
               help="Tile index GeoPackage (id + polygon): statistics per tile.")
 @click.option("--coregister", is_flag=True,
@@ -34,7 +37,8 @@ from cli.options import overwrite_option
 @overwrite_option
 @click.pass_context
 def evaluate(ctx, prediction, truth, output_dir, classes, class_polygons, class_field, class_points,
-             class_points_crs, dilate_buildings_px, tiles, coregister, reproject, no_figures, overwrite):
+             class_points_crs, dilate_buildings_px, building_class, tiles, coregister, reproject, no_figures,
+             overwrite):
     """Compare PREDICTION with the reference DSM TRUTH on TRUTH's grid and write an accuracy report.
 
     Residual = prediction - truth. Statistics: count, bias, median, std, MAE, RMSE, median absolute error,
@@ -47,7 +51,7 @@ def evaluate(ctx, prediction, truth, output_dir, classes, class_polygons, class_
     report = evaluate_dsm(
         prediction, truth, output_dir, classes=classes, class_polygons=class_polygons, class_field=class_field,
         class_points=list(class_points) or None, class_points_crs=class_points_crs,
-        dilate_buildings_px=dilate_buildings_px, tiles=tiles,
+        dilate_buildings_px=dilate_buildings_px, building_class=building_class, tiles=tiles,
         coregister=coregister, reproject=reproject, overwrite=overwrite, figures=not no_figures,
         progress=progress,
     )

@@ -210,22 +210,38 @@ def zones_from_points(paths, grid: Grid, assume_crs=None) -> list[Zone]:
     return zones
 
 
-def dilate_buildings(zones: list[Zone], pixels: int) -> list[Zone]:
-    """Dilate the building zone(s) by ``pixels`` (8-connected) and remove the dilated area from the others."""
+def is_building(zone: Zone, building_class: str | None = None) -> bool:
+    """Whether ``zone`` is the building class: the one named ``building_class`` (a polygon class name, a class
+    raster code or its LAS name), else one named "building" or with LAS code 6."""
+    if building_class is not None:
+        names = {zone.name, str(zone.fields.get("code")), str(zone.fields.get("value"))}
+        return str(building_class) in names
+    return zone.name == "building" or zone.fields.get("code") == 6
+
+
+def dilate_buildings(zones: list[Zone], pixels: int, building_class: str | None = None) -> list[Zone]:
+    """Dilate the building zone(s) by ``pixels`` (8-connected) and remove the dilated area from the others.
+
+    The building class is the one :func:`is_building` recognises; with ``pixels`` > 0 and none of them, an
+    :class:`InputError` lists the classes there are (polygon classes are named by their field value).
+    """
     if pixels <= 0:
         return zones
-    is_building = [z.name == "building" or z.fields.get("code") == 6 for z in zones]
-    if not any(is_building):
-        log.warning("no building class to dilate")
-        return zones
+    flags = [is_building(z, building_class) for z in zones]
+    if not any(flags):
+        names = ", ".join(repr(z.name) for z in zones[:12]) + (" ..." if len(zones) > 12 else "")
+        what = f"no class is named {building_class!r}" if building_class else \
+            "no class is the building class (named 'building' or LAS code 6)"
+        raise InputError(f"--dilate-buildings: {what}; the classes are {names}",
+                         hint="pass --building-class with the name of the building class")
     structure = np.ones((3, 3), dtype=bool)
     building = np.zeros_like(zones[0].mask)
-    for z, b in zip(zones, is_building):
+    for z, b in zip(zones, flags):
         if b:
             building |= z.mask
     dilated = ndimage.binary_dilation(building, structure=structure, iterations=int(pixels))
     out = []
-    for z, b in zip(zones, is_building):
+    for z, b in zip(zones, flags):
         if b:
             out.append(Zone(z.name, dilated, {**z.fields, "dilated_px": int(pixels)}))
         else:

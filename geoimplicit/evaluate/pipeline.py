@@ -57,6 +57,7 @@ def evaluate_dsm(
     class_points=None,
     class_points_crs=None,
     dilate_buildings_px: int = 0,
+    building_class: str | None = None,
     tiles: str | os.PathLike | None = None,
     slope_bands=SLOPE_BANDS_PERCENT,
     coregister: bool = False,
@@ -77,6 +78,8 @@ def evaluate_dsm(
         class_points: LAS/LAZ path(s) whose classification codes give ground / building / vegetation.
         class_points_crs: the CRS of class point files whose header has none (they are refused without it).
         dilate_buildings_px: dilate the building class by this many pixels (ImpliCity's evaluation).
+        building_class: the class to dilate (a polygon class name or a class raster code); default the class
+            named "building" or LAS code 6.
         tiles: tile index GeoPackage (``id`` + polygon), statistics per tile.
         slope_bands: slope band edges in percent of the truth's slope (last band open-ended).
         coregister: estimate the horizontal shift with Nuth and Kaab and compute statistics after it.
@@ -149,7 +152,7 @@ def evaluate_dsm(
     elif class_points:
         zones = zones_from_points(class_points, grid, assume_crs=class_points_crs)
     if zones is not None:
-        zones = dilate_buildings(zones, int(dilate_buildings_px))
+        zones = dilate_buildings(zones, int(dilate_buildings_px), building_class)
         report["per_class"] = zone_stats(residual, zones, "class")
     check_cancel(cancel)
     if slope_bands:
@@ -159,7 +162,8 @@ def evaluate_dsm(
     report["options"] = {"classes": _s(classes), "class_polygons": _s(class_polygons), "class_field": class_field,
                          "class_points": [str(p) for p in class_points] if class_points else None,
                          "class_points_crs": _s(class_points_crs),
-                         "dilate_buildings_px": int(dilate_buildings_px), "tiles": _s(tiles),
+                         "dilate_buildings_px": int(dilate_buildings_px), "building_class": _s(building_class),
+                         "tiles": _s(tiles),
                          "slope_bands_percent": list(slope_bands) if slope_bands else None,
                          "coregister": coregister, "reproject": reproject}
     check_cancel(cancel)
