@@ -172,6 +172,12 @@ def _fmt(value) -> str:
     return html.escape(str(value))
 
 
+def _kept(coreg: dict) -> str:
+    k = coreg.get("kept_iteration", coreg["iterations"])
+    return ("no shift (no iteration improved the fit)" if k == 0
+            else f"the shift of iteration {k} (the best fit: lowest mean absolute deviation from the median)")
+
+
 def _html(report: dict) -> str:
     units = report["units"]["vertical"]
     keys = list(STAT_KEYS)
@@ -212,9 +218,9 @@ def _html(report: dict) -> str:
             "(columns right, rows down); "
             f"{c['dx_crs']:.6g}, {c['dy_crs']:.6g} {html.escape(c['crs_units'])} (x east, y north); "
             f"{c['dx_m']:.3f} m east, {c['dy_m']:.3f} m north; dz (median after the shift, not removed) = "
-            f"{c['dz']:.3f} {units}. {c['iterations']} iterations, "
-            f"{'converged' if c['converged'] else 'NOT converged'}; NMAD {c['nmad_before']:.3f} -> "
-            f"{c['nmad_after']:.3f}. Statistics below are after the horizontal shift.</p>"
+            f"{c['dz']:.3f} {units}. {c['iterations']} iterations; stopped: {html.escape(c.get('stop_reason', ''))}; "
+            f"kept {_kept(c)}; NMAD {c['nmad_before']:.3f} -> {c['nmad_after']:.3f}. Statistics below are after "
+            "the horizontal shift.</p>"
         )
     figures = report.get("files", {}).get("figures", {})
     for key in ("error_map", "histogram", "cdf"):
