@@ -31,14 +31,17 @@ from cli.options import overwrite_option
               help="Tile index GeoPackage (id + polygon): statistics per tile.")
 @click.option("--coregister", is_flag=True,
               help="Estimate the horizontal shift (Nuth and Kaab 2011, iterated) and report statistics after it.")
+@click.option("--conventions", type=click.Choice(["geoimplicit", "demcompare"]), default="geoimplicit",
+              help="demcompare: its slope (Sobel, 100 x angle in radians; classes 0-5-10-25-45), compared area and "
+                   "outlier removal (mean +- 3 std), to get demcompare's statistics (docs/evaluate.md).")
 @click.option("--reproject", is_flag=True,
               help="Allow a prediction in another CRS: it is warped onto the truth's grid.")
 @click.option("--no-figures", is_flag=True, help="Skip the PNG figures (faster).")
 @overwrite_option
 @click.pass_context
 def evaluate(ctx, prediction, truth, output_dir, classes, class_polygons, class_field, class_points,
-             class_points_crs, dilate_buildings_px, building_class, tiles, coregister, reproject, no_figures,
-             overwrite):
+             class_points_crs, dilate_buildings_px, building_class, tiles, coregister, conventions, reproject,
+             no_figures, overwrite):
     """Compare PREDICTION with the reference DSM TRUTH on TRUTH's grid and write an accuracy report.
 
     Residual = prediction - truth. Statistics: count, bias, median, std, MAE, RMSE, median absolute error,
@@ -52,7 +55,8 @@ def evaluate(ctx, prediction, truth, output_dir, classes, class_polygons, class_
         prediction, truth, output_dir, classes=classes, class_polygons=class_polygons, class_field=class_field,
         class_points=list(class_points) or None, class_points_crs=class_points_crs,
         dilate_buildings_px=dilate_buildings_px, building_class=building_class, tiles=tiles,
-        coregister=coregister, reproject=reproject, overwrite=overwrite, figures=not no_figures,
+        coregister=coregister, conventions=conventions, reproject=reproject, overwrite=overwrite,
+        figures=not no_figures,
         progress=progress,
     )
     if progress is not None:

@@ -31,7 +31,7 @@ from scipy import ndimage
 
 from geoimplicit.errors import CorruptInputError, InputError, InputFileNotFoundError
 from geoimplicit.evaluate.align import Grid, crs_label, same_crs
-from geoimplicit.evaluate.terrain import slope_percent
+from geoimplicit.evaluate.terrain import slope_percent as terrain_slope_percent
 
 log = logging.getLogger(__name__)
 
@@ -249,9 +249,13 @@ def dilate_buildings(zones: list[Zone], pixels: int, building_class: str | None 
     return out
 
 
-def slope_band_zones(truth: np.ndarray, grid: Grid, edges=SLOPE_BANDS_PERCENT) -> list[Zone]:
-    """Zones by the truth's slope in percent: [e0, e1), ..., [e_last, inf). NaN slopes belong to none."""
-    slope = slope_percent(truth, grid.transform, grid.crs)
+def slope_band_zones(truth: np.ndarray, grid: Grid, edges=SLOPE_BANDS_PERCENT, *,
+                     slope_percent: np.ndarray | None = None) -> list[Zone]:
+    """Zones by the truth's slope in percent: [e0, e1), ..., [e_last, inf). NaN slopes belong to none.
+
+    ``slope_percent``: the slope to use (e.g. demcompare's); default :func:`terrain.slope_percent` of the truth.
+    """
+    slope = terrain_slope_percent(truth, grid.transform, grid.crs) if slope_percent is None else slope_percent
     zones = []
     bounds = list(edges) + [np.inf]
     with np.errstate(invalid="ignore"):
