@@ -56,6 +56,39 @@ def _alive(pid: int) -> bool:
     return state not in ("Z", "X")
 
 
+def _plugin_imports() -> dict[str, set[str]]:
+    """module -> the plugin modules it imports (``from .x import``, at any depth: function bodies too)."""
+    import ast
+
+    graph = {}
+    for path in sorted((PLUGIN_SRC / PLUGIN_NAME).glob("*.py")):
+        deps = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level == 1:
+                deps |= {node.module} if node.module else {a.name for a in node.names}
+        graph[path.stem] = deps
+    return graph
+
+
+def test_plugin_modules_import_without_a_cycle():
+    """base -> provider -> algorithms -> base was a cycle (issue 15); imports now flow one way."""
+    graph = _plugin_imports()
+    assert graph["base"] and "provider" not in graph["base"]
+    state = {}
+
+    def visit(module, chain):
+        if state.get(module) == "done":
+            return
+        assert state.get(module) != "open", " -> ".join(chain + [module])
+        state[module] = "open"
+        for dep in sorted(graph.get(module, ())):
+            visit(dep, chain + [module])
+        state[module] = "done"
+
+    for module in graph:
+        visit(module, [])
+
+
 @pytest.fixture
 def fake_cli(tmp_path):
     """An executable stand-in for geoimplicit (its shebang is this interpreter)."""
