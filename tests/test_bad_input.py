@@ -312,3 +312,40 @@ def test_every_point_in_an_excluded_class_names_the_exclusion_and_the_option(cli
         assert json.loads(ds.tags()["exclude_classes"]) == []
     bad = cli(*args, "--exclude-classes", "7,x", "--overwrite")
     assert bad.exit_code == 2 and "LAS class codes" in bad.stderr
+
+
+# ------------------------------------------------ the sweep's good cases: they stay good (one line, exit 2)
+def _good_cases(city, ign, tmp):
+    truth, dsm_ign = city / "truth_dsm.tif", ign / "DSM_test_data_77055_627760_LA93_IGN69_50CM.tif"
+    return [
+        (("eval", truth, tmp / "missing.tif", "-o", tmp / "r"), ("missing.tif", "not found")),
+        (("eval", truth, dsm_ign, "-o", tmp / "r"), ("no valid cell in common",)),
+        (("eval", truth, city / "points.laz", "-o", tmp / "r"), ("points.laz", "raster")),
+        (("eval", truth, truth, "--class-polygons", city / "aoi.geojson", "-o", tmp / "r"), ("--class-field",)),
+        (("eval", truth, truth, "--tiles", city / "aoi.geojson", "-o", tmp / "r"), ("aoi.geojson", "'id'")),
+        (("mosaic", tmp / "missing.tif", "-o", tmp / "m.tif"), ("missing.tif", "not found")),
+        (("mosaic", truth, dsm_ign, "-o", tmp / "m.tif"), ("pixel grid",)),
+        (("mosaic", truth, "--aoi", tmp / "missing.geojson", "-o", tmp / "m.tif"), ("missing.geojson",)),
+        (("tile", "--bbox", 10, 10, 0, 0, "--crs", "EPSG:2154", "--resolution", 1, "-o", tmp / "t.gpkg"),
+         ("inverted",)),
+        (("tile", "--bbox", 0, 0, 10, 10, "--resolution", 1, "-o", tmp / "t.gpkg"), ("--crs",)),
+        (("train", tmp / "missing.yaml", "-o", tmp / "run"), ("missing.yaml", "not found")),
+        (("train", tmp / "typo.yaml", "-o", tmp / "run"), ("train.stepz", "train.steps")),
+        (("nvs", "fit", tmp / "views_bad", "-o", tmp / "m"), ("views_bad", "Images/")),
+        (("nvs", "render", tmp / "no_model", "--cams", tmp / "views_bad", "-o", tmp / "r"), ("model.pt",)),
+        (("nvs", "eval", tmp / "no_model", tmp / "views_bad", "-o", tmp / "r"), ("model.pt",)),
+        (("generate", tmp / "g", "--crs", "EPSG:9999"), ("EPSG:9999",)),
+        (("dsm", "--points", city / "points.laz", "--resolution", 1, "--method", "nope", "-o", tmp / "d.tif"),
+         ("unknown DSM method", "raster")),
+    ]
+
+
+def test_the_sweep_s_good_cases_stay_good(cli, sample_data, tmp_path):
+    """Bad inputs that were handled well in issue 16's sweep: one ``Error:`` line with the file and the fix,
+    exit 2, no traceback, nothing written."""
+    (tmp_path / "typo.yaml").write_text("train:\n  stepz: 3\n")
+    (tmp_path / "views_bad").mkdir()
+    before = sorted(p.name for p in tmp_path.iterdir())
+    for args, fragments in _good_cases(sample_data / "synthetic_city", sample_data / "ign_montpellier", tmp_path):
+        assert_clean_error(cli(*args), *fragments)
+        assert sorted(p.name for p in tmp_path.iterdir()) == before, args

@@ -180,3 +180,66 @@ def test_disk_full_says_so_and_leaves_nothing_final(tmp_path, sample_data, case)
 
 
 PARTIAL = ".partial-"
+
+
+# -------------------------------------------------- every command, into a folder that holds a user's files
+TINY_TRAIN = """inherit_from: package:base.yaml
+model: {variant: mono, unet_channels: [8, 16], point_features: 8, image_features: 4, features: 8,
+        decoder_hidden: 16, decoder_blocks: 2}
+data: {patch_size_m: 16.0, queries_per_patch: 256, synthetic_size_m: 32.0, synthetic_train_seeds: [0, 1],
+       synthetic_val_seeds: [1000, 1001]}
+train: {steps: 2, batch_size: 2, warmup_steps: 1, val_every: 0, checkpoint_every: 0, amp: false}
+"""
+
+
+@pytest.fixture(scope="module")
+def tiny_inputs(tmp_path_factory):
+    """A small generated city with a 4-view set, a tiny training config, and an MPI fitted on the views."""
+    from conftest import run_cli
+
+    root = tmp_path_factory.mktemp("inputs")
+    done = run_cli("generate", root / "city", "--size", 24, "--density", 4, "--views", "--n-views", 4,
+                   "--view-size", 32)
+    assert done.exit_code == 0, done.output
+    (root / "tiny.yaml").write_text(TINY_TRAIN)
+    done = run_cli("nvs", "fit", root / "city" / "views", "-o", root / "model", "--planes", 4, "--steps", 2,
+                   "--device", "cpu")
+    assert done.exit_code == 0, done.output
+    return root
+
+
+def _commands(inputs: Path, out: Path) -> dict[str, list]:
+    city = inputs / "city"
+    bbox = ["--bbox", 770000, 6277000, 770024, 6277024]
+    return {
+        "dsm": ["dsm", "--points", city / "points.laz", *bbox, "--resolution", 1, "--method", "raster",
+                "-o", out / "dsm.tif"],
+        "eval": ["eval", city / "truth_dsm.tif", city / "truth_dsm.tif", "--no-figures", "-o", out],
+        "tile": ["tile", *bbox, "--crs", "EPSG:2154", "--tile-size", 16, "--overlap", 2, "--resolution", 0.5,
+                 "-o", out / "tiles.gpkg"],
+        "mosaic": ["mosaic", city / "truth_dsm.tif", "-o", out / "mosaic.tif"],
+        "train": ["train", inputs / "tiny.yaml", "-o", out, "--device", "cpu"],
+        "nvs fit": ["nvs", "fit", city / "views", "-o", out, "--planes", 4, "--steps", 1, "--device", "cpu"],
+        "nvs render": ["nvs", "render", inputs / "model", "--cams", city / "views" / "Track", "-o", out,
+                       "--device", "cpu"],
+        "nvs eval": ["nvs", "eval", inputs / "model", city / "views", "-o", out, "--device", "cpu"],
+        "generate": ["generate", out, "--size", 16, "--density", 1],
+    }
+
+
+@pytest.mark.parametrize("command", ["dsm", "eval", "tile", "mosaic", "train", "nvs fit", "nvs render",
+                                     "nvs eval", "generate", "info"])
+def test_every_command_keeps_a_user_s_files_through_overwrite(tmp_path, cli, tiny_inputs, command):
+    out = tmp_path / "out"
+    before = _user_files(out)
+    if command == "info":  # reads only
+        assert cli("info", out / "other.tif").exit_code == 0
+        _survived(before, out)
+        return
+    args = _commands(tiny_inputs, out)[command]
+    for attempt in range(2):  # the second run replaces the first one's outputs
+        result = cli(*args, "--overwrite")
+        assert result.exit_code == 0, (command, attempt, result.output)
+        _survived(before, out)
+    assert len(_snapshot(out)) > len(before)  # and it did write its outputs there
+    assert not [p for p in tmp_path.rglob("*") if ".partial-" in p.name]
