@@ -314,6 +314,9 @@ def qgis_runs(tmp_path_factory):
     jobs = [
         {"id": "eval", "alg": "geoimplicit:eval",
          "params": {"DSM": str(data / "pred.tif"), "REFERENCE": str(data / "truth.tif"), "OUTPUT": str(out / "rep")}},
+        {"id": "eval_demcompare", "alg": "geoimplicit:eval",
+         "params": {"DSM": str(data / "pred.tif"), "REFERENCE": str(data / "truth.tif"), "CONVENTIONS": 1,
+                    "OUTPUT": str(out / "rep_dc")}},
         {"id": "eval_cancel", "alg": "geoimplicit:eval", "cancel_after": 1,
          "params": {"DSM": str(data / "big_pred.tif"), "REFERENCE": str(data / "big_truth.tif"),
                     "OUTPUT": str(out / "rep_cancel")}},
@@ -445,6 +448,16 @@ def test_eval_in_qgis_matches_cli_and_numpy(qgis_runs):
     assert layer["renderer"] == "singlebandpseudocolor" and low == pytest.approx(-high) and high > 0
     # progress went forward to the end
     assert job["progress"] == sorted(job["progress"]) and job["progress"][-1] == 100.0
+
+
+@pytest.mark.qgis
+@needs_qgis
+def test_eval_in_qgis_with_demcompare_s_conventions(qgis_runs):
+    job = qgis_runs["runs"]["jobs"]["eval_demcompare"]
+    assert job["ok"], job.get("traceback")
+    assert " --conventions demcompare " in job["commands"][0]
+    report = json.loads(Path(job["results"]["REPORT_JSON"]).read_text())
+    assert report["conventions"]["name"] == "demcompare" and "count_with_outliers" in report["overall"]
 
 
 @pytest.mark.qgis
