@@ -197,6 +197,21 @@ def test_cancel_kills_process_group_and_partial_outputs(tmp_path, fake_cli, mode
     assert list(tmp_path.glob(".dsm.partial-*")) == []
 
 
+def test_partial_outputs_are_removed_beside_and_inside_an_output_folder(tmp_path):
+    """geoimplicit stages a folder's outputs beside it, or inside it when the folder is a mount point."""
+    report = tmp_path / "report"
+    report.mkdir()
+    (report / "notes.txt").write_text("mine")
+    beside = tmp_path / ".report.partial-0123abcd"
+    inside = report / ".report.partial-89abcdef"
+    for staging in (beside, inside):
+        staging.mkdir()
+        (staging / "report.json").write_text("{}")
+    removed = runner.remove_partial_outputs([report])
+    assert sorted(removed) == sorted([beside, inside]) and not beside.exists() and not inside.exists()
+    assert (report / "notes.txt").read_text() == "mine"
+
+
 # ---------------------------------------------------------------- QGIS ---------------------------------------
 def _qgis_missing_reason():
     if not SYSTEM_PYTHON.exists():
