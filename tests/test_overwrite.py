@@ -243,3 +243,25 @@ def test_every_command_keeps_a_user_s_files_through_overwrite(tmp_path, cli, tin
         _survived(before, out)
     assert len(_snapshot(out)) > len(before)  # and it did write its outputs there
     assert not [p for p in tmp_path.rglob("*") if ".partial-" in p.name]
+
+
+@pytest.mark.skipif(not _can_mount_tmpfs(), reason="needs root and unshare to mount a small tmpfs")
+def test_an_output_folder_that_is_a_mount_point(tmp_path, sample_data):
+    """Entries cannot be renamed across file systems: the staging folder goes inside the mount point."""
+    import shlex
+    import subprocess
+    import sys
+
+    truth = sample_data / "synthetic_city" / "truth_dsm.tif"
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    q = shlex.quote
+    run = shlex.join([sys.executable, "-m", "cli", "eval", str(truth), str(truth), "--no-figures", "-o", str(disk),
+                      "--overwrite"])
+    script = (f"mount -t tmpfs -o size=8m tmpfs {q(str(disk))} && echo mine > {q(str(disk / 'notes.txt'))} && "
+              f"{run} && {run} && ls -A {q(str(disk))}")
+    done = subprocess.run(["unshare", "-m", "sh", "-c", script], capture_output=True, text=True, timeout=300,
+                          cwd=Path(__file__).resolve().parents[1])
+    assert done.returncode == 0, done.stderr
+    listed = done.stdout.split()[-5:]
+    assert sorted(listed) == ["notes.txt", "report.csv", "report.html", "report.json", "residual.tif"], done.stdout
