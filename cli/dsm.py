@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from cli.options import aoi_options, crs_option, overwrite_option, resolution_option
+from cli.options import aoi_options, class_codes, crs_option, overwrite_option, resolution_option
 
 STATS = ("max", "min", "mean", "median", "idw", "tin", "count", "stdev")  # = rasterize.STATS (tested)
 
@@ -28,6 +28,8 @@ STATS = ("max", "min", "mean", "median", "idw", "tin", "count", "stdev")  # = ra
               help="[raster] Fill holes up to this width (CRS units) with a smooth membrane; 0: no filling. "
                    "Default 5.")
 @click.option("--no-outlier-removal", is_flag=True, help="[raster] Keep isolated points far above/below.")
+@click.option("--exclude-classes", callback=class_codes, default=None, metavar="CODES",
+              help="[raster] LAS classes left out, comma-separated, or none. Default 7,18 (noise).")
 @click.option("--idw-radius", type=click.FloatRange(min=0, min_open=True), default=None,
               help="[raster] Search radius of --stat idw (CRS units; default resolution x sqrt(2)).")
 @click.option("--idw-max-points", type=click.IntRange(min=1), default=None,
@@ -60,8 +62,8 @@ STATS = ("max", "min", "mean", "median", "idw", "tin", "count", "stdev")  # = ra
 @overwrite_option
 @click.pass_context
 def dsm(ctx, points, ortho, aoi, bbox_crs, bbox, resolution, method, stat, fill_max_hole, no_outlier_removal,
-        idw_radius, idw_max_points, weights, device, true_ortho, tile_size, overlap, crs, assume_crs, workdir,
-        keep_points, scheduler, dask_workers, output, overwrite):
+        exclude_classes, idw_radius, idw_max_points, weights, device, true_ortho, tile_size, overlap, crs,
+        assume_crs, workdir, keep_points, scheduler, dask_workers, output, overwrite):
     """Make a DSM (Cloud-Optimized GeoTIFF, float32, nodata -9999) from point clouds on the exact grid asked
     for, tile by tile, resumable. Also writes <output stem>_filled.tif (1 = hole filled, 0 = measured).
     """
@@ -70,11 +72,12 @@ def dsm(ctx, points, ortho, aoi, bbox_crs, bbox, resolution, method, stat, fill_
     if len(ortho) > 2:
         raise click.BadParameter("at most two ortho images (RGB, then RGB or IRC)", param_hint="--ortho")
     raster_options = {"stat": stat, "fill_max_hole": fill_max_hole, "idw_radius": idw_radius,
-                      "idw_max_points": idw_max_points, "remove_outliers": False if no_outlier_removal else None}
+                      "idw_max_points": idw_max_points, "remove_outliers": False if no_outlier_removal else None,
+                      "exclude_classes": exclude_classes}
     occupancy_options = {"weights": weights, "device": device, "true_ortho": True if true_ortho else None}
     if method != "raster" and any(v is not None for v in raster_options.values()):
-        raise click.BadParameter("--stat, --fill-max-hole, --idw-radius, --idw-max-points, --no-outlier-removal "
-                                 "are options of --method raster", param_hint="--method")
+        raise click.BadParameter("--stat, --fill-max-hole, --idw-radius, --idw-max-points, --no-outlier-removal, "
+                                 "--exclude-classes are options of --method raster", param_hint="--method")
     if method != "occupancy" and any(v is not None for v in occupancy_options.values()):
         raise click.BadParameter("--weights, --device and --true-ortho are options of --method occupancy",
                                  param_hint="--method")

@@ -93,6 +93,12 @@ class OutputExistsError(GeoImplicitError, FileExistsError):
     exit_code = 2
 
 
+class DiskFullError(GeoImplicitError, OSError):
+    """The disk filled up while writing an output; the partial output was removed."""
+
+    exit_code = 1
+
+
 class DeviceError(GeoImplicitError):
     """The requested compute device is not available (--device cuda without a GPU)."""
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import logging
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -76,6 +76,9 @@ class TileSource:
     overlap_px: int | None
     count: int
     window: object = None  # rasterio Window in the mosaic grid
+    tags: dict = field(default_factory=dict)  # the tile's dataset tags
+    units: tuple = ()  # band units ("m", "ft" or "")
+    descriptions: tuple = ()  # band names
 
 
 def _open_sources(paths: Sequence) -> tuple[list[TileSource], object]:
@@ -95,7 +98,8 @@ def _open_sources(paths: Sequence) -> tuple[list[TileSource], object]:
                 tags = ds.tags()
                 ov = tags.get(TAG_OVERLAP)
                 sources.append(TileSource(p, tuple(ds.bounds), (ds.height, ds.width), t.a,
-                                          None if ov is None else int(ov), ds.count))
+                                          None if ov is None else int(ov), ds.count, tags=tags,
+                                          units=tuple(ds.units), descriptions=tuple(ds.descriptions)))
                 if crs is None:
                     crs = ds.crs
                 elif ds.crs != crs:
@@ -104,6 +108,32 @@ def _open_sources(paths: Sequence) -> tuple[list[TileSource], object]:
         except rasterio.errors.RasterioIOError as exc:
             raise CorruptInputError(f"not a readable GeoTIFF ({exc})", path=p) from exc
     return sources, crs
+
+
+_TILE_TAGS = (TAG_CORE, TAG_OVERLAP, TAG_ID, "AREA_OR_POINT")
+
+
+def shared_tags(sources: list[TileSource]) -> dict:
+    """The provenance tags every tile carries with the same value (not the tile's own id, core, overlap)."""
+    common = {k: v for k, v in sources[0].tags.items() if k not in _TILE_TAGS}
+    for s in sources[1:]:
+        common = {k: v for k, v in common.items() if s.tags.get(k) == v}
+    return common
+
+
+def _band_units(sources: list[TileSource], bands: list[int], crs, units) -> list[str | None]:
+    """Units of the output bands: given, else the tiles' own, else the CRS's height unit for a "height" band."""
+    from geoimplicit.io.crs import height_unit
+
+    if units is not None:
+        return [units] * len(bands) if isinstance(units, str) else list(units)
+    first = sources[0]
+    out = []
+    for b in bands:
+        unit = first.units[b - 1] if len(first.units) >= b else ""
+        name = first.descriptions[b - 1] if len(first.descriptions) >= b else None
+        out.append(unit or (height_unit(crs) if name == "height" else None))
+    return out
 
 
 def _infer_feather(sources: list[TileSource], grid: GridSpec) -> None:
@@ -186,6 +216,7 @@ def mosaic(
     bands: Sequence[int] | None = None,
     dtype: str = "float32",
     nodata: float = NODATA,
+    units=None,
     progress: ProgressCallback | None = None,
     cancel: CancelCallback | None = None,
 ) -> Path:
@@ -198,7 +229,8 @@ def mosaic(
             Must be aligned with the tiles' pixels.
         aoi: shapely (Multi)Polygon in the grid's CRS; pixels whose centre lies outside become nodata.
         crs: CRS to write when the tiles have none.
-        tags: metadata tags (method, inputs, ...); the software version and resolution are added.
+        tags: metadata tags (method, inputs, ...); the software version and resolution are added, and the
+            provenance tags all tiles share are kept.
         filled_output: optional uint8 COG: 1 where the value comes from hole filling, 0 measured, 255 nodata.
         overwrite: replace existing outputs.
         block_px: side of the blocks computed at a time (memory ~ 24 bytes x block_px^2 per band).
@@ -207,6 +239,8 @@ def mosaic(
         dtype: output data type; integer types are rounded and clipped to their range, and a value equal to
             ``nodata`` is moved one step inside the range (so it stays valid).
         nodata: output nodata value.
+        units: band unit(s) ("m", "ft"); default: the tiles' units, else the CRS's height unit for a band the
+            tiles call "height" (DSM tiles).
 
     Raises:
         NoDataError: no tile, or no valid pixel at all.
@@ -219,10 +253,10 @@ def mosaic(
 
     from geoimplicit import __version__
 
-    check_output(output, overwrite)
-    if filled_output is not None:
-        check_output(filled_output, overwrite)
     tiles = [Path(t) for t in tiles]
+    check_output(output, overwrite, inputs=tiles, folder=False)
+    if filled_output is not None:
+        check_output(filled_output, overwrite, inputs=tiles + [output], folder=False)
     bands = [1] if bands is None else [int(b) for b in bands]
     nb = len(bands)
     out_dtype = np.dtype(dtype)
@@ -275,8 +309,8 @@ def mosaic(
     total = n_blocks_r * n_blocks_c
     weight_cache: dict[tuple, np.ndarray] = {}
 
-    all_tags = {"AREA_OR_POINT": "Area", "software": f"geoimplicit {__version__}", "resolution": repr(grid.resolution),
-                "tiles": str(len(sources))}
+    all_tags = {**shared_tags(sources), "AREA_OR_POINT": "Area", "software": f"geoimplicit {__version__}",
+                "resolution": repr(grid.resolution), "tiles": str(len(sources))}
     all_tags.update({str(k): (v if isinstance(v, str) else json.dumps(v)) for k, v in (tags or {}).items()})
     profile = dict(driver="GTiff", width=cols, height=rows, count=nb, dtype=out_dtype.name, nodata=nodata,
                    crs=rio_crs, transform=grid.transform, tiled=True, blockxsize=256, blockysize=256,
@@ -354,6 +388,9 @@ def mosaic(
                     if progress is not None:
                         progress(done, total, "mosaic", f"block {done}/{total}")
             dst.update_tags(**all_tags)
+            for k, unit in enumerate(_band_units(sources, bands, out_crs, units), start=1):
+                if unit:
+                    dst.set_band_unit(k, unit)
             if nb == 1:
                 dst.set_band_description(1, str((tags or {}).get("band", "height")))
             else:
@@ -400,7 +437,13 @@ def mosaic_inputs(inputs: Sequence, output, *, aoi=None, filled_output=None, ove
     """
     import rasterio
 
+    from geoimplicit.tiling.grid import read_metadata
+
     paths, tilegrid = find_tiles(inputs)
+    index_tags = {}  # the provenance a DSM run stored in its tile index
+    for item in inputs:
+        if Path(item).suffix.lower() == ".gpkg":
+            index_tags.update(read_metadata(item).get("tags") or {})
     if not paths:
         raise NoDataError("no finished tile found", path=", ".join(str(i) for i in inputs),
                           hint="give tile GeoTIFFs, a folder of them, or the tiles.gpkg of a run")
@@ -415,4 +458,4 @@ def mosaic_inputs(inputs: Sequence, output, *, aoi=None, filled_output=None, ove
             raise InputError("the tiles have no CRS: cannot place the AOI", path=paths[0])
         geometry = read_aoi(aoi, crs=crs).geometry
     return mosaic(paths, output, grid=grid, aoi=geometry, filled_output=filled_output, overwrite=overwrite,
-                  progress=progress, cancel=cancel)
+                  tags=index_tags or None, progress=progress, cancel=cancel)

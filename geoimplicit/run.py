@@ -83,7 +83,8 @@ def load_tile_inputs(job: TileJob) -> tuple[dict, list]:
 
         for path in job.inputs.ortho:
             try:
-                ortho.append(read_raster(path, job.tile.bounds, dst_crs=job.inputs.crs_wkt))
+                ortho.append(read_raster(path, job.tile.bounds, crs=job.inputs.assumed_crs_wkt,
+                                         dst_crs=job.inputs.crs_wkt))
             except AOIError:
                 log.info("tile %s: %s does not cover it", job.tile.id, path)
     return points, ortho
@@ -196,7 +197,8 @@ def plan_run(points, *, resolution: float, aoi=None, bbox=None, bbox_crs=None, c
                                 {"method": method, "options": options, **tilegrid.metadata()})
     inputs = RunInputs(points=files, ortho=ortho, crs_wkt=work_crs.to_wkt(), resolution=float(resolution),
                        bounds=tilegrid.grid.bounds, density=float(density), z_range=tuple(dataset.z_range),
-                       point_count=int(dataset.point_count), workdir=str(workdir) if workdir else "")
+                       point_count=int(dataset.point_count), workdir=str(workdir) if workdir else "",
+                       assumed_crs_wkt=work_crs.to_wkt() if crs is not None else None)
     return RunPlan(dataset, area, tilegrid, m, options, inputs, Path(workdir) if workdir else None, run_key)
 
 
@@ -257,7 +259,9 @@ def run_dsm(
                     tile_size=tile_size, overlap=overlap, workdir=workdir)
     tg = plan.tilegrid
     index = workdir / "tiles.gpkg"
-    statuses = open_run_index(workdir, tg, plan.run_key, reset=("tiles", "points"))
+    tags = {**plan.method.tags(), "inputs": [str(p) for p in plan.inputs.points] + list(plan.inputs.ortho),
+            "tile_size": tg.tile_size, "overlap": tg.overlap}
+    statuses = open_run_index(workdir, tg, plan.run_key, reset=("tiles", "points"), extra={"tags": tags})
     log.info("%d tiles of %g %s (overlap %g), %d to do", len(tg.tiles), tg.tile_size, plan.dataset.units,
              tg.overlap, sum(statuses.get(t.id) not in FINISHED for t in tg.tiles))
 
@@ -269,6 +273,7 @@ def run_dsm(
         route_points(plan.dataset, tg.tiles, workdir / "points", fields=plan.method.point_fields,
                      progress=progress, cancel=cancel)
     jobs = [TileJob(t, method, plan.options, plan.inputs, str(workdir), plan.run_key) for t in todo]
+    excluded = 0  # points the method left out for their class, to explain an empty DSM
     if jobs:
         if executor is None:
             from geoimplicit.executors import LocalExecutor
@@ -278,6 +283,7 @@ def run_dsm(
         for _, res in executor.map(run_tile_job, jobs, prefetch=load_tile_inputs, needs_gpu=plan.method.needs_gpu,
                                    cancel=cancel):
             n_done += 1
+            excluded += int(res.stats.get("excluded_by_class", 0))
             if progress is not None:
                 progress(n_done, n_total, "tiles", f"{res.tile_id} {res.status}")
     statuses = read_statuses(index)
@@ -288,10 +294,10 @@ def run_dsm(
     if not tiles:
         from geoimplicit.errors import NoDataError
 
-        raise NoDataError("no tile holds points: the DSM would be empty", path=index,
-                          hint="check that the AOI/bbox overlaps the point clouds")
-    tags = {**plan.method.tags(), "inputs": [str(p) for p in plan.inputs.points] + list(plan.inputs.ortho),
-            "tile_size": tg.tile_size, "overlap": tg.overlap}
+        why = getattr(plan.method, "why_empty", lambda stats: None)({"excluded_by_class": excluded})
+        message, hint = why or ("no tile holds points: the DSM would be empty",
+                                "check that the AOI/bbox overlaps the point clouds")
+        raise NoDataError(message, path=index, hint=hint)
     clip = plan.aoi.geometry if (plan.aoi is not None and aoi is not None) else None
     mosaic(tiles, output, grid=tg.grid, aoi=clip, tags=tags, filled_output=filled_output, overwrite=overwrite,
            progress=progress, cancel=cancel)

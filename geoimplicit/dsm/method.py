@@ -55,6 +55,8 @@ class RunInputs:
         z_range: (min, max) height of the points (from the headers).
         point_count: total points of the data set.
         workdir: the run's work folder (a method may cache things there, e.g. a trained model).
+        assumed_crs_wkt: the CRS the user gave (``--crs``), taken for inputs that have none (a world-file
+            ortho); None when the working CRS came from the inputs.
     """
 
     points: list
@@ -66,6 +68,7 @@ class RunInputs:
     z_range: tuple
     point_count: int
     workdir: str
+    assumed_crs_wkt: str | None = None
 
 
 @runtime_checkable

@@ -539,6 +539,25 @@ def read_statuses(path) -> dict[str, str]:
         con.close()
 
 
+MIN_TILE_PX = 16  # a tile smaller than this is all overhead (the index of 1-pixel tiles was 21 MB)
+MAX_TILES = 500_000  # about 1 GB of memory for the grid and its index; 2,000 km2 of 64 m tiles
+
+
+def check_tile_size(bounds, *, tile_size: float, resolution: float) -> None:
+    """Refuse, before any work, a tile size under :data:`MIN_TILE_PX` pixels or more than :data:`MAX_TILES` tiles."""
+    tile_px = round(tile_size / resolution)
+    if tile_px < MIN_TILE_PX:
+        raise InputError(f"tile size {tile_size:g} is {tile_size / resolution:.3g} pixels at resolution "
+                         f"{resolution:g}; a tile needs at least {MIN_TILE_PX} pixels a side",
+                         hint=f"pass --tile-size {MIN_TILE_PX * resolution:g} or more")
+    left, bottom, right, top = bounds
+    n = math.ceil((right - left) / (tile_px * resolution)) * math.ceil((top - bottom) / (tile_px * resolution))
+    if n > MAX_TILES:
+        side = math.sqrt((right - left) * (top - bottom) / MAX_TILES)
+        raise InputError(f"{n:,} tiles of {tile_size:g} over this area: more than {MAX_TILES:,} do not fit in "
+                         "memory", hint=f"pass --tile-size {math.ceil(side):g} or more, or split the area")
+
+
 def make_tile_index(*, aoi=None, bbox=None, bbox_crs=None, crs=None, tile_size: float, overlap: float,
                     resolution: float, output, overwrite: bool = False) -> tuple[Path, int]:
     """``geoimplicit tile``: the tile grid over an AOI file or a bbox, written as a GeoPackage index.
@@ -552,6 +571,10 @@ def make_tile_index(*, aoi=None, bbox=None, bbox_crs=None, crs=None, tile_size: 
     from geoimplicit.errors import MissingCRSError
     from geoimplicit.io.crs import parse_crs, require_projected
     from geoimplicit.io.vector import read_aoi
+
+    if Path(output).suffix.lower() != ".gpkg":
+        raise InputError("the tile index is a GeoPackage; its name must end in .gpkg", path=output,
+                         hint=f"pass -o {Path(output).with_suffix('.gpkg').name}")
 
     if crs is not None:
         work = parse_crs(crs, source="--crs")
@@ -575,6 +598,7 @@ def make_tile_index(*, aoi=None, bbox=None, bbox_crs=None, crs=None, tile_size: 
     area = read_aoi(aoi, bbox=bbox, bbox_crs=bbox_crs, crs=work)
     exact = aoi is None and bbox_crs is None
     geometry = area.geometry.bounds if exact else area.geometry
+    check_tile_size(area.geometry.bounds, tile_size=tile_size, resolution=resolution)
     tg = TileGrid.from_aoi(geometry, tile_size=tile_size, overlap=overlap, resolution=resolution, crs=work,
                            snap=not exact)
     path = tg.write_index(output, "pending", overwrite=overwrite)
