@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import rasterio
 
-from geoimplicit.executors import DaskExecutor, LocalExecutor
+from geoimplicit.jobs.executors import DaskExecutor, LocalExecutor
 from geoimplicit.run import run_dsm
 from geoimplicit.synthetic import generate_city, scene_bounds, write_city
 

@@ -126,15 +126,21 @@ def test_tiled_fit_outputs(fitted, scene):
     tg = TileGrid.read_index(fitted / "tiles.gpkg")
     assert [t.id for t in tg.tiles] == ["r0000_c0000", "r0000_c0001"]
     assert set(read_statuses(fitted / "tiles.gpkg").values()) == {"done"}
-    for name, count, dtype in (("height.tif", 1, "float32"), ("true_ortho.tif", 3, "uint8")):
+    data = {}
+    for name, count, dtype in (("height.tif", 1, "float32"), ("true_ortho.tif", 4, "uint8")):  # RGB + alpha
         with rasterio.open(fitted / name) as ds:
             assert ds.count == count and ds.dtypes[0] == dtype
             assert ds.bounds == tg.grid.bounds == AOI
             assert ds.transform == tg.grid.transform and ds.res == (0.5, 0.5)
             assert ds.crs.to_epsg() == 2154
-            data = ds.read()
-        if count == 1:
-            assert (data != -9999).mean() > 0.9
+            data[name] = ds.read()
+            interp = ds.colorinterp
+    valid = data["height.tif"][0] != -9999
+    assert valid.mean() > 0.9
+    # the true ortho is transparent exactly where there is no height (both: the render's opacity <= 0.5)
+    assert interp[3] == rasterio.enums.ColorInterp.alpha
+    np.testing.assert_array_equal(data["true_ortho.tif"][3], np.where(valid, 255, 0))
+    assert (data["true_ortho.tif"][:3, valid] > 0).all() and (data["true_ortho.tif"][:3, ~valid] == 0).all()
     for t in tg.tiles:
         d = fitted / "tiles" / t.id
         for f in ("model.pt", "config.json", "true_ortho.tif", "height.tif", "views/view_split.txt", "views/crs.txt"):

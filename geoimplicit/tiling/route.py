@@ -30,7 +30,10 @@ def _lattice(tiles: Sequence) -> tuple[float, float, float, dict]:
     """Origin (left, top) and step of the regular tile lattice, and (row, col) -> position in ``tiles``."""
     first = tiles[0]
     left, bottom, right, top = first.core_bounds
-    step = right - left
+    # cores of the last row and column may be clipped to the area; a lone tile gets a step that holds its overlap
+    step = max(max(t.core_bounds[2] - t.core_bounds[0], t.core_bounds[3] - t.core_bounds[1]) for t in tiles)
+    if len(tiles) == 1:
+        step += 2 * max(first.core_bounds[0] - first.bounds[0], first.bounds[2] - first.core_bounds[2])
     origin_left = left - first.col * step
     origin_top = top + first.row * step
     return origin_left, origin_top, step, {(t.row, t.col): i for i, t in enumerate(tiles)}
