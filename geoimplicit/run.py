@@ -72,7 +72,7 @@ class TileJob:
 
             for path in self.inputs.ortho:
                 try:
-                    ortho.append(read_raster(path, self.tile.bounds, crs=self.inputs.ortho_assume_crs,
+                    ortho.append(read_raster(path, self.tile.context_bounds, crs=self.inputs.ortho_assume_crs,
                                              dst_crs=self.inputs.crs_wkt))
                 except AOIError:
                     log.info("tile %s: %s does not cover it", self.tile.id, path)
@@ -237,6 +237,10 @@ def _tile_grid(m: DsmMethod, dataset, aoi, bounds, snap: bool, resolution: float
         raise InputError(f"resolution {resolution:g} {units} is too small for the {m.name} method: its tiles of "
                          f"{d_ts:g} {units} (pixels) are smaller than the {d_ov:g} {units} it needs around each "
                          "cell", hint="use a coarser --resolution, or give --tile-size")
+    if tile_size is not None and overlap is None and d_ov > tile_size:
+        raise InputError(f"--tile-size {tile_size:g} {units} is smaller than the {d_ov:g} {units} the {m.name} "
+                         "method needs around each cell (its overlap)",
+                         hint=f"use a --tile-size of at least {d_ov:g}, or give --overlap")
     tile_size = d_ts if tile_size is None else float(tile_size)
     overlap = d_ov if overlap is None else float(overlap)
     if overlap < d_ov - 1e-9:

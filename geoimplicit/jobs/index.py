@@ -26,7 +26,7 @@ import pyproj
 
 from geoimplicit.errors import CorruptInputError, InputFileNotFoundError
 from geoimplicit.outputs import atomic_output, input_fingerprint
-from geoimplicit.tiling.grid import GridSpec, Tile, TileGrid
+from geoimplicit.tiling.grid import GridSpec, Tile, TileGrid, tile_context
 
 log = logging.getLogger(__name__)
 
@@ -159,7 +159,8 @@ def read_index(path) -> TileGrid:
     tiles = []
     for tid, r, c, left, bottom, right, top in rows:
         b = (left - ov, bottom - ov, right + ov, top + ov)
-        tiles.append(Tile(tid, int(r), int(c), (left, bottom, right, top), b, GridSpec(b, grid.resolution, grid.crs)))
+        core = (left, bottom, right, top)
+        tiles.append(Tile(tid, int(r), int(c), core, b, GridSpec(b, grid.resolution, grid.crs), tile_context(core, ts, ov)))
     return TileGrid(grid, ts, ov, tiles, meta.get("aoi_wkt"))
 
 

@@ -22,7 +22,7 @@ from geoimplicit.errors import AOIError, CorruptInputError, InputError, InputFil
 
 log = logging.getLogger(__name__)
 
-__all__ = ["GridSpec", "Tile", "TileGrid", "make_tile_index"]
+__all__ = ["GridSpec", "Tile", "TileGrid", "make_tile_index", "tile_context"]
 
 _EPS = 1e-6  # tolerance in pixels when snapping coordinates that should be whole pixels
 
@@ -160,7 +160,10 @@ class Tile:
         core_bounds: the tile's own square, without overlap; cores tile the grid without gaps (those of the
             last row and column end at the grid's edge, so they may be narrower).
         bounds: core_bounds grown by the overlap on every side (not clipped: may reach beyond the AOI).
-        grid: the GridSpec of ``bounds``, a window of the mosaic grid.
+        grid: the GridSpec of ``bounds``, a window of the mosaic grid: what the tile's product covers.
+        context_bounds: what a method may read for the tile: its whole lattice cell grown by the overlap (wider
+            than ``bounds`` where the core is clipped to the grid's edge), so that a tile's values do not depend
+            on where the area ends.
     """
 
     id: str
@@ -169,6 +172,11 @@ class Tile:
     core_bounds: tuple
     bounds: tuple
     grid: GridSpec
+    context_bounds: tuple | None = None
+
+    def __post_init__(self):
+        if self.context_bounds is None:
+            object.__setattr__(self, "context_bounds", self.bounds)
 
     @property
     def overlap(self) -> float:
@@ -177,6 +185,12 @@ class Tile:
 
 def tile_id(row: int, col: int) -> str:
     return f"r{row:04d}_c{col:04d}"
+
+
+def tile_context(core, tile_size: float, overlap: float) -> tuple:
+    """The tile's whole lattice cell (its core's top-left corner and the tile size) grown by the overlap."""
+    left, top = core[0], core[3]
+    return (left - overlap, top - tile_size - overlap, left + tile_size + overlap, top + overlap)
 
 
 @dataclass
@@ -246,7 +260,7 @@ class TileGrid:
                 if prepared is not None and not _touches(prepared, core):
                     continue
                 b = (core[0] - ov, core[1] - ov, core[2] + ov, core[3] + ov)
-                tiles.append(Tile(tile_id(r, c), r, c, core, b, GridSpec(b, res, grid.crs)))
+                tiles.append(Tile(tile_id(r, c), r, c, core, b, GridSpec(b, res, grid.crs), tile_context(core, ts, ov)))
         if not tiles:
             raise AOIError("no tile touches the area of interest")
         wkt = None if polygon is None else polygon.wkt

@@ -57,7 +57,7 @@ class OccupancyMethod:
         mpu = getattr(self, "_mpu", 1.0)
         height, valid = state.predict_tile(
             np.asarray(points["x"], np.float64), np.asarray(points["y"], np.float64),
-            np.asarray(points["z"], np.float64), core_bounds=grid.bounds, context_bounds=tile.bounds,
+            np.asarray(points["z"], np.float64), core_bounds=grid.bounds, context_bounds=tile.context_bounds,
             resolution=grid.resolution, metres_per_unit=mpu, images=images, true_ortho=self.true_ortho,
             progress=progress)
         return TileOutput(height=height, valid=valid, filled=None,
