@@ -56,6 +56,21 @@ class FlatMethod:
 
     def tags(self):
         return {"method": "flat"}
+
+
+class Broken(FlatMethod):
+    """A method with a bug: it raises, or returns a tile of the wrong shape."""
+
+    name = "broken"
+
+    def __init__(self, mode="raise"):
+        super().__init__()
+        self.mode = mode
+
+    def run_tile(self, tile, points, ortho, state, progress=None):
+        if self.mode == "raise":
+            raise RuntimeError("boom")
+        return TileOutput(np.zeros((3, 3), np.float32), np.ones((3, 3), bool))
 '''
 
 
@@ -299,44 +314,11 @@ def test_checkpoint_is_read_once_per_run(tmp_path, cli, monkeypatch):
 
 
 # ------------------------------------------------------------------------------------- errors from the run
-BROKEN = '''
-import numpy as np
-
-from geoimplicit.dsm.method import TileOutput
-
-
-class Broken:
-    name = "broken"
-    point_fields = ("x", "y", "z")
-    needs_ortho = False
-    needs_gpu = False
-
-    def __init__(self, mode="raise"):
-        self.mode = mode
-
-    def default_tiling(self, resolution, density, metres_per_unit=1.0):
-        return 20.0, 2.0
-
-    def prepare(self, inputs):
-        return None
-
-    def run_tile(self, tile, points, ortho, state, progress=None):
-        if self.mode == "raise":
-            raise RuntimeError("boom")
-        return TileOutput(np.zeros((3, 3), np.float32), np.ones((3, 3), bool))
-
-    def tags(self):
-        return {}
-'''
-
-
 @pytest.mark.parametrize("mode", ["raise", "shape"])
-def test_errors_inside_the_run_are_not_internal_errors(tmp_path, cli, monkeypatch, mode):
+def test_errors_inside_the_run_are_not_internal_errors(plugin_dist, tmp_path, cli, monkeypatch, mode):
     from geoimplicit.dsm.method import METHODS
 
-    (tmp_path / "broken_method.py").write_text(BROKEN)
-    monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.setitem(METHODS._registered, "broken", "broken_method:Broken")
+    monkeypatch.setitem(METHODS._registered, "broken", "flat_plugin:Broken")  # register_method, undone after
     if mode == "shape":
         from geoimplicit.run import run_dsm
 

@@ -152,12 +152,16 @@ class DaskExecutor:
 
     def worker_environ(self, name: str) -> dict[str, str | None]:
         """Worker address -> the value of the environment variable ``name`` in that worker's process."""
-        return self.client.run(os.environ.get, name)
+        return self.client.run(_environ, name)
 
     def close(self) -> None:
         self.client.close()
         if self._cluster is not None:
             self._cluster.close()
+
+
+def _environ(name: str) -> str | None:
+    return os.environ.get(name)  # read in the worker (os.environ.get itself would pickle the caller's environ)
 
 
 def gpu_assignment(n_workers: int | None, gpus_per_worker: int, visible: str | None = None,

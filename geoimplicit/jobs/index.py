@@ -312,19 +312,17 @@ def update_status(path, tile_id: str, status: str, message: str = "") -> None:
 
 def read_statuses(path) -> dict[str, str]:
     """tile id -> status."""
-    con = _connect(path)
-    try:
-        return dict(con.execute("SELECT id, status FROM tiles").fetchall())
-    finally:
-        con.close()
-
-
+    return _pairs(path, "SELECT id, status FROM tiles")
 
 
 def read_failures(path) -> dict[str, str]:
     """tile id -> the message recorded for each tile whose status is ``failed``."""
+    return _pairs(path, "SELECT id, message FROM tiles WHERE status = 'failed'")
+
+
+def _pairs(path, sql: str) -> dict:
     con = _connect(path)
     try:
-        return dict(con.execute("SELECT id, message FROM tiles WHERE status = 'failed'").fetchall())
+        return dict(con.execute(sql).fetchall())
     finally:
         con.close()

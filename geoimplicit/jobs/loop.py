@@ -71,7 +71,8 @@ class _LoadFailed:
         self.exc = exc
 
 
-def load(job: TileJob) -> Any:
+def load_inputs(job: TileJob) -> Any:
+    """``job.load()``, run ahead by the local executor; an error is kept for :func:`execute` to record."""
     try:
         return job.load()
     except Exception as exc:
@@ -135,7 +136,7 @@ def run_jobs(jobs: Sequence[TileJob], *, total: int, executor=None, needs_gpu: b
 
     results = []
     try:
-        for _, res in executor.map(execute, jobs, prefetch=load, needs_gpu=needs_gpu, job_progress=within,
+        for _, res in executor.map(execute, jobs, prefetch=load_inputs, needs_gpu=needs_gpu, job_progress=within,
                                    cancel=cancel):
             done += 1
             results.append(res)

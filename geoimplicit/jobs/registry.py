@@ -37,7 +37,7 @@ class Registry:
         """Offer ``target`` (an object or a ``"module:attribute"`` string) under ``name``."""
         self._registered[name] = target
 
-    def _entry_points(self) -> dict[str, importlib.metadata.EntryPoint]:
+    def _entry_points(self) -> dict:
         found = {}
         for ep in importlib.metadata.entry_points(group=self.group):
             if ep.name in self._builtins:
@@ -57,7 +57,7 @@ class Registry:
         if target is None:
             raise InputError(f"unknown {self.kind} {name!r}", hint=f"use one of {', '.join(self.names())}")
         try:
-            if isinstance(target, importlib.metadata.EntryPoint):
+            if _is_entry_point(target):
                 return target.load()
             if isinstance(target, str):
                 module_name, attr = target.split(":")
@@ -70,8 +70,13 @@ class Registry:
         return target
 
 
+def _is_entry_point(target) -> bool:
+    # duck-typed: the importlib_metadata backport, which some packages install, has its own EntryPoint class
+    return hasattr(target, "load") and isinstance(getattr(target, "value", None), str)
+
+
 def _is_own_module(missing: str | None, target) -> bool:
-    value = target.value if isinstance(target, importlib.metadata.EntryPoint) else target
+    value = target.value if _is_entry_point(target) else target
     module_name = value.split(":")[0].strip()
     parts = module_name.split(".")
     return missing in {".".join(parts[:i]) for i in range(1, len(parts) + 1)}

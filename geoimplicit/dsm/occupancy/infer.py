@@ -154,15 +154,14 @@ class OccupancyPredictor:
             M = q.shape[0]
             lo = torch.full((M,), zlo, device=dev)
             hi = torch.full((M,), zhi, device=dev)
-            batch, on_block = ec.batch_columns, None
+            batch = ec.batch_columns
             if progress is not None:
                 progress(0.1, "encoded")
-                on_block = lambda done, total: progress(0.1 + 0.9 * done / total, f"{done:,}/{total:,} columns")  # noqa: E731
-                if dev.type == "cpu":
+                if dev.type == "cpu":  # about ten blocks, so that the tile shows progress
                     batch = min(batch, max(4096, -(-M // 10)))
             zn, found = search_model(self.model, enc, q, lo, hi, coarse_steps=ec.coarse_steps,
-                                     refine_steps=ec.refine_steps, batch_columns=batch,
-                                     amp_dtype=self.amp_dtype, progress=on_block)
+                                     refine_steps=ec.refine_steps, batch_columns=batch, amp_dtype=self.amp_dtype,
+                                     progress=None if progress is None else _column_progress(progress))
             if ec.fill == "prior":
                 _, prior = self.model.sample(enc, q[None])
                 zn = torch.where(found, zn, prior[0].float())
@@ -178,6 +177,15 @@ class OccupancyPredictor:
         valid = found.reshape(rows, cols) & (supported | (ec.fill == "prior"))
         out[valid] = heights[valid].astype(np.float32)
         return out, valid
+
+
+def _column_progress(progress):
+    """``progress(fraction, message)`` of a tile from the search's ``(columns done, columns)``."""
+
+    def report(done: int, total: int) -> None:
+        progress(0.1 + 0.9 * done / total, f"{done:,}/{total:,} columns")
+
+    return report
 
 
 def predict_dsm(predictor: OccupancyPredictor, points: dict, bounds, resolution: float, *,
