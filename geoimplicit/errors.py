@@ -105,6 +105,11 @@ class DeviceError(GeoImplicitError):
     exit_code = 2
 
 
+class RunError(GeoImplicitError):
+    """A tiled run did not finish: a tile job failed or returned something unusable, or tiles are left
+    unfinished. The finished tiles are kept: re-running the same command resumes."""
+
+
 class CancelledError(GeoImplicitError):
     """The run was cancelled by the user (Ctrl-C or the QGIS cancel button)."""
 

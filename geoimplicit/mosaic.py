@@ -42,27 +42,18 @@ TAG_ID = "GEOIMPLICIT_TILE_ID"
 
 def write_tile(path, height: np.ndarray, valid: np.ndarray, tile, *, filled: np.ndarray | None = None,
                tags: dict | None = None, overwrite: bool = True) -> Path:
-    """Write one tile GeoTIFF atomically: band 1 height (nodata -9999), band 2 the filled mask (0/1).
+    """Write one DSM tile GeoTIFF atomically: band 1 height (nodata -9999), band 2 the filled mask (0/1).
 
-    ``tile`` is a :class:`~geoimplicit.tiling.grid.Tile` (its grid gives the georeferencing).
+    ``tile`` is a :class:`~geoimplicit.tiling.grid.Tile` (its grid gives the georeferencing). The writer is the
+    raster product kind's (:func:`geoimplicit.jobs.raster.write_raster_tile`); ``overwrite`` is kept for callers.
     """
-    from geoimplicit.io.raster import write_geotiff
+    from geoimplicit.jobs.raster import dsm_bands, write_raster_tile
 
-    grid = tile.grid
-    rows, cols = grid.shape
-    if height.shape != (rows, cols):
-        raise ValueError(f"write_tile: array {height.shape} does not match the tile grid {(rows, cols)}")
-    data = np.empty((2, rows, cols), np.float32)
-    data[0] = np.where(valid, height, NODATA)
-    data[1] = 0.0 if filled is None else np.where(valid, filled, NODATA)
-    data[1][~valid] = NODATA
-    overlap_px = int(round(tile.overlap / grid.resolution))
-    all_tags = {TAG_ID: tile.id, TAG_CORE: json.dumps(list(tile.core_bounds)), TAG_OVERLAP: str(overlap_px),
-                "AREA_OR_POINT": "Area"}
-    all_tags.update({k: str(v) for k, v in (tags or {}).items()})
-    write_geotiff(path, data, grid.transform, grid.crs, nodata=NODATA, tags=all_tags,
-                  band_descriptions=["height", "filled"], overwrite=overwrite, overviews=False)
-    return Path(path)
+    del overwrite  # tiles are always replaced atomically
+    if height.shape != tile.grid.shape:
+        raise ValueError(f"write_tile: array {height.shape} does not match the tile grid {tile.grid.shape}")
+    return write_raster_tile(path, dsm_bands(height, valid, filled), tile, nodata=NODATA,
+                             band_names=("height", "filled"), tags=tags)
 
 
 @dataclass
@@ -155,7 +146,8 @@ def find_tiles(inputs: Iterable) -> tuple[list[Path], object]:
     ``tiles/`` folder beside it (the layout of a ``geoimplicit dsm`` work folder); tiles not finished are
     left out.
     """
-    from geoimplicit.tiling.grid import FINISHED, TileGrid, read_statuses
+    from geoimplicit.jobs.index import FINISHED, read_statuses
+    from geoimplicit.tiling.grid import TileGrid
 
     paths, tilegrid = [], None
     for item in inputs:
@@ -217,6 +209,7 @@ def mosaic(
     dtype: str = "float32",
     nodata: float = NODATA,
     units=None,
+    alpha: bool = False,
     progress: ProgressCallback | None = None,
     cancel: CancelCallback | None = None,
 ) -> Path:
@@ -241,6 +234,7 @@ def mosaic(
         nodata: output nodata value.
         units: band unit(s) ("m", "ft"); default: the tiles' units, else the CRS's height unit for a band the
             tiles call "height" (DSM tiles).
+        alpha: add an alpha band after the blended ones (255 valid, 0 nodata), e.g. for an RGB image.
 
     Raises:
         NoDataError: no tile, or no valid pixel at all.
@@ -312,7 +306,7 @@ def mosaic(
     all_tags = {**shared_tags(sources), "AREA_OR_POINT": "Area", "software": f"geoimplicit {__version__}",
                 "resolution": repr(grid.resolution), "tiles": str(len(sources))}
     all_tags.update({str(k): (v if isinstance(v, str) else json.dumps(v)) for k, v in (tags or {}).items()})
-    profile = dict(driver="GTiff", width=cols, height=rows, count=nb, dtype=out_dtype.name, nodata=nodata,
+    profile = dict(driver="GTiff", width=cols, height=rows, count=nb + int(alpha), dtype=out_dtype.name, nodata=nodata,
                    crs=rio_crs, transform=grid.transform, tiled=True, blockxsize=256, blockysize=256,
                    compress="deflate", zlevel=1, predictor=2 if is_int else 3, BIGTIFF="IF_SAFER")
     if nb == 3 and out_dtype == np.uint8:
@@ -378,7 +372,9 @@ def mosaic(
                         mean[mean == nodata] = nodata + 1 if nodata < hi else nodata - 1
                     out[:, valid] = mean.astype(out_dtype)
                     n_valid += int(valid.sum())
-                    dst.write(out, window=Window(c0, r0, w, h))
+                    dst.write(out, indexes=list(range(1, nb + 1)), window=Window(c0, r0, w, h))
+                    if alpha:
+                        dst.write(np.where(valid, 255, 0).astype(out_dtype), nb + 1, window=Window(c0, r0, w, h))
                     if want_filled:
                         fo = np.full((h, w), 255, np.uint8)
                         with np.errstate(invalid="ignore", divide="ignore"):
@@ -399,6 +395,11 @@ def mosaic(
                 for k, b in enumerate(bands):
                     if names[b - 1]:
                         dst.set_band_description(k + 1, names[b - 1])
+            if alpha:
+                from rasterio.enums import ColorInterp
+
+                dst.set_band_description(nb + 1, "alpha")
+                dst.colorinterp = [*dst.colorinterp[:nb], ColorInterp.alpha]
             if want_filled:
                 dst_f.update_tags(**{**all_tags, "band": "filled: 1 filled hole, 0 measured, 255 nodata"})
         finally:

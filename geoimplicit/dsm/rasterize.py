@@ -646,8 +646,9 @@ class RasterMethod:
     def __init__(self, **options):
         self.config = RasterizeConfig(**{k: v for k, v in options.items() if v is not None})
 
-    def default_tiling(self, resolution: float, density: float) -> tuple[float, float]:
-        """Tiles of 500 pixels (few tiles, little per-tile overhead); overlap = the reach of the options."""
+    def default_tiling(self, resolution: float, density: float, metres_per_unit: float = 1.0) -> tuple[float, float]:
+        """Tiles of 500 pixels (few tiles, little per-tile overhead); overlap = the reach of the options (CRS units)."""
+        del metres_per_unit
         margin = self.config.margin(resolution, density)
         overlap = math.ceil(margin / resolution) * resolution
         return 500 * resolution, max(overlap, resolution)
@@ -655,9 +656,10 @@ class RasterMethod:
     def prepare(self, inputs) -> dict:
         return {"density": float(inputs.density) if inputs.density else None}
 
-    def run_tile(self, tile, points, ortho, state):
+    def run_tile(self, tile, points, ortho, state, progress=None):
         from geoimplicit.dsm.method import TileOutput
 
+        del progress  # one pass of array operations per tile: seconds at most
         density = (state or {}).get("density")
         r = rasterize(points, tile.grid, self.config, density=density)
         _drop_tile_rim(r, tile, self.config.margin(tile.grid.resolution, density))
