@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from cli.options import aoi_options, crs_option, overwrite_option, resolution_option
+from cli.options import aoi_options, class_codes, crs_option, overwrite_option, resolution_option
 
 STATS = ("max", "min", "mean", "median", "idw", "tin", "count", "stdev")  # = rasterize.STATS (tested)
 
@@ -28,6 +28,8 @@ STATS = ("max", "min", "mean", "median", "idw", "tin", "count", "stdev")  # = ra
               help="[raster] Fill holes up to this width (CRS units) with a smooth membrane; 0: no filling. "
                    "Default 5.")
 @click.option("--no-outlier-removal", is_flag=True, help="[raster] Keep isolated points far above/below.")
+@click.option("--exclude-classes", callback=class_codes, default=None, metavar="CODES",
+              help="[raster] LAS classes left out, comma-separated, or none. Default 7,18 (noise).")
 @click.option("--idw-radius", type=click.FloatRange(min=0, min_open=True), default=None,
               help="[raster] Search radius of --stat idw (CRS units; default resolution x sqrt(2)).")
 @click.option("--idw-max-points", type=click.IntRange(min=1), default=None,
@@ -56,12 +58,16 @@ STATS = ("max", "min", "mean", "median", "idw", "tin", "count", "stdev")  # = ra
               help="Run the tiles on a running Dask scheduler (its workers must see the same files).")
 @click.option("--dask-workers", type=click.IntRange(min=1), default=None,
               help="Run the tiles on a local Dask cluster of N worker processes.")
+@click.option("--gpus-per-worker", type=click.IntRange(min=0), default=None,
+              help="Local Dask cluster with one worker per this many GPUs, each pinned to its own "
+                   "(CUDA_VISIBLE_DEVICES); with --dask-workers N, N such workers (default: as many as the GPUs "
+                   "fill). 0: no GPU resource.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), required=True, help="Output DSM (COG).")
 @overwrite_option
 @click.pass_context
 def dsm(ctx, points, ortho, aoi, bbox_crs, bbox, resolution, method, stat, fill_max_hole, no_outlier_removal,
-        idw_radius, idw_max_points, weights, device, true_ortho, tile_size, overlap, crs, assume_crs, workdir,
-        keep_points, scheduler, dask_workers, output, overwrite):
+        exclude_classes, idw_radius, idw_max_points, weights, device, true_ortho, tile_size, overlap, crs,
+        assume_crs, workdir, keep_points, scheduler, dask_workers, gpus_per_worker, output, overwrite):
     """Make a DSM (Cloud-Optimized GeoTIFF, float32, nodata -9999) from point clouds on the exact grid asked
     for, tile by tile, resumable. Also writes <output stem>_filled.tif (1 = hole filled, 0 = measured).
     """
@@ -70,33 +76,27 @@ def dsm(ctx, points, ortho, aoi, bbox_crs, bbox, resolution, method, stat, fill_
     if len(ortho) > 2:
         raise click.BadParameter("at most two ortho images (RGB, then RGB or IRC)", param_hint="--ortho")
     raster_options = {"stat": stat, "fill_max_hole": fill_max_hole, "idw_radius": idw_radius,
-                      "idw_max_points": idw_max_points, "remove_outliers": False if no_outlier_removal else None}
+                      "idw_max_points": idw_max_points, "remove_outliers": False if no_outlier_removal else None,
+                      "exclude_classes": exclude_classes}
     occupancy_options = {"weights": weights, "device": device, "true_ortho": True if true_ortho else None}
     if method != "raster" and any(v is not None for v in raster_options.values()):
-        raise click.BadParameter("--stat, --fill-max-hole, --idw-radius, --idw-max-points, --no-outlier-removal "
-                                 "are options of --method raster", param_hint="--method")
+        raise click.BadParameter("--stat, --fill-max-hole, --idw-radius, --idw-max-points, --no-outlier-removal, "
+                                 "--exclude-classes are options of --method raster", param_hint="--method")
     if method != "occupancy" and any(v is not None for v in occupancy_options.values()):
         raise click.BadParameter("--weights, --device and --true-ortho are options of --method occupancy",
                                  param_hint="--method")
     options = raster_options if method == "raster" else occupancy_options if method == "occupancy" else {}
+    from geoimplicit.dsm.method import method_class
+    from geoimplicit.jobs.executors import make_executor
+
     progress = ctx.obj["progress"]
-    executor = None
-    if scheduler or dask_workers:
-        from geoimplicit.dsm.method import get_method
-        from geoimplicit.executors import DaskExecutor
-
-        gpus = 0
-        if get_method(method, **{k: v for k, v in options.items() if v is not None}).needs_gpu:
-            import torch
-
-            gpus = 1 if torch.cuda.is_available() else 0  # one GPU tile at a time per worker
-        executor = DaskExecutor(scheduler, n_workers=dask_workers or 2, gpus_per_worker=gpus)
+    executor = make_executor(scheduler, dask_workers, gpus_per_worker=gpus_per_worker,
+                             needs_gpu=method_class(method).needs_gpu and device != "cpu")
     try:
         outputs = run_dsm(list(points), output, resolution=resolution, aoi=aoi, bbox=bbox, bbox_crs=bbox_crs,
                           crs=crs, assume_crs=assume_crs, ortho=list(ortho), method=method,
                           method_options=options, tile_size=tile_size, overlap=overlap, workdir=workdir,
                           overwrite=overwrite, keep_points=keep_points, executor=executor, progress=progress)
     finally:
-        if executor is not None:
-            executor.close()
+        executor.close()
     progress.result(**outputs)

@@ -20,19 +20,28 @@ from cli.options import overwrite_option
 @click.option("--class-points", multiple=True, type=click.Path(), metavar="LAS",
               help="LAS/LAZ file(s), folder or glob: ground (2) / building (6) / vegetation (3,4,5) by majority "
                    "per cell. Repeat for several.")
+@click.option("--class-points-crs", default=None, metavar="CRS",
+              help="CRS of --class-points files whose LAS header has none (they are refused without it).")
 @click.option("--dilate-buildings", "dilate_buildings_px", type=click.IntRange(min=0), default=0, metavar="PX",
               help="Dilate the building class by PX pixels and remove that band from the other classes (ImpliCity).")
+@click.option("--building-class", default=None, metavar="NAME",
+              help="The class --dilate-buildings dilates: a --class-polygons value or a --classes code. "
+                   "Default: the class named 'building' (LAS code 6).")
 @click.option("--tiles", type=click.Path(dir_okay=False), default=None,
               help="Tile index GeoPackage (id + polygon): statistics per tile.")
 @click.option("--coregister", is_flag=True,
               help="Estimate the horizontal shift (Nuth and Kaab 2011, iterated) and report statistics after it.")
+@click.option("--conventions", type=click.Choice(["geoimplicit", "demcompare"]), default="geoimplicit",
+              help="demcompare: its slope (Sobel, 100 x angle in radians; classes 0-5-10-25-45), compared area and "
+                   "outlier removal (mean +- 3 std), to get demcompare's statistics (docs/evaluate.md).")
 @click.option("--reproject", is_flag=True,
               help="Allow a prediction in another CRS: it is warped onto the truth's grid.")
 @click.option("--no-figures", is_flag=True, help="Skip the PNG figures (faster).")
 @overwrite_option
 @click.pass_context
 def evaluate(ctx, prediction, truth, output_dir, classes, class_polygons, class_field, class_points,
-             dilate_buildings_px, tiles, coregister, reproject, no_figures, overwrite):
+             class_points_crs, dilate_buildings_px, building_class, tiles, coregister, conventions, reproject,
+             no_figures, overwrite):
     """Compare PREDICTION with the reference DSM TRUTH on TRUTH's grid and write an accuracy report.
 
     Residual = prediction - truth. Statistics: count, bias, median, std, MAE, RMSE, median absolute error,
@@ -44,8 +53,10 @@ def evaluate(ctx, prediction, truth, output_dir, classes, class_polygons, class_
     progress = ctx.obj["progress"] if ctx.obj else None
     report = evaluate_dsm(
         prediction, truth, output_dir, classes=classes, class_polygons=class_polygons, class_field=class_field,
-        class_points=list(class_points) or None, dilate_buildings_px=dilate_buildings_px, tiles=tiles,
-        coregister=coregister, reproject=reproject, overwrite=overwrite, figures=not no_figures,
+        class_points=list(class_points) or None, class_points_crs=class_points_crs,
+        dilate_buildings_px=dilate_buildings_px, building_class=building_class, tiles=tiles,
+        coregister=coregister, conventions=conventions, reproject=reproject, overwrite=overwrite,
+        figures=not no_figures,
         progress=progress,
     )
     if progress is not None:

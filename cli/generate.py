@@ -36,11 +36,13 @@ from cli.options import overwrite_option
 def generate(ctx, out_dir, seed, size, resolution, crs, origin, density, noise, holes, outliers, points, views,
              n_views, view_size, building_density, overwrite):
     """Generate a synthetic city into OUT_DIR: truth_dsm.tif, dtm.tif, classes.tif, ortho.tif, points.laz,
-    aoi.geojson, scene.json and, with --views, a LEVIR-NVS view set in views/."""
+    aoi.geojson, scene.json and, with --views, a LEVIR-NVS view set in views/. With --overwrite only those
+    are replaced (OUT_DIR may be ".", other files in it stay)."""
     from geoimplicit.outputs import check_output
     from geoimplicit.synthetic import generate_city, scene_bounds, write_city
+    from geoimplicit.synthetic.write import CITY_PRODUCTS
 
-    check_output(out_dir, overwrite)
+    check_output(out_dir, overwrite, products=CITY_PRODUCTS)
     progress = ctx.obj["progress"]
     bounds = scene_bounds(size, crs=crs, origin=origin, resolution=resolution)
     scene = generate_city(seed, bounds=bounds, resolution=resolution, crs=crs,

@@ -45,12 +45,16 @@ def nvs():
               help="--aoi: pixel size of true_ortho.tif / height.tif (default: the nadir view's ground sample distance).")
 @click.option("--height-range", type=float, nargs=2, default=None, metavar="MIN MAX",
               help="--aoi: world heights of the planes (default: from the most nadir camera's depth range).")
-@click.option("--min-view-coverage", type=click.FloatRange(0, 1, min_open=True), default=0.5,
-              help="--aoi: use a view for a tile when at least this fraction of the tile projects into it.")
+@click.option("--min-view-coverage", type=click.FloatRange(0, 1, min_open=True), default=0.1,
+              help="--aoi: use a view for a tile when at least this fraction of the tile projects into it (each "
+                   "view is cropped to the part it sees).")
 @click.option("--scheduler", default=None, metavar="tcp://HOST:8786",
               help="--aoi: run the tiles on a running Dask scheduler (its workers must see the same files).")
 @click.option("--dask-workers", type=click.IntRange(min=1), default=None,
               help="--aoi: run the tiles on a local Dask cluster of N worker processes.")
+@click.option("--gpus-per-worker", type=click.IntRange(min=0), default=None,
+              help="--aoi: local Dask cluster with one worker per this many GPUs, each pinned to its own "
+                   "(CUDA_VISIBLE_DEVICES).")
 @click.option("--resume", is_flag=True, help="Continue from MODEL_DIR/checkpoint.pt (--aoi runs always resume).")
 @device_option
 @overwrite_option
@@ -58,7 +62,7 @@ def nvs():
 def fit(ctx, views_dir, views_opt, model_dir, planes, layout, model_kind, steps, image_scale, colour_share, extent,
         refine_cameras,
         geo_products, aoi, tile_size, overlap, resolution, height_range, min_view_coverage, scheduler, dask_workers,
-        resume, device, overwrite):
+        gpus_per_worker, resume, device, overwrite):
     """Fit an MPI to the train views of VIEWS_DIR (Images/, Cams/, view_split.txt); with --aoi, one geo-MPI per
     tile of the AOI (resumable), mosaicked into true_ortho.tif and height.tif."""
     views = views_dir or views_opt
@@ -71,17 +75,12 @@ def fit(ctx, views_dir, views_opt, model_dir, planes, layout, model_kind, steps,
             raise click.BadParameter("--aoi fits geo-layout MPIs", param_hint="--layout")
         if refine_cameras or geo_products:
             raise click.BadParameter("not available with --aoi", param_hint="--refine-cameras/--geo-products")
-        from geoimplicit.executors import make_executor
+        from geoimplicit.jobs.executors import make_executor
         from geoimplicit.mpi.tiled import fit_tiled
 
         cfg = FitConfig(planes=planes, layout="geo", model=model_kind, steps=steps, image_scale=image_scale,
                         colour_share=colour_share, extent=extent)
-        gpus = 0
-        if scheduler or dask_workers:
-            import torch
-
-            gpus = 1 if (device != "cpu" and torch.cuda.is_available()) else 0
-        executor = make_executor(scheduler, dask_workers, **({"gpus_per_worker": gpus} if gpus else {}))
+        executor = make_executor(scheduler, dask_workers, gpus_per_worker=gpus_per_worker, needs_gpu=device != "cpu")
         try:
             outputs = fit_tiled(views, aoi, model_dir, config=cfg, resolution=resolution, tile_size=tile_size,
                                 overlap=overlap, height_range=height_range, min_view_coverage=min_view_coverage,
@@ -91,9 +90,11 @@ def fit(ctx, views_dir, views_opt, model_dir, planes, layout, model_kind, steps,
             executor.close()
         ctx.obj["progress"].result(**outputs)
         return
-    if any(v is not None for v in (tile_size, overlap, resolution, height_range, scheduler, dask_workers)):
-        raise click.BadParameter("--tile-size, --overlap, --resolution, --height-range, --scheduler and "
-                                 "--dask-workers are options of the tiled fit", param_hint="--aoi")
+    if any(v is not None for v in (tile_size, overlap, resolution, height_range, scheduler, dask_workers,
+                                   gpus_per_worker)):
+        raise click.BadParameter("--tile-size, --overlap, --resolution, --height-range, --scheduler, "
+                                 "--dask-workers and --gpus-per-worker are options of the tiled fit",
+                                 param_hint="--aoi")
     cfg = FitConfig(planes=planes, layout=layout, model=model_kind, steps=steps, image_scale=image_scale,
                     colour_share=colour_share, extent=extent, refine_cameras=refine_cameras, device=device)
     result = fit_mpi(views, model_dir, cfg, resume=resume, overwrite=overwrite, progress=ctx.obj["progress"])

@@ -2,10 +2,82 @@
 
 from __future__ import annotations
 
+import logging
+import sys
+
 import click
 
+PROGRESS_MODES = ("auto", "bar", "json", "none")
+VERBOSE_HELP = "More log output; -v also shows tracebacks on errors."
+QUIET_HELP = "Only errors."
+PROGRESS_HELP = ("Progress display: a bar on a terminal (auto), or one JSON object a line on stdout (json, for the "
+                 "QGIS plugin).")
+
+
+def configure_logging(verbose: int, quiet: bool) -> None:
+    """Log level from -v/-q: WARNING by default, INFO with -v, DEBUG with -vv, ERROR with -q."""
+    level = logging.ERROR if quiet else (logging.DEBUG if verbose > 1 else logging.INFO if verbose else logging.WARNING)
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    logging.getLogger().setLevel(level)
+
+
+def cli_state(ctx: click.Context) -> dict:
+    """The run's shared state (verbosity, progress display), made on first use."""
+    from cli.progress import ProgressReporter
+
+    state = ctx.ensure_object(dict)
+    state.setdefault("verbose", 0)
+    state.setdefault("quiet", False)
+    if "progress" not in state:
+        state["progress"] = ProgressReporter("auto")
+    return state
+
+
+def _verbose_given(ctx, param, value):
+    if value:
+        state = cli_state(ctx)
+        state["verbose"] += value
+        configure_logging(state["verbose"], state["quiet"])
+
+
+def _quiet_given(ctx, param, value):
+    if value:
+        state = cli_state(ctx)
+        state["quiet"] = True
+        configure_logging(state["verbose"], True)
+
+
+def _progress_given(ctx, param, value):
+    if value is not None:
+        from cli.progress import ProgressReporter
+
+        cli_state(ctx)["progress"] = ProgressReporter(value)
+
+
+def shared_options() -> list[click.Option]:
+    """-v/-q/--progress for a subcommand, so that they work after it too (``geoimplicit dsm -v ...``)."""
+    return [
+        click.Option(["-v", "--verbose"], count=True, expose_value=False, callback=_verbose_given, help=VERBOSE_HELP,
+                     show_default=False),
+        click.Option(["-q", "--quiet"], is_flag=True, expose_value=False, callback=_quiet_given, help=QUIET_HELP,
+                     show_default=False),
+        click.Option(["--progress"], type=click.Choice(PROGRESS_MODES), default=None, expose_value=False,
+                     callback=_progress_given, help=PROGRESS_HELP + " Same as before the command."),
+    ]
+
+
+def add_shared_options(command: click.Command) -> click.Command:
+    """Give ``command`` (and a group's subcommands) the shared options, once."""
+    names = {name for p in command.params for name in getattr(p, "opts", ())}
+    if "--verbose" not in names:
+        command.params.extend(shared_options())
+    for sub in getattr(command, "commands", {}).values():
+        add_shared_options(sub)
+    return command
+
 overwrite_option = click.option(
-    "--overwrite", is_flag=True, help="Replace existing outputs (never done without this flag)."
+    "--overwrite", is_flag=True, help="Replace this command's existing outputs (never done without this flag); other files in an "
+         "output folder are never touched."
 )
 
 resolution_option = click.option(
@@ -44,5 +116,17 @@ def aoi_options(required: bool = False):
     return decorator
 
 
-def output_option(help_text: str = "Output file."):
-    return click.option("-o", "--output", type=click.Path(), required=True, help=help_text)
+def class_codes(ctx, param, value):
+    """``--exclude-classes 7,18`` -> (7, 18); ``none`` -> (); unset -> None (the method's default)."""
+    if value is None:
+        return None
+    if value.strip().lower() in ("none", ""):
+        return ()
+    try:
+        codes = tuple(int(v) for v in value.replace(" ", "").split(","))
+    except ValueError:
+        raise click.BadParameter(f"{value!r}: give LAS class codes separated by commas (7,18) or none") from None
+    if any(not 0 <= c <= 255 for c in codes):
+        raise click.BadParameter(f"{value!r}: LAS class codes are 0-255")
+    return codes
+

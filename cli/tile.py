@@ -22,7 +22,8 @@ def tile(ctx, aoi, bbox_crs, bbox, tile_size, overlap, resolution, crs, output, 
     """Cut the AOI into tiles on the output pixel grid and write the tile index (a GeoPackage QGIS opens).
 
     Only tiles touching the AOI are kept. Layer "tiles": id, row, col, left/bottom/right/top of the core,
-    overlap, status, core polygon. --crs is required with --bbox unless --bbox-crs is given; with --aoi the
+    overlap, status, core polygon. A tile has at least 16 pixels a side and an index at most 500,000 tiles
+    (refused before any work otherwise); -o must end in .gpkg. --crs is required with --bbox unless --bbox-crs is given; with --aoi the
     default is the AOI file's CRS.
     """
     from geoimplicit.tiling.grid import make_tile_index

@@ -204,7 +204,10 @@ def load_yaml_tree(path: str | os.PathLike, _seen: tuple = ()) -> dict:
     try:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
-        raise ConfigError(f"not valid YAML: {str(exc).splitlines()[0]}", path=path, hint="fix the YAML syntax") from None
+        mark = getattr(exc, "problem_mark", None)  # where the parser gave up (0-based)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        raise ConfigError(f"not valid YAML{where}: {getattr(exc, 'problem', None) or str(exc).splitlines()[0]}",
+                          path=path, hint="fix the YAML syntax") from None
     if data is None:
         data = {}
     if not isinstance(data, dict):

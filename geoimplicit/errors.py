@@ -93,10 +93,21 @@ class OutputExistsError(GeoImplicitError, FileExistsError):
     exit_code = 2
 
 
+class DiskFullError(GeoImplicitError, OSError):
+    """The disk filled up while writing an output; the partial output was removed."""
+
+    exit_code = 1
+
+
 class DeviceError(GeoImplicitError):
     """The requested compute device is not available (--device cuda without a GPU)."""
 
     exit_code = 2
+
+
+class RunError(GeoImplicitError):
+    """A tiled run did not finish: a tile job failed or returned something unusable, or tiles are left
+    unfinished. The finished tiles are kept: re-running the same command resumes."""
 
 
 class CancelledError(GeoImplicitError):

@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import logging
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -42,27 +42,18 @@ TAG_ID = "GEOIMPLICIT_TILE_ID"
 
 def write_tile(path, height: np.ndarray, valid: np.ndarray, tile, *, filled: np.ndarray | None = None,
                tags: dict | None = None, overwrite: bool = True) -> Path:
-    """Write one tile GeoTIFF atomically: band 1 height (nodata -9999), band 2 the filled mask (0/1).
+    """Write one DSM tile GeoTIFF atomically: band 1 height (nodata -9999), band 2 the filled mask (0/1).
 
-    ``tile`` is a :class:`~geoimplicit.tiling.grid.Tile` (its grid gives the georeferencing).
+    ``tile`` is a :class:`~geoimplicit.tiling.grid.Tile` (its grid gives the georeferencing). The writer is the
+    raster product kind's (:func:`geoimplicit.jobs.raster.write_raster_tile`); ``overwrite`` is kept for callers.
     """
-    from geoimplicit.io.raster import write_geotiff
+    from geoimplicit.jobs.raster import dsm_bands, write_raster_tile
 
-    grid = tile.grid
-    rows, cols = grid.shape
-    if height.shape != (rows, cols):
-        raise ValueError(f"write_tile: array {height.shape} does not match the tile grid {(rows, cols)}")
-    data = np.empty((2, rows, cols), np.float32)
-    data[0] = np.where(valid, height, NODATA)
-    data[1] = 0.0 if filled is None else np.where(valid, filled, NODATA)
-    data[1][~valid] = NODATA
-    overlap_px = int(round(tile.overlap / grid.resolution))
-    all_tags = {TAG_ID: tile.id, TAG_CORE: json.dumps(list(tile.core_bounds)), TAG_OVERLAP: str(overlap_px),
-                "AREA_OR_POINT": "Area"}
-    all_tags.update({k: str(v) for k, v in (tags or {}).items()})
-    write_geotiff(path, data, grid.transform, grid.crs, nodata=NODATA, tags=all_tags,
-                  band_descriptions=["height", "filled"], overwrite=overwrite, overviews=False)
-    return Path(path)
+    del overwrite  # tiles are always replaced atomically
+    if height.shape != tile.grid.shape:
+        raise ValueError(f"write_tile: array {height.shape} does not match the tile grid {tile.grid.shape}")
+    return write_raster_tile(path, dsm_bands(height, valid, filled), tile, nodata=NODATA,
+                             band_names=("height", "filled"), tags=tags)
 
 
 @dataclass
@@ -76,6 +67,9 @@ class TileSource:
     overlap_px: int | None
     count: int
     window: object = None  # rasterio Window in the mosaic grid
+    tags: dict = field(default_factory=dict)  # the tile's dataset tags
+    units: tuple = ()  # band units ("m", "ft" or "")
+    descriptions: tuple = ()  # band names
 
 
 def _open_sources(paths: Sequence) -> tuple[list[TileSource], object]:
@@ -95,7 +89,8 @@ def _open_sources(paths: Sequence) -> tuple[list[TileSource], object]:
                 tags = ds.tags()
                 ov = tags.get(TAG_OVERLAP)
                 sources.append(TileSource(p, tuple(ds.bounds), (ds.height, ds.width), t.a,
-                                          None if ov is None else int(ov), ds.count))
+                                          None if ov is None else int(ov), ds.count, tags=tags,
+                                          units=tuple(ds.units), descriptions=tuple(ds.descriptions)))
                 if crs is None:
                     crs = ds.crs
                 elif ds.crs != crs:
@@ -104,6 +99,32 @@ def _open_sources(paths: Sequence) -> tuple[list[TileSource], object]:
         except rasterio.errors.RasterioIOError as exc:
             raise CorruptInputError(f"not a readable GeoTIFF ({exc})", path=p) from exc
     return sources, crs
+
+
+_TILE_TAGS = (TAG_CORE, TAG_OVERLAP, TAG_ID, "AREA_OR_POINT")
+
+
+def shared_tags(sources: list[TileSource]) -> dict:
+    """The provenance tags every tile carries with the same value (not the tile's own id, core, overlap)."""
+    common = {k: v for k, v in sources[0].tags.items() if k not in _TILE_TAGS}
+    for s in sources[1:]:
+        common = {k: v for k, v in common.items() if s.tags.get(k) == v}
+    return common
+
+
+def _band_units(sources: list[TileSource], bands: list[int], crs, units) -> list[str | None]:
+    """Units of the output bands: given, else the tiles' own, else the CRS's height unit for a "height" band."""
+    from geoimplicit.io.crs import height_unit
+
+    if units is not None:
+        return [units] * len(bands) if isinstance(units, str) else list(units)
+    first = sources[0]
+    out = []
+    for b in bands:
+        unit = first.units[b - 1] if len(first.units) >= b else ""
+        name = first.descriptions[b - 1] if len(first.descriptions) >= b else None
+        out.append(unit or (height_unit(crs) if name == "height" else None))
+    return out
 
 
 def _infer_feather(sources: list[TileSource], grid: GridSpec) -> None:
@@ -125,7 +146,8 @@ def find_tiles(inputs: Iterable) -> tuple[list[Path], object]:
     ``tiles/`` folder beside it (the layout of a ``geoimplicit dsm`` work folder); tiles not finished are
     left out.
     """
-    from geoimplicit.tiling.grid import FINISHED, TileGrid, read_statuses
+    from geoimplicit.jobs.index import FINISHED, read_statuses
+    from geoimplicit.tiling.grid import TileGrid
 
     paths, tilegrid = [], None
     for item in inputs:
@@ -186,6 +208,8 @@ def mosaic(
     bands: Sequence[int] | None = None,
     dtype: str = "float32",
     nodata: float = NODATA,
+    units=None,
+    alpha: bool = False,
     progress: ProgressCallback | None = None,
     cancel: CancelCallback | None = None,
 ) -> Path:
@@ -198,7 +222,8 @@ def mosaic(
             Must be aligned with the tiles' pixels.
         aoi: shapely (Multi)Polygon in the grid's CRS; pixels whose centre lies outside become nodata.
         crs: CRS to write when the tiles have none.
-        tags: metadata tags (method, inputs, ...); the software version and resolution are added.
+        tags: metadata tags (method, inputs, ...); the software version and resolution are added, and the
+            provenance tags all tiles share are kept.
         filled_output: optional uint8 COG: 1 where the value comes from hole filling, 0 measured, 255 nodata.
         overwrite: replace existing outputs.
         block_px: side of the blocks computed at a time (memory ~ 24 bytes x block_px^2 per band).
@@ -207,6 +232,9 @@ def mosaic(
         dtype: output data type; integer types are rounded and clipped to their range, and a value equal to
             ``nodata`` is moved one step inside the range (so it stays valid).
         nodata: output nodata value.
+        units: band unit(s) ("m", "ft"); default: the tiles' units, else the CRS's height unit for a band the
+            tiles call "height" (DSM tiles).
+        alpha: add an alpha band after the blended ones (255 valid, 0 nodata), e.g. for an RGB image.
 
     Raises:
         NoDataError: no tile, or no valid pixel at all.
@@ -219,10 +247,10 @@ def mosaic(
 
     from geoimplicit import __version__
 
-    check_output(output, overwrite)
-    if filled_output is not None:
-        check_output(filled_output, overwrite)
     tiles = [Path(t) for t in tiles]
+    check_output(output, overwrite, inputs=tiles, folder=False)
+    if filled_output is not None:
+        check_output(filled_output, overwrite, inputs=tiles + [output], folder=False)
     bands = [1] if bands is None else [int(b) for b in bands]
     nb = len(bands)
     out_dtype = np.dtype(dtype)
@@ -275,10 +303,10 @@ def mosaic(
     total = n_blocks_r * n_blocks_c
     weight_cache: dict[tuple, np.ndarray] = {}
 
-    all_tags = {"AREA_OR_POINT": "Area", "software": f"geoimplicit {__version__}", "resolution": repr(grid.resolution),
-                "tiles": str(len(sources))}
+    all_tags = {**shared_tags(sources), "AREA_OR_POINT": "Area", "software": f"geoimplicit {__version__}",
+                "resolution": repr(grid.resolution), "tiles": str(len(sources))}
     all_tags.update({str(k): (v if isinstance(v, str) else json.dumps(v)) for k, v in (tags or {}).items()})
-    profile = dict(driver="GTiff", width=cols, height=rows, count=nb, dtype=out_dtype.name, nodata=nodata,
+    profile = dict(driver="GTiff", width=cols, height=rows, count=nb + int(alpha), dtype=out_dtype.name, nodata=nodata,
                    crs=rio_crs, transform=grid.transform, tiled=True, blockxsize=256, blockysize=256,
                    compress="deflate", zlevel=1, predictor=2 if is_int else 3, BIGTIFF="IF_SAFER")
     if nb == 3 and out_dtype == np.uint8:
@@ -344,7 +372,9 @@ def mosaic(
                         mean[mean == nodata] = nodata + 1 if nodata < hi else nodata - 1
                     out[:, valid] = mean.astype(out_dtype)
                     n_valid += int(valid.sum())
-                    dst.write(out, window=Window(c0, r0, w, h))
+                    dst.write(out, indexes=list(range(1, nb + 1)), window=Window(c0, r0, w, h))
+                    if alpha:
+                        dst.write(np.where(valid, 255, 0).astype(out_dtype), nb + 1, window=Window(c0, r0, w, h))
                     if want_filled:
                         fo = np.full((h, w), 255, np.uint8)
                         with np.errstate(invalid="ignore", divide="ignore"):
@@ -354,6 +384,9 @@ def mosaic(
                     if progress is not None:
                         progress(done, total, "mosaic", f"block {done}/{total}")
             dst.update_tags(**all_tags)
+            for k, unit in enumerate(_band_units(sources, bands, out_crs, units), start=1):
+                if unit:
+                    dst.set_band_unit(k, unit)
             if nb == 1:
                 dst.set_band_description(1, str((tags or {}).get("band", "height")))
             else:
@@ -362,6 +395,11 @@ def mosaic(
                 for k, b in enumerate(bands):
                     if names[b - 1]:
                         dst.set_band_description(k + 1, names[b - 1])
+            if alpha:
+                from rasterio.enums import ColorInterp
+
+                dst.set_band_description(nb + 1, "alpha")
+                dst.colorinterp = [*dst.colorinterp[:nb], ColorInterp.alpha]
             if want_filled:
                 dst_f.update_tags(**{**all_tags, "band": "filled: 1 filled hole, 0 measured, 255 nodata"})
         finally:
@@ -400,7 +438,13 @@ def mosaic_inputs(inputs: Sequence, output, *, aoi=None, filled_output=None, ove
     """
     import rasterio
 
+    from geoimplicit.tiling.grid import read_metadata
+
     paths, tilegrid = find_tiles(inputs)
+    index_tags = {}  # the provenance a DSM run stored in its tile index
+    for item in inputs:
+        if Path(item).suffix.lower() == ".gpkg":
+            index_tags.update(read_metadata(item).get("tags") or {})
     if not paths:
         raise NoDataError("no finished tile found", path=", ".join(str(i) for i in inputs),
                           hint="give tile GeoTIFFs, a folder of them, or the tiles.gpkg of a run")
@@ -415,4 +459,4 @@ def mosaic_inputs(inputs: Sequence, output, *, aoi=None, filled_output=None, ove
             raise InputError("the tiles have no CRS: cannot place the AOI", path=paths[0])
         geometry = read_aoi(aoi, crs=crs).geometry
     return mosaic(paths, output, grid=grid, aoi=geometry, filled_output=filled_output, overwrite=overwrite,
-                  progress=progress, cancel=cancel)
+                  tags=index_tags or None, progress=progress, cancel=cancel)

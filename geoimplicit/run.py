@@ -1,44 +1,53 @@
-"""Tiled DSM runs: one tile job, the run driver, resumable through the tile index.
+"""Tiled DSM runs: a client of the job layer (:mod:`geoimplicit.jobs`).
 
 Layout of a run's work folder (``workdir``)::
 
-    tiles.gpkg        the tile index (status of every tile; QGIS opens it)
+    tiles.gpkg        the run index (status of every tile; QGIS opens it)
     tiles/<id>.tif    finished tiles (height + filled bands, overlap included)
     points/           the points routed to each tile (read once from the inputs; removed after success)
 
-A run does: check the inputs, build the tile grid over the AOI, route the points to the tiles (once), run the
-method on every unfinished tile through an executor (local by default; anything with the
-:class:`geoimplicit.executors.LocalExecutor` ``map`` interface, e.g. the Dask one), and mosaic the tiles.
-Interrupted at any point, the same command resumes: tiles whose status is ``done``/``empty`` and whose file
-exists are not run again. A tile job is a module-level function of a picklable :class:`TileJob`, so it runs
-the same in this process or on a Dask worker.
+A run does: check every input (:func:`plan_run`: headers only, nothing written), build the tile grid over the
+AOI, route the points to the tiles (once), run the method on every unfinished tile through the job loop
+(:func:`geoimplicit.jobs.loop.run_jobs`, with any executor of :mod:`geoimplicit.jobs.executors`), and merge the
+tiles with the raster product kind (the feathered mosaic into a COG). Interrupted at any point, the same
+command resumes: tiles whose status is ``done``/``empty`` and whose file exists are not run again.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import shutil
-import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
-from geoimplicit.dsm.method import DsmMethod, RunInputs, TileOutput, get_method
-from geoimplicit.errors import AOIError, InputError
-from geoimplicit.outputs import check_output, input_fingerprint
+from geoimplicit.dsm.method import DsmMethod, RunInputs, TileOutput, get_method, method_class
+from geoimplicit.errors import AOIError, CRSMismatchError, InputError, MissingCRSError, RunError
+from geoimplicit.jobs.index import INDEX_NAME, open_run_index, resume_key
+from geoimplicit.jobs.loop import TileOutcome, finished_tiles, run_jobs, unfinished
+from geoimplicit.jobs.raster import RasterLayer, RasterProduct, dsm_bands
+from geoimplicit.outputs import check_output
 from geoimplicit.progress import CancelCallback, ProgressCallback, check_cancel
-from geoimplicit.tiling.grid import FINISHED, Tile, TileGrid, open_run_index, read_statuses, update_status
+from geoimplicit.tiling.grid import Tile, TileGrid
 
 log = logging.getLogger(__name__)
 
-__all__ = ["TileJob", "TileResult", "run_tile_job", "run_dsm", "plan_run"]
+__all__ = ["DSM_PRODUCT", "TileJob", "run_dsm", "plan_run", "RunPlan", "MAX_PIXELS"]
+
+# the DSM's product: one 2-band tile file, merged into the DSM and its filled mask
+DSM_PRODUCT = RasterProduct((RasterLayer("dsm", "tiles/{id}.tif", ("height", "filled"), mask_output="filled"),))
+MAX_PIXELS = 2**31  # pixels of one DSM (8.6 GB of float32): beyond, the resolution is surely a mistake
+
+_METHODS: dict[str, DsmMethod] = {}  # run key -> the method of this process (the driver's is the plan's)
+_STATES: dict[str, Any] = {}  # run key -> its prepared state, once per process
 
 
 @dataclass
 class TileJob:
-    """One tile to compute (picklable)."""
+    """One DSM tile to compute (picklable: paths and numbers)."""
 
     tile: Tile
     method: str
@@ -46,87 +55,56 @@ class TileJob:
     inputs: RunInputs
     workdir: str
     run_key: str
+    product: RasterProduct = DSM_PRODUCT
 
+    @property
+    def tile_id(self) -> str:
+        return self.tile.id
 
-@dataclass
-class TileResult:
-    tile_id: str
-    status: str
-    seconds: float
-    stats: dict = field(default_factory=dict)
+    def load(self) -> tuple[dict, list]:
+        """The tile's points (routed) and ortho crops; what the local executor prefetches in a thread."""
+        from geoimplicit.tiling.route import load_tile_points
 
+        points = load_tile_points(Path(self.workdir) / "points", self.tile.id)
+        ortho = []
+        if method_class(self.method).needs_ortho:
+            from geoimplicit.io.raster import read_raster
 
-_STATE: dict[str, tuple[DsmMethod, Any]] = {}  # run key -> (method, state), once per process
+            for path in self.inputs.ortho:
+                try:
+                    ortho.append(read_raster(path, self.tile.context_bounds, crs=self.inputs.assumed_crs_wkt,
+                                             dst_crs=self.inputs.crs_wkt))
+                except AOIError:
+                    log.info("tile %s: %s does not cover it", self.tile.id, path)
+        return points, ortho
 
-
-def _method_state(job: TileJob):
-    cached = _STATE.get(job.run_key)
-    if cached is None:
-        method = get_method(job.method, **job.options)
-        cached = _STATE[job.run_key] = (method, method.prepare(job.inputs))
-    return cached
-
-
-def tile_path(workdir, tile_id: str) -> Path:
-    return Path(workdir) / "tiles" / f"{tile_id}.tif"
-
-
-def load_tile_inputs(job: TileJob) -> tuple[dict, list]:
-    """The tile's points (routed) and ortho crops; what the executor prefetches in a thread."""
-    from geoimplicit.tiling.route import load_tile_points
-
-    points = load_tile_points(Path(job.workdir) / "points", job.tile.id)
-    ortho = []
-    method, _ = _method_state(job)
-    if method.needs_ortho and job.inputs.ortho:
-        from geoimplicit.io.raster import read_raster
-
-        for path in job.inputs.ortho:
-            try:
-                ortho.append(read_raster(path, job.tile.bounds, dst_crs=job.inputs.crs_wkt))
-            except AOIError:
-                log.info("tile %s: %s does not cover it", job.tile.id, path)
-    return points, ortho
-
-
-def run_tile_job(job: TileJob, prefetched: tuple[dict, list] | None = None) -> TileResult:
-    """Compute one tile: read its inputs, run the method, write ``tiles/<id>.tif`` atomically, record status.
-
-    A tile with no points is recorded ``empty`` and writes no file (the mosaic leaves it nodata: nothing is
-    invented where there is no data).
-    """
-    from geoimplicit.mosaic import write_tile
-
-    t0 = time.perf_counter()
-    index = Path(job.workdir) / "tiles.gpkg"
-    try:
-        points, ortho = prefetched if prefetched is not None else load_tile_inputs(job)
+    def compute(self, loaded: tuple[dict, list], progress=None) -> TileOutcome:
+        """Heights of the tile; a tile without points or without any valid cell is empty (nothing invented)."""
+        points, ortho = loaded
         n = len(points["x"])
         if n == 0:
-            update_status(index, job.tile.id, "empty")
-            return TileResult(job.tile.id, "empty", time.perf_counter() - t0, {"points": 0})
-        method, state = _method_state(job)
-        out: TileOutput = method.run_tile(job.tile, points, ortho, state)
-        shape = job.tile.grid.shape
+            return TileOutcome(None, {"points": 0}, message="no points")
+        if self.run_key not in _STATES:
+            _STATES[self.run_key] = self._method().prepare(self.inputs)
+        out: TileOutput = self._method().run_tile(self.tile, points, ortho, _STATES[self.run_key], progress=progress)
+        shape = self.tile.grid.shape
         if out.height.shape != shape or out.valid.shape != shape:
-            raise RuntimeError(f"method {job.method} returned {out.height.shape}, expected the tile grid {shape}")
+            raise RunError(f"the {self.method} method returned a {out.height.shape} tile, expected the tile grid's "
+                           f"{shape}", hint="its run_tile must return arrays on tile.grid (overlap included)")
+        stats = dict(out.stats, points=n)
         if not out.valid.any():
-            update_status(index, job.tile.id, "empty")
-            return TileResult(job.tile.id, "empty", time.perf_counter() - t0, dict(out.stats, points=n))
-        write_tile(tile_path(job.workdir, job.tile.id), np.asarray(out.height, np.float32), out.valid, job.tile,
-                   filled=out.filled, tags={"method": job.method}, overwrite=True)
-        update_status(index, job.tile.id, "done")
-        return TileResult(job.tile.id, "done", time.perf_counter() - t0, dict(out.stats, points=n))
-    except BaseException as exc:
-        try:
-            update_status(index, job.tile.id, "failed", f"{type(exc).__name__}: {exc}")
-        except Exception:  # the index itself is the problem: keep the original error
-            pass
-        raise
+            return TileOutcome(None, stats, message="no valid cell")
+        bands = dsm_bands(np.asarray(out.height, np.float32), out.valid, out.filled)
+        return TileOutcome({"dsm": bands}, stats, tags={"method": self.method})
+
+    def _method(self) -> DsmMethod:
+        if self.run_key not in _METHODS:  # a worker process: build it once (this reads a model's checkpoint)
+            _METHODS[self.run_key] = get_method(self.method, **self.options)
+        return _METHODS[self.run_key]
 
 
 # ---------------------------------------------------------------------------------------------------------
-# the run
+# the checked inputs
 # ---------------------------------------------------------------------------------------------------------
 @dataclass
 class RunPlan:
@@ -140,88 +118,147 @@ class RunPlan:
     inputs: RunInputs
     workdir: Path
     run_key: str
+    method_name: str = ""  # the registry name the jobs build the method from
+    clip: Any = None  # the AOI polygon the mosaic clips to (an AOI file), or None
 
 
 def plan_run(points, *, resolution: float, aoi=None, bbox=None, bbox_crs=None, crs=None, assume_crs=None,
              ortho: Sequence = (), method: str = "raster", method_options: dict | None = None,
              tile_size: float | None = None, overlap: float | None = None, workdir=None) -> RunPlan:
-    """Check the inputs and build the tile grid (reads headers only). See :func:`run_dsm` for the arguments."""
+    """Check every input and build the tile grid (reads headers only, writes nothing). Arguments: :func:`run_dsm`."""
+    from geoimplicit.io.crs import linear_units
+    from geoimplicit.io.pointcloud import PointCloudDataset
+
+    if aoi is not None and bbox is not None:
+        raise InputError("--aoi and --bbox both give the area of interest", hint="give one of them")
+    if not resolution or not resolution > 0:
+        raise InputError(f"resolution must be positive, got {resolution}")
+    dataset = PointCloudDataset(points, crs=crs, assume_crs=assume_crs)
+    area, grid_bounds, snap = _area(dataset, aoi, bbox, bbox_crs)
+    units, mpu = linear_units(dataset.crs)
+    _check_resolution(resolution, grid_bounds, units)
+    options = {k: v for k, v in (method_options or {}).items() if v is not None}
+    m = get_method(method, **options)
+    ortho = _check_orthos(ortho, dataset.crs, grid_bounds, m, assume_crs=crs)
+    b = dataset.bounds
+    density = dataset.point_count / max((b[2] - b[0]) * (b[3] - b[1]), resolution * resolution)
+    tilegrid = _tile_grid(m, dataset, area if aoi is not None else None, grid_bounds, snap, resolution, density,
+                          tile_size, overlap, mpu)
+    files = [str(f.path) for f in dataset.files]
+    model_files = list(getattr(m, "model_files", ()))
+    run_key = resume_key(files + ortho + model_files, {"method": method, "options": options}, tilegrid)
+    inputs = RunInputs(points=files, ortho=ortho, crs_wkt=dataset.crs.to_wkt(), resolution=float(resolution),
+                       bounds=tilegrid.grid.bounds, density=float(density), z_range=tuple(dataset.z_range),
+                       point_count=int(dataset.point_count), workdir=str(workdir) if workdir else "",
+                       metres_per_unit=float(mpu), assumed_crs_wkt=None if crs is None else dataset.crs.to_wkt())
+    _METHODS[run_key] = m  # this process runs its tiles with this method (one checkpoint read per run)
+    clip = area.geometry if (area is not None and aoi is not None) else None
+    return RunPlan(dataset, area, tilegrid, m, options, inputs, Path(workdir) if workdir else None, run_key,
+                   method, clip)
+
+
+def _area(dataset, aoi, bbox, bbox_crs):
+    """(the AOI or None, the grid's bounds, whether to snap them to the resolution)."""
     import shapely
 
     from geoimplicit.io.crs import crs_name
-    from geoimplicit.io.pointcloud import PointCloudDataset
     from geoimplicit.io.vector import read_aoi
 
-    if not resolution or resolution <= 0:
-        raise InputError(f"resolution must be positive, got {resolution}")
-    dataset = PointCloudDataset(points, crs=crs, assume_crs=assume_crs)
-    work_crs = dataset.crs
     if aoi is None and bbox is None:
-        area = None
-        grid_bounds = dataset.bounds
-        snap = True
-    else:
-        area = read_aoi(aoi, bbox=bbox, bbox_crs=bbox_crs, crs=work_crs)
-        grid_bounds = area.geometry.bounds
-        snap = aoi is not None or bbox_crs is not None  # an exact bbox keeps its corner
-    data_box = shapely.box(*dataset.bounds)
-    if area is not None and not area.geometry.intersects(data_box):
+        return None, dataset.bounds, True
+    area = read_aoi(aoi, bbox=bbox, bbox_crs=bbox_crs, crs=dataset.crs)
+    if not area.geometry.intersects(shapely.box(*dataset.bounds)):
         b = ", ".join(f"{v:.2f}" for v in dataset.bounds)
         raise AOIError(f"the area of interest does not overlap the point clouds (data bounds {b})",
                        path=aoi if aoi is not None else "--bbox",
-                       hint=f"check the AOI and its CRS (the points are in {crs_name(work_crs)})")
-    options = {k: v for k, v in (method_options or {}).items() if v is not None}
-    m = get_method(method, **options)
-    b = dataset.bounds
-    area_xy = max((b[2] - b[0]) * (b[3] - b[1]), resolution * resolution)
-    density = dataset.point_count / area_xy
-    d_ts, d_ov = m.default_tiling(resolution, density)
+                       hint=f"check the AOI and its CRS (the points are in {crs_name(dataset.crs)})")
+    return area, area.geometry.bounds, aoi is not None or bbox_crs is not None  # an exact bbox keeps its corner
+
+
+def _check_resolution(resolution: float, bounds, units: str) -> None:
+    """A resolution that gives at least one whole pixel across the area, and not more pixels than one DSM holds."""
+    width, height = bounds[2] - bounds[0], bounds[3] - bounds[1]
+    if resolution > min(width, height):
+        raise InputError(f"resolution {resolution:g} {units} is larger than the area ({width:.4g} x {height:.4g} "
+                         f"{units})", hint="give a resolution smaller than the area, e.g. 0.5")
+    n = (width / resolution) * (height / resolution)
+    if n > MAX_PIXELS:
+        raise InputError(f"resolution {resolution:g} {units} is too small for an area of {width:.4g} x {height:.4g} "
+                         f"{units}: {n:.3g} pixels, more than one DSM can hold ({MAX_PIXELS:.3g})",
+                         hint="use a coarser --resolution or a smaller area")
+
+
+def _check_orthos(paths: Sequence, crs, bounds, method: DsmMethod, *, assume_crs=None) -> list[str]:
+    """Every ortho: a raster, in the points' CRS, over the area; with the bands the method needs. An ortho the
+    method does not use is named in a warning; one that covers only part of the area too."""
+    import shapely
+
+    from geoimplicit.io.crs import crs_equal, crs_name
+    from geoimplicit.io.raster import raster_info
+
+    area = shapely.box(*bounds)
+    for p in paths:
+        info = raster_info(p, crs=assume_crs)
+        if info["crs"] is None:
+            raise MissingCRSError("the ortho image has no CRS", path=p,
+                                  hint="georeference it, or pass --crs with its CRS (the points' CRS)")
+        if not crs_equal(info["crs"], crs):
+            raise CRSMismatchError(f"the ortho image is in {crs_name(info['crs'])} but the points are in "
+                                   f"{crs_name(crs)}", path=p, hint="reproject it into the points' CRS "
+                                   f"(e.g. gdalwarp -t_srs {_srs(crs)} {Path(p).name} ortho_reprojected.tif)")
+        need = getattr(method, "ortho_bands", 3)
+        if method.needs_ortho and info["count"] < need:
+            raise InputError(f"the ortho image has {info['count']} band(s); the {method.name} method needs {need} "
+                             "(red, green, blue; or near infrared, red, green)", path=p,
+                             hint="give an RGB or IRC ortho")
+        covered = shapely.box(*info["bounds"]).intersection(area).area / area.area
+        if covered <= 0:
+            b = ", ".join(f"{v:.2f}" for v in info["bounds"])
+            raise AOIError(f"the ortho image does not overlap the area of the DSM (ortho bounds {b})", path=p,
+                           hint="check the ortho and the AOI/bbox")
+        if covered < 0.999:
+            log.warning("%s covers %.0f %% of the area; the rest is made without it", p, 100 * covered)
+    if paths and not method.needs_ortho:
+        log.warning("the %s method does not use ortho images: %s ignored", method.name, ", ".join(map(str, paths)))
+    return [str(p) for p in paths]
+
+
+def _srs(crs) -> str:
+    epsg = crs.to_epsg()
+    return f"EPSG:{epsg}" if epsg else "points.wkt"
+
+
+def _tile_grid(m: DsmMethod, dataset, aoi, bounds, snap: bool, resolution: float, density: float, tile_size,
+               overlap, mpu: float) -> TileGrid:
+    """The tile grid: the method's tiling in CRS units (metres converted) unless given; tiles clipped to the area."""
+    d_ts, d_ov = m.default_tiling(resolution, density, mpu)
+    units = dataset.units
+    if tile_size is None and overlap is None and d_ov > d_ts:
+        raise InputError(f"resolution {resolution:g} {units} is too small for the {m.name} method: its tiles of "
+                         f"{d_ts:g} {units} (pixels) are smaller than the {d_ov:g} {units} it needs around each "
+                         "cell", hint="use a coarser --resolution, or give --tile-size")
+    if tile_size is not None and overlap is None and d_ov > tile_size:
+        raise InputError(f"--tile-size {tile_size:g} {units} is smaller than the {d_ov:g} {units} the {m.name} "
+                         "method needs around each cell (its overlap)",
+                         hint=f"use a --tile-size of at least {d_ov:g}, or give --overlap")
     tile_size = d_ts if tile_size is None else float(tile_size)
     overlap = d_ov if overlap is None else float(overlap)
     if overlap < d_ov - 1e-9:
         log.warning("overlap %.3g is less than the %.3g the %s method reaches; tiles may not blend exactly",
-                    overlap, d_ov, method)
-    geometry = area.geometry if (area is not None and aoi is not None) else grid_bounds
-    tilegrid = TileGrid.from_aoi(geometry, tile_size=tile_size, overlap=overlap, resolution=resolution,
-                                 crs=work_crs, snap=snap)
-    files = [str(f.path) for f in dataset.files]
-    ortho = [str(p) for p in (ortho or ())]
-    for p in ortho:
-        if not Path(p).exists():
-            from geoimplicit.errors import InputFileNotFoundError
-
-            raise InputFileNotFoundError("ortho image not found", path=p)
-    model_files = list(getattr(m, "model_files", ()))
-    run_key = input_fingerprint(files + ortho + model_files,
-                                {"method": method, "options": options, **tilegrid.metadata()})
-    inputs = RunInputs(points=files, ortho=ortho, crs_wkt=work_crs.to_wkt(), resolution=float(resolution),
-                       bounds=tilegrid.grid.bounds, density=float(density), z_range=tuple(dataset.z_range),
-                       point_count=int(dataset.point_count), workdir=str(workdir) if workdir else "")
-    return RunPlan(dataset, area, tilegrid, m, options, inputs, Path(workdir) if workdir else None, run_key)
+                    overlap, d_ov, m.name)
+    geometry = aoi.geometry if aoi is not None else bounds
+    return TileGrid.from_aoi(geometry, tile_size=tile_size, overlap=overlap, resolution=resolution,
+                             crs=dataset.crs, snap=snap)
 
 
-def run_dsm(
-    points,
-    output,
-    *,
-    resolution: float,
-    aoi=None,
-    bbox=None,
-    bbox_crs=None,
-    crs=None,
-    assume_crs=None,
-    ortho: Sequence = (),
-    method: str = "raster",
-    method_options: dict | None = None,
-    tile_size: float | None = None,
-    overlap: float | None = None,
-    workdir=None,
-    overwrite: bool = False,
-    keep_points: bool = False,
-    executor=None,
-    progress: ProgressCallback | None = None,
-    cancel: CancelCallback | None = None,
-) -> dict[str, Path]:
+# ---------------------------------------------------------------------------------------------------------
+# the run
+# ---------------------------------------------------------------------------------------------------------
+def run_dsm(points, output, *, resolution: float, aoi=None, bbox=None, bbox_crs=None, crs=None,
+            assume_crs=None, ortho: Sequence = (), method: str = "raster", method_options: dict | None = None,
+            tile_size: float | None = None, overlap: float | None = None, workdir=None, overwrite: bool = False,
+            keep_points: bool = False, executor=None, progress: ProgressCallback | None = None,
+            cancel: CancelCallback | None = None) -> dict[str, Path]:
     """Make a DSM GeoTIFF (COG) from point clouds, tile by tile, resumable.
 
     Args:
@@ -229,78 +266,77 @@ def run_dsm(
         output: the DSM COG; a ``<stem>_filled.tif`` mask (1 = filled hole) is written beside it.
         resolution: pixel size in CRS units.
         aoi: polygon file (GeoJSON/GPKG/SHP); or ``bbox`` (left, bottom, right, top) in ``bbox_crs`` or the
-            working CRS. Neither: the points' extent. A bbox in the working CRS keeps its exact corner;
-            otherwise the grid is snapped to multiples of the resolution.
-        crs, assume_crs: working CRS; CRS of point files that have none.
-        ortho: ortho GeoTIFFs for methods that use them.
+            working CRS (not both). Neither: the points' extent. A bbox in the working CRS keeps its exact
+            corner; otherwise the grid is snapped to multiples of the resolution.
+        crs, assume_crs: working CRS (also assumed for orthos without one); CRS of point files that have none.
+        ortho: ortho GeoTIFFs for methods that use them (checked for every method).
         method, method_options: the DSM method (:mod:`geoimplicit.dsm.method`) and its options.
-        tile_size, overlap: CRS units (default: the method's).
+        tile_size, overlap: CRS units (default: the method's, its metres converted into the CRS's units).
         workdir: work folder (default ``<output stem>_work`` beside the output); a re-run with the same inputs
-            and options resumes there.
+            and options resumes there. A new work folder is removed again when an input turns out unusable.
         overwrite: replace existing outputs.
         keep_points: keep the routed points after success (they are removed by default).
-        executor: an executor with ``map(fn, jobs, prefetch=, needs_gpu=, progress=, cancel=)`` (default:
-            :class:`geoimplicit.executors.LocalExecutor`).
+        executor: any executor of :mod:`geoimplicit.jobs.executors` (default: local).
 
     Returns:
         {"dsm": path, "filled": path, "tiles": tile index path}.
     """
-    from geoimplicit.mosaic import mosaic
-
     output = Path(output)
-    filled_output = output.with_name(f"{output.stem}_filled{output.suffix or '.tif'}")
-    check_output(output, overwrite)
-    check_output(filled_output, overwrite)
+    outputs = {"dsm": output, "filled": output.with_name(f"{output.stem}_filled{output.suffix or '.tif'}")}
+    for path in outputs.values():
+        check_output(path, overwrite)
     workdir = Path(workdir) if workdir else output.with_name(f"{output.stem}_work")
     plan = plan_run(points, resolution=resolution, aoi=aoi, bbox=bbox, bbox_crs=bbox_crs, crs=crs,
                     assume_crs=assume_crs, ortho=ortho, method=method, method_options=method_options,
                     tile_size=tile_size, overlap=overlap, workdir=workdir)
-    tg = plan.tilegrid
-    index = workdir / "tiles.gpkg"
-    statuses = open_run_index(workdir, tg, plan.run_key, reset=("tiles", "points"))
-    log.info("%d tiles of %g %s (overlap %g), %d to do", len(tg.tiles), tg.tile_size, plan.dataset.units,
-             tg.overlap, sum(statuses.get(t.id) not in FINISHED for t in tg.tiles))
-
-    todo = [t for t in tg.tiles if not _finished(workdir, t.id, statuses.get(t.id))]
-    if todo:
-        from geoimplicit.tiling.route import route_points
-
-        check_cancel(cancel)
-        route_points(plan.dataset, tg.tiles, workdir / "points", fields=plan.method.point_fields,
-                     progress=progress, cancel=cancel)
-    jobs = [TileJob(t, method, plan.options, plan.inputs, str(workdir), plan.run_key) for t in todo]
-    if jobs:
-        if executor is None:
-            from geoimplicit.executors import LocalExecutor
-
-            executor = LocalExecutor()
-        n_total, n_done = len(tg.tiles), len(tg.tiles) - len(jobs)
-        for _, res in executor.map(run_tile_job, jobs, prefetch=load_tile_inputs, needs_gpu=plan.method.needs_gpu,
-                                   cancel=cancel):
-            n_done += 1
-            if progress is not None:
-                progress(n_done, n_total, "tiles", f"{res.tile_id} {res.status}")
-    statuses = read_statuses(index)
-    not_done = [t.id for t in tg.tiles if not _finished(workdir, t.id, statuses.get(t.id))]
-    if not_done:
-        raise RuntimeError(f"tiles not finished: {', '.join(not_done[:5])}; re-run the command to resume")
-    tiles = [tile_path(workdir, t.id) for t in tg.tiles if statuses.get(t.id) == "done"]
-    if not tiles:
-        from geoimplicit.errors import NoDataError
-
-        raise NoDataError("no tile holds points: the DSM would be empty", path=index,
-                          hint="check that the AOI/bbox overlaps the point clouds")
-    tags = {**plan.method.tags(), "inputs": [str(p) for p in plan.inputs.points] + list(plan.inputs.ortho),
-            "tile_size": tg.tile_size, "overlap": tg.overlap}
-    clip = plan.aoi.geometry if (plan.aoi is not None and aoi is not None) else None
-    mosaic(tiles, output, grid=tg.grid, aoi=clip, tags=tags, filled_output=filled_output, overwrite=overwrite,
-           progress=progress, cancel=cancel)
+    try:
+        with _new_work_folder_removed_on_input_error(workdir):
+            tg = plan.tilegrid
+            tags = {**plan.method.tags(), "inputs": list(plan.inputs.points) + list(plan.inputs.ortho),
+                    "tile_size": tg.tile_size, "overlap": tg.overlap}
+            results = _run_tiles(plan, tags, executor, progress, cancel)
+            excluded = sum(int(r.stats.get("excluded_by_class", 0)) for r in results)
+            why = getattr(plan.method, "why_empty", lambda stats: None)({"excluded_by_class": excluded})
+            nothing, hint = why or ("no tile holds points: the DSM would be empty",
+                                    "check that the AOI/bbox overlaps the point clouds")
+            done = finished_tiles(workdir, tg.tiles, DSM_PRODUCT, nothing=nothing, hint=hint)
+            DSM_PRODUCT.merge(workdir, done, outputs, tilegrid=tg, aoi=plan.clip, tags=tags, overwrite=overwrite,
+                              progress=progress, cancel=cancel)
+    finally:
+        _METHODS.pop(plan.run_key, None), _STATES.pop(plan.run_key, None)
     if not keep_points and (workdir / "points").exists():
         shutil.rmtree(workdir / "points", ignore_errors=True)
-    return {"dsm": output, "filled": filled_output, "tiles": index}
+    return {**outputs, "tiles": workdir / INDEX_NAME}
 
 
-def _finished(workdir: Path, tile_id: str, status: str | None) -> bool:
-    if status == "empty":
-        return True
-    return status == "done" and tile_path(workdir, tile_id).exists()
+def _run_tiles(plan: RunPlan, tags: dict, executor, progress, cancel) -> list:
+    """Open the run index (resuming; ``tags`` kept in it for ``geoimplicit mosaic``), route the points to the
+    unfinished tiles, run their jobs; their results."""
+    from geoimplicit.tiling.route import route_points
+
+    tg, workdir = plan.tilegrid, plan.workdir
+    statuses = open_run_index(workdir, tg, plan.run_key, reset=("tiles", "points"),
+                              metadata={"product": DSM_PRODUCT.to_dict(), "method": plan.method.name, "tags": tags})
+    todo = unfinished(workdir, tg.tiles, statuses, DSM_PRODUCT)
+    log.info("%d tiles of %g %s (overlap %g), %d to do", len(tg.tiles), tg.tile_size, plan.dataset.units,
+             tg.overlap, len(todo))
+    if not todo:
+        return []
+    check_cancel(cancel)
+    route_points(plan.dataset, tg.tiles, workdir / "points", fields=plan.method.point_fields, progress=progress,
+                 cancel=cancel)
+    jobs = [TileJob(t, plan.method_name, plan.options, plan.inputs, str(workdir), plan.run_key) for t in todo]
+    return run_jobs(jobs, total=len(tg.tiles), executor=executor, needs_gpu=plan.method.needs_gpu,
+                    progress=progress, cancel=cancel)
+
+
+@contextlib.contextmanager
+def _new_work_folder_removed_on_input_error(workdir: Path):
+    """A work folder this run creates is removed again when an input error stops it (nothing to resume)."""
+    fresh = not workdir.exists()
+    try:
+        yield
+    except InputError:
+        if fresh:
+            shutil.rmtree(workdir, ignore_errors=True)
+        raise

@@ -183,3 +183,169 @@ def test_dsm_bad_inputs_leave_no_output(cli, tmp_path, l93_laz):
         result = cli("dsm", *args, "--resolution", 1.0, "-o", out)
         assert_clean_error(result, *fragments)
         assert not out.exists(), args
+
+
+# ------------------------------------------------------------------ issue 16: the sweep's cases, one test each
+_BBOX = ("--bbox", 770500, 6277500, 770650, 6277600, "--crs", "EPSG:2154")
+
+
+def test_tile_refuses_sizes_that_cannot_fit_before_any_work(cli, tmp_path):
+    out = tmp_path / "t.gpkg"
+    # 5-pixel tiles: a MemoryError after 32 s before
+    assert_clean_error(cli("tile", *_BBOX, "--tile-size", 0.05, "--resolution", 0.01, "-o", out),
+                       "5 pixels", "at least 16", "--tile-size 0.16")
+    # a tile smaller than a pixel: a 21 MB index of 1-pixel tiles before
+    assert_clean_error(cli("tile", *_BBOX, "--tile-size", 0.1, "--overlap", 0, "--resolution", 0.5, "-o", out),
+                       "0.2 pixels", "--tile-size 8")
+    big = ("--bbox", 700000, 6200000, 800000, 6300000, "--crs", "EPSG:2154")
+    assert_clean_error(cli("tile", *big, "--tile-size", 8, "--overlap", 0, "--resolution", 0.5, "-o", out),
+                       "156,250,000 tiles", "--tile-size")
+    assert not out.exists()
+    ok = cli("tile", *_BBOX, "--tile-size", 8, "--overlap", 0, "--resolution", 0.5, "-o", out)
+    assert ok.exit_code == 0 and "count: 247" in ok.stdout, ok.output  # 19 x 13 tiles of 16 pixels
+
+
+def test_tile_refuses_a_wrong_extension(cli, tmp_path):
+    result = cli("tile", *_BBOX, "--tile-size", 20, "--resolution", 0.5, "-o", tmp_path / "t.tif")
+    assert_clean_error(result, "t.tif", "GeoPackage", ".gpkg", "-o t.gpkg")
+    assert "RuntimeWarning" not in result.output and not (tmp_path / "t.tif").exists()
+
+
+def test_eval_refuses_an_rgb_image_as_classes_or_as_a_dsm(cli, sample_data, tmp_path):
+    city = sample_data / "synthetic_city"
+    out = tmp_path / "report"
+    result = cli("eval", city / "truth_dsm.tif", city / "truth_dsm.tif", "--classes", city / "ortho.tif", "-o", out)
+    assert_clean_error(result, "ortho.tif", "3 bands", "one band of class codes", "--class-polygons")
+    for pred, truth in ((city / "ortho.tif", city / "truth_dsm.tif"), (city / "truth_dsm.tif", city / "ortho.tif")):
+        result = cli("eval", pred, truth, "-o", out, "--reproject")
+        assert_clean_error(result, "ortho.tif", "is an image", "3 bands of uint8", "single-band DSM")
+    assert not out.exists()
+    fractional = tmp_path / "frac.tif"
+    write_geotiff(fractional, np.full((8, 8), 2.5, np.float32), Affine(4, 0, 770500, 0, -4, 6277532), "EPSG:2154")
+    truth = write_geotiff(tmp_path / "truth.tif", np.full((8, 8), 10.0, np.float32),
+                          Affine(4, 0, 770500, 0, -4, 6277532), "EPSG:2154")
+    assert_clean_error(cli("eval", truth, truth, "--classes", fractional, "-o", out), "frac.tif", "fractional")
+
+
+@pytest.fixture
+def empty_laz(tmp_path):
+    return write_las(tmp_path / "empty.laz", {"x": np.zeros(0), "y": np.zeros(0), "z": np.zeros(0)}, "EPSG:2154")
+
+
+def test_a_laz_without_points_says_so(cli, tmp_path, empty_laz, l93_laz):
+    out = tmp_path / "dsm.tif"
+    result = cli("dsm", "--points", empty_laz, "--method", "raster", "--resolution", 1, "-o", out)
+    assert_clean_error(result, "empty.laz", "no points")  # was "AOI does not overlap ... data bounds 0, 0, 0, 0"
+    assert "0.00, 0.00" not in result.output and not out.exists()
+    # info describes it with a warning and no made-up bounds; --check refuses it
+    info = cli("info", "--json", empty_laz)
+    assert info.exit_code == 0 and json.loads(info.stdout)["warning"].startswith("holds no points")
+    assert json.loads(info.stdout)["bounds"] is None
+    assert_clean_error(cli("info", "--check", empty_laz), "empty.laz", "no points")
+    # beside a file with points it is skipped: the extent is the other file's, not one reaching (0, 0)
+    both = cli("dsm", "--points", empty_laz, "--points", l93_laz, "--method", "raster", "--resolution", 1,
+               "-o", out)
+    assert both.exit_code == 0, both.output
+    import rasterio
+
+    with rasterio.open(out) as ds:
+        assert ds.bounds.left > 770000 and ds.width <= 51
+
+
+def test_an_aoi_whose_polygon_is_empty_says_so(cli, tmp_path, l93_laz):
+    aoi = tmp_path / "empty.geojson"
+    aoi.write_text(json.dumps({"type": "FeatureCollection", "features": [
+        {"type": "Feature", "properties": {}, "geometry": {"type": "Polygon", "coordinates": []}}]}))
+    result = cli("info", l93_laz, "--aoi", aoi)
+    assert_clean_error(result, "empty.geojson", "polygon geometry is empty", "--bbox")
+    assert "only polygon" not in result.stderr.lower()
+
+
+def test_eval_class_points_without_crs_are_refused_unless_given(cli, tmp_path):
+    t = Affine(0.5, 0, 770500, 0, -0.5, 6277550)
+    truth = write_geotiff(tmp_path / "truth.tif", np.full((100, 100), 30.0, np.float32), t, "EPSG:2154")
+    pts = _pts((770500.0, 6277500.0), n=20000)
+    pts["classification"] = np.where(pts["x"] < 770525, 2, 6).astype(np.uint8)
+    las = write_las(tmp_path / "nocrs.las", pts, None, point_format=1, version="1.2")
+    out = tmp_path / "report"
+    assert_clean_error(cli("eval", truth, truth, "--class-points", las, "-o", out, "--no-figures"),
+                       "nocrs.las", "no CRS", "--class-points-crs", "EPSG:2154")
+    assert not out.exists()
+    ok = cli("eval", truth, truth, "--class-points", las, "--class-points-crs", "EPSG:2154", "-o", out,
+             "--no-figures")
+    assert ok.exit_code == 0, ok.output
+    classes = {c["class"]: c["cells"] for c in json.loads((out / "report.json").read_text())["per_class"]}
+    assert set(classes) == {"ground", "building"} and abs(classes["ground"] - classes["building"]) < 300
+
+
+def test_geographic_crs_suggests_the_data_s_utm_zone_everywhere(cli, l93_laz, tmp_path):
+    # Montpellier (3.9 E) is UTM zone 31: info --check suggested zone 60 (the Lambert-93 metres read as degrees)
+    for command in (("info", "--check", l93_laz, "--crs", "EPSG:4326"),
+                    ("dsm", "--points", l93_laz, "--crs", "EPSG:4326", "--method", "raster", "--resolution", 1,
+                     "-o", tmp_path / "unused.tif")):
+        assert_clean_error(cli(*command), "geographic", "EPSG:32631")
+
+
+def test_yaml_syntax_error_names_line_and_column(cli, tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train:\n  steps: 3\n   lr: 0.001\n")
+    assert_clean_error(cli("train", bad, "-o", tmp_path / "run"), "bad.yaml", "line 3, column 6",
+                       "mapping values are not allowed")
+    assert not (tmp_path / "run").exists()
+
+
+def test_every_point_in_an_excluded_class_names_the_exclusion_and_the_option(cli, tmp_path):
+    pts = _pts((770500.0, 6277500.0), n=4000)
+    pts["classification"] = np.full(4000, 7, np.uint8)  # all "low noise"
+    noise = write_las(tmp_path / "noise.laz", pts, "EPSG:2154")
+    out = tmp_path / "dsm.tif"
+    args = ("dsm", "--points", noise, "--method", "raster", "--resolution", 1, "-o", out)
+    assert_clean_error(cli(*args), "4,000 points", "classes 7, 18", "--exclude-classes none")
+    assert not out.exists()
+    ok = cli(*args, "--exclude-classes", "none")
+    assert ok.exit_code == 0, ok.output
+    import rasterio
+
+    with rasterio.open(out) as ds:  # the points' heights (30-31 m) with nothing left out
+        heights = ds.read(1, masked=True)
+        assert heights.count() > 2000 and 29.9 < heights.min() and heights.max() < 31.1
+        assert json.loads(ds.tags()["exclude_classes"]) == []
+    bad = cli(*args, "--exclude-classes", "7,x", "--overwrite")
+    assert bad.exit_code == 2 and "LAS class codes" in bad.stderr
+
+
+# ------------------------------------------------ the sweep's good cases: they stay good (one line, exit 2)
+def _good_cases(city, ign, tmp):
+    truth, dsm_ign = city / "truth_dsm.tif", ign / "DSM_test_data_77055_627760_LA93_IGN69_50CM.tif"
+    return [
+        (("eval", truth, tmp / "missing.tif", "-o", tmp / "r"), ("missing.tif", "not found")),
+        (("eval", truth, dsm_ign, "-o", tmp / "r"), ("no valid cell in common",)),
+        (("eval", truth, city / "points.laz", "-o", tmp / "r"), ("points.laz", "raster")),
+        (("eval", truth, truth, "--class-polygons", city / "aoi.geojson", "-o", tmp / "r"), ("--class-field",)),
+        (("eval", truth, truth, "--tiles", city / "aoi.geojson", "-o", tmp / "r"), ("aoi.geojson", "'id'")),
+        (("mosaic", tmp / "missing.tif", "-o", tmp / "m.tif"), ("missing.tif", "not found")),
+        (("mosaic", truth, dsm_ign, "-o", tmp / "m.tif"), ("pixel grid",)),
+        (("mosaic", truth, "--aoi", tmp / "missing.geojson", "-o", tmp / "m.tif"), ("missing.geojson",)),
+        (("tile", "--bbox", 10, 10, 0, 0, "--crs", "EPSG:2154", "--resolution", 1, "-o", tmp / "t.gpkg"),
+         ("inverted",)),
+        (("tile", "--bbox", 0, 0, 10, 10, "--resolution", 1, "-o", tmp / "t.gpkg"), ("--crs",)),
+        (("train", tmp / "missing.yaml", "-o", tmp / "run"), ("missing.yaml", "not found")),
+        (("train", tmp / "typo.yaml", "-o", tmp / "run"), ("train.stepz", "train.steps")),
+        (("nvs", "fit", tmp / "views_bad", "-o", tmp / "m"), ("views_bad", "Images/")),
+        (("nvs", "render", tmp / "no_model", "--cams", tmp / "views_bad", "-o", tmp / "r"), ("model.pt",)),
+        (("nvs", "eval", tmp / "no_model", tmp / "views_bad", "-o", tmp / "r"), ("model.pt",)),
+        (("generate", tmp / "g", "--crs", "EPSG:9999"), ("EPSG:9999",)),
+        (("dsm", "--points", city / "points.laz", "--resolution", 1, "--method", "nope", "-o", tmp / "d.tif"),
+         ("unknown DSM method", "raster")),
+    ]
+
+
+def test_the_sweep_s_good_cases_stay_good(cli, sample_data, tmp_path):
+    """Bad inputs that were handled well in issue 16's sweep: one ``Error:`` line with the file and the fix,
+    exit 2, no traceback, nothing written."""
+    (tmp_path / "typo.yaml").write_text("train:\n  stepz: 3\n")
+    (tmp_path / "views_bad").mkdir()
+    before = sorted(p.name for p in tmp_path.iterdir())
+    for args, fragments in _good_cases(sample_data / "synthetic_city", sample_data / "ign_montpellier", tmp_path):
+        assert_clean_error(cli(*args), *fragments)
+        assert sorted(p.name for p in tmp_path.iterdir()) == before, args

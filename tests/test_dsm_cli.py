@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import rasterio
 
-from geoimplicit.tiling.grid import read_statuses
+from geoimplicit.jobs.index import read_statuses
 from tests.conftest import assert_clean_error
 
 X0, Y0 = 770000.0, 6277000.0
@@ -83,23 +83,23 @@ def test_result_does_not_depend_on_the_tiling(tmp_path, cli):
 
 
 def test_resume_runs_only_unfinished_tiles(tmp_path, cli, monkeypatch):
-    import geoimplicit.run as run
+    import geoimplicit.jobs.loop as loop
 
     laz = _scene(tmp_path, seed=2)
     args = ["dsm", "--points", laz, "--bbox", X0, Y0, X0 + 60, Y0 + 40, "--resolution", 0.5, "--tile-size", 20,
             "--method", "raster", "-o", tmp_path / "dsm.tif"]
-    real = run.run_tile_job
+    real = loop.execute
     calls = []
 
     interrupt = [True]
 
-    def flaky(job, prefetched=None):
+    def flaky(job, *args, **kwargs):
         calls.append(job.tile.id)
         if len(calls) == 3 and interrupt and interrupt.pop():
             raise KeyboardInterrupt  # the run is interrupted on its third tile
-        return real(job, prefetched)
+        return real(job, *args, **kwargs)
 
-    monkeypatch.setattr(run, "run_tile_job", flaky)
+    monkeypatch.setattr(loop, "execute", flaky)
     r = cli(*args)
     assert r.exit_code == 130 and not (tmp_path / "dsm.tif").exists()
     st = read_statuses(tmp_path / "dsm_work" / "tiles.gpkg")
@@ -109,7 +109,7 @@ def test_resume_runs_only_unfinished_tiles(tmp_path, cli, monkeypatch):
     assert r.exit_code == 0, r.output
     assert len(calls) == len(st) - 2 and calls[0] == [k for k, s in st.items() if s != "done"][0]
     # same result as a fresh run
-    monkeypatch.setattr(run, "run_tile_job", real)
+    monkeypatch.setattr(loop, "execute", real)
     r = cli(*args[:-2], "--workdir", tmp_path / "w2", "-o", tmp_path / "fresh.tif")
     assert r.exit_code == 0, r.output
     assert np.array_equal(_read(tmp_path / "dsm.tif")[0], _read(tmp_path / "fresh.tif")[0])

@@ -135,3 +135,32 @@ def test_per_tile(tmp_path):
     per = _by(report["per_tile"], "tile")
     assert per["r0000_c0000"]["bias"] == pytest.approx(0.5) and per["r0000_c0000"]["count"] == 60 * 40
     assert per["r0000_c0001"]["bias"] == pytest.approx(-1.0)
+
+
+def test_dilate_buildings_with_polygon_classes_names_the_class(scene, cli):
+    """Polygon classes are named by their field value: "roof" is the building class only when the user says so
+    (before, --dilate-buildings silently did nothing)."""
+    import geopandas as gpd
+    from shapely.geometry import box
+
+    from conftest import assert_clean_error
+
+    tmp, _ = scene
+    b = box(770500 + 5.0, 6277600 - 15.0, 770500 + 15.0, 6277600 - 5.0)  # cols 10-30, rows 10-30
+    rest = box(770500, 6277570, 770540, 6277600).difference(b)
+    gpd.GeoDataFrame({"kind": ["roof", "other"]}, geometry=[b, rest], crs="EPSG:2154").to_file(tmp / "c.gpkg")
+    args = ("eval", tmp / "pred.tif", tmp / "truth.tif", "--class-polygons", tmp / "c.gpkg", "--class-field", "kind",
+            "--dilate-buildings", 2, "--no-figures")
+    assert_clean_error(cli(*args, "-o", tmp / "r0"), "--dilate-buildings", "'roof', 'other'", "--building-class")
+    assert not (tmp / "r0").exists()
+    ok = cli(*args, "--building-class", "roof", "-o", tmp / "r1")
+    assert ok.exit_code == 0, ok.output
+    import json
+
+    per = _by(json.loads((tmp / "r1" / "report.json").read_text())["per_class"], "class")
+    assert per["roof"]["count"] == 24 * 24 and per["roof"]["dilated_px"] == 2  # 20 x 20 grown by 2 a side
+    assert per["other"]["count"] == SHAPE[0] * SHAPE[1] - 24 * 24
+    # a class raster's code works too, and the default (LAS code 6) is unchanged
+    report = evaluate_dsm(tmp / "pred.tif", tmp / "truth.tif", None, classes=tmp / "classes.tif",
+                          dilate_buildings_px=1, building_class="5")
+    assert _by(report["per_class"], "class")["high vegetation"]["count"] == 12 * 22

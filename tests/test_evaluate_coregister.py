@@ -90,3 +90,69 @@ def test_copernicus_pair_converges(shared_data, tmp_path):
     assert c["dx_px"] == pytest.approx(-4.45, abs=0.2)
     assert c["dy_px"] == pytest.approx(-2.6, abs=0.2)
     assert report["overall"]["nmad"] < 0.25 * report["overall_before_coregistration"]["nmad"]
+
+
+def _blocks_on_hills(shape=(200, 200), seed=0):
+    t = Affine(0.5, 0, 770500.0, 0, -0.5, 6277600.0)
+    x, y = grid_xy(t, shape)
+    truth = smooth_surface(x - 770500.0, y - 6277600.0)
+    rng = np.random.default_rng(seed)
+    for _ in range(25):  # sharp-edged buildings: resampling them blurs the edges
+        r0, c0 = rng.integers(0, 180, 2)
+        h, w = rng.integers(8, 20, 2)
+        truth[r0:r0 + h, c0:c0 + w] += rng.uniform(5, 15)
+    return t, truth, rng
+
+
+def test_iterations_that_only_add_resampling_blur_are_not_kept():
+    """The truth with noise and no displacement: the estimated steps (about 0.01 px) are spurious, and their
+    resampling makes the fit worse; the answer is no shift, and the report says why the iterations stopped."""
+    t, truth, rng = _blocks_on_hills(seed=2)
+    pred = truth + rng.normal(0, 0.05, truth.shape)
+    r = nuth_kaab(pred, truth, t, "EPSG:2154")
+    assert any(abs(h["step_dx_px"]) + abs(h["step_dy_px"]) > 0.005 for h in r.history)  # it did move
+    assert r.kept_iteration == 0 and (r.dx_px, r.dy_px) == (0.0, 0.0)
+    assert r.nmad_after == pytest.approx(r.nmad_before)
+    assert r.stop_reason.startswith("converged")
+
+
+def test_a_real_shift_is_kept_at_convergence():
+    t, truth, _ = _blocks_on_hills(seed=1)
+    pred = np.roll(truth, (2, -1), axis=(0, 1))  # the truth moved 2 rows down, 1 column left
+    r = nuth_kaab(pred, truth, t, "EPSG:2154")
+    assert (r.dx_px, r.dy_px) == pytest.approx((1.0, -2.0), abs=0.01)
+    assert r.kept_iteration == r.iterations and r.nmad_after < 1e-3 * r.nmad_before
+
+
+@pytest.mark.slow
+def test_demo_occupancy_dsm_is_not_made_worse(sample_data, tmp_path, cli):
+    """Issue 15, defect 4: the demo's occupancy DSM had NMAD 0.049 before and 0.055 after "converging"."""
+    city = sample_data / "synthetic_city"
+    dsm = tmp_path / "occupancy.tif"
+    r = cli("dsm", "--points", city / "points.laz", "--ortho", city / "ortho.tif", "--true-ortho", "--aoi",
+            city / "aoi.geojson", "--resolution", 0.5, "--device", "cpu", "-o", dsm)
+    assert r.exit_code == 0, r.output
+    r = cli("eval", dsm, city / "truth_dsm.tif", "--coregister", "-o", tmp_path / "rep", "--no-figures")
+    assert r.exit_code == 0, r.output
+    report = json.loads((tmp_path / "rep" / "report.json").read_text())
+    c = report["coregistration"]
+    assert c["kept_iteration"] == 0 and (c["dx_px"], c["dy_px"]) == (0.0, 0.0)  # no step improved the fit
+    assert c["nmad_after"] == pytest.approx(c["nmad_before"])
+    assert report["overall"]["nmad"] == pytest.approx(report["overall_before_coregistration"]["nmad"])
+    assert c["stop_reason"] and "stopped" in (tmp_path / "rep" / "report.html").read_text()
+
+
+def test_report_says_why_the_iterations_stopped_and_which_was_kept(tmp_path, cli):
+    from evaluate_helpers import write_dem
+
+    t, truth, rng = _blocks_on_hills(seed=2)
+    write_dem(tmp_path / "truth.tif", truth, t)
+    write_dem(tmp_path / "pred.tif", truth + rng.normal(0, 0.05, truth.shape), t)
+    result = cli("eval", tmp_path / "pred.tif", tmp_path / "truth.tif", "--coregister", "-o", tmp_path / "r",
+                 "--no-figures")
+    assert result.exit_code == 0, result.output
+    c = json.loads((tmp_path / "r" / "report.json").read_text())["coregistration"]
+    assert c["stop_reason"].startswith("converged") and c["kept_iteration"] == 0
+    assert all("nmad_after_step" in h for h in c["history"])
+    page = (tmp_path / "r" / "report.html").read_text()
+    assert "stopped: converged" in page and "kept no shift" in page

@@ -136,3 +136,19 @@ def test_ign_max_binned_lidar_against_ign_dsm_per_las_class(shared_data, tmp_pat
     assert abs(per["ground"]["median"]) < 0.1 and per["ground"]["nmad"] < 0.1  # measured 0.025 / 0.03 m
     assert per["vegetation"]["nmad"] > per["ground"]["nmad"]
     assert (tmp_path / "rep" / "figures" / "per_class.png").exists()
+
+
+@pytest.mark.parametrize("crs,unit", [("EPSG:2154", "m"), ("EPSG:2994", "ft")])
+def test_residual_is_a_cog_with_the_height_unit(tmp_path, cli, crs, unit):
+    shape = (300, 300)  # more than one 256-pixel block: a COG has overviews and tiles
+    x, y = grid_xy(T, shape)
+    truth = smooth_surface(x - 770500.0, y - 6277600.0)
+    write_dem(tmp_path / "truth.tif", truth, T, crs=crs)
+    write_dem(tmp_path / "pred.tif", truth + 0.25, T, crs=crs)
+    out = tmp_path / "report"
+    assert cli("eval", tmp_path / "pred.tif", tmp_path / "truth.tif", "-o", out, "--no-figures").exit_code == 0
+    with rasterio.open(out / "residual.tif") as ds:
+        assert ds.tags(ns="IMAGE_STRUCTURE").get("LAYOUT") == "COG"
+        assert ds.overviews(1) and ds.block_shapes[0] == (256, 256) and ds.units == (unit,)
+        assert ds.descriptions == ("residual = prediction - truth",) and ds.nodata == -9999.0
+        assert np.allclose(ds.read(1), 0.25, atol=1e-4)

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import os
 import signal
+from dataclasses import dataclass
 
 import numpy as np
 import pytest
 import rasterio
 
-from geoimplicit.executors import DaskExecutor, LocalExecutor
+from geoimplicit.jobs.executors import DaskExecutor, LocalExecutor
 from geoimplicit.run import run_dsm
 from geoimplicit.synthetic import generate_city, scene_bounds, write_city
 
@@ -79,3 +80,74 @@ def test_cli_dask_workers_matches_local(city, tmp_path, cli):
     a, _, _ = _read(tmp_path / "local.tif")
     b, _, _ = _read(tmp_path / "dask.tif")
     np.testing.assert_array_equal(a.filled(np.nan), b.filled(np.nan))
+
+
+# ------------------------------------------------------------------------------- one Dask worker per GPU
+def test_gpu_assignment():
+    from geoimplicit.errors import InputError
+    from geoimplicit.jobs.executors import gpu_assignment
+
+    assert gpu_assignment(2, 1, visible="3,5") == ["3", "5"]
+    assert gpu_assignment(2, 2, visible="0,1,2,3") == ["0,1", "2,3"]
+    assert gpu_assignment(None, 1, device_count=4) == ["0", "1", "2", "3"]  # as many workers as GPUs
+    assert gpu_assignment(None, 2, visible="4, 6, 7") == ["4,6"]
+    with pytest.raises(InputError, match="3 workers x 1 GPU need 3 GPUs, 2 are visible"):
+        gpu_assignment(3, 1, visible="0,1")
+    assert gpu_assignment(2, 1, device_count=0) == ["0", "1"]  # no GPU here: pinned anyway, the jobs use the CPU
+
+
+def _visible_devices(job, *_):
+    return os.environ.get("CUDA_VISIBLE_DEVICES")
+
+
+@dataclass
+class _Job:
+    tile_id: str
+
+
+@pytest.mark.dask
+def test_pinned_gpu_workers_survive_a_killed_worker(city, tmp_path, monkeypatch):
+    """``--gpus-per-worker 1``: each worker process sees only its own device (the driver's visible devices 3
+    and 5 here), offers a GPU resource of 1, takes the GPU jobs; a worker killed mid-run comes back pinned to the
+    same device and its tiles are redone, giving the local run's DSM."""
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,5")
+    local = _run(city, tmp_path / "local.tif", LocalExecutor())
+    ex = DaskExecutor(n_workers=2, gpus_per_worker=1, pin_gpus=True)
+    try:
+        assert sorted(ex.worker_environ("CUDA_VISIBLE_DEVICES").values()) == ["3", "5"]
+        workers = ex.client.scheduler_info()["workers"].values()
+        assert [w["resources"] for w in workers] == [{"GPU": 1}, {"GPU": 1}]
+        ran_on = [r for _, r in ex.map(_visible_devices, [_Job(f"t{i}") for i in range(6)], needs_gpu=True)]
+        assert set(ran_on) <= {"3", "5"} and len(ran_on) == 6
+        pids = ex.worker_pids()
+        killed = []
+
+        def kill_one_worker(done, total, stage="", message=""):
+            if stage == "tiles" and not killed and 3 <= done < total - 4:
+                os.kill(pids[0], signal.SIGKILL)
+                killed.append(done)
+
+        dask_out = _run(city, tmp_path / "dask.tif", ex, progress=kill_one_worker)
+        assert killed, "the run ended before a worker could be killed: make the scene larger"
+        assert pids[0] not in ex.worker_pids()
+        assert sorted(ex.worker_environ("CUDA_VISIBLE_DEVICES").values()) == ["3", "5"]  # the new one is pinned too
+    finally:
+        ex.close()
+    a, *_ = _read(local["dsm"])
+    b, *_ = _read(dask_out["dsm"])
+    np.testing.assert_array_equal(a.filled(np.nan), b.filled(np.nan))
+
+
+@pytest.mark.dask
+def test_cli_gpus_per_worker_matches_local(city, tmp_path, cli, monkeypatch):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1")
+    args = ["dsm", "--points", city["points"], "--aoi", city["aoi"], "--resolution", "1", "--method", "raster",
+            "--tile-size", "40"]
+    assert cli(*args, "-o", tmp_path / "local.tif").exit_code == 0
+    r = cli(*args, "--dask-workers", "2", "--gpus-per-worker", "1", "-o", tmp_path / "pinned.tif")
+    assert r.exit_code == 0, r.output
+    a, _, _ = _read(tmp_path / "local.tif")
+    b, _, _ = _read(tmp_path / "pinned.tif")
+    np.testing.assert_array_equal(a.filled(np.nan), b.filled(np.nan))
+    r = cli(*args, "--dask-workers", "3", "--gpus-per-worker", "1", "-o", tmp_path / "x.tif")
+    assert r.exit_code == 2 and "3 workers x 1 GPU need 3 GPUs, 2 are visible" in r.stderr

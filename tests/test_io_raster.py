@@ -151,6 +151,20 @@ def test_world_file_image(tmp_path):
     assert raster_info(tmp_path / "ortho.png")["georeferencing"] == "world file"
 
 
+def test_world_file_image_with_a_prj_beside_it(tmp_path):
+    from PIL import Image
+
+    img = (np.arange(20 * 30 * 3) % 256).astype(np.uint8).reshape(20, 30, 3)
+    Image.fromarray(img).save(tmp_path / "ortho.png")
+    (tmp_path / "ortho.wld").write_text("2.0\n0.0\n0.0\n-2.0\n1001.0\n4999.0\n")
+    (tmp_path / "ortho.prj").write_text(pyproj.CRS.from_epsg(2994).to_wkt(version="WKT1_ESRI"))
+    data = read_raster(tmp_path / "ortho.png")  # no --crs needed: the .prj says it
+    assert crs_equal(data.crs, "EPSG:2994") and data.transform == Affine(2, 0, 1000, 0, -2, 5000)
+    assert crs_equal(raster_info(tmp_path / "ortho.png")["crs"], "EPSG:2994")
+    warped = read_raster(tmp_path / "ortho.png", dst_crs="EPSG:2994", resolution=4.0)
+    assert warped.array.shape == (3, 10, 15)
+
+
 def test_not_a_raster(tmp_path):
     bad = tmp_path / "bad.tif"
     bad.write_bytes(b"II*\x00" + b"\x00" * 50)
@@ -171,6 +185,29 @@ def test_autzen_world_file_matches_geotiff(shared_data):
     assert jpg.transform == tif.transform and jpg.array.shape == (3, 101, 201)
     assert crs_equal(jpg.crs, "EPSG:2994") and crs_equal(tif.crs, "EPSG:2994")
     assert np.abs(jpg.array.astype(int) - tif.array).mean() < 1.0  # two JPEG decodes of the same pixels
+
+
+@pytest.mark.shared
+def test_autzen_world_file_image_as_dsm_ortho(shared_data, tmp_path, cli):
+    """The README's world-file ortho (autzen.jpg + .wld, no CRS inside) in ``dsm --ortho`` with ``--crs``."""
+    autzen = shared_data / "autzen"
+    common = ["dsm", "--points", autzen / "autzen_trim.laz", "--bbox", 636500, 849000, 636580, 849080,
+              "--resolution", 4, "--device", "cpu", "--tile-size", 80, "--overlap", 16]
+    result = cli(*common, "--ortho", autzen / "autzen.jpg", "-o", tmp_path / "nocrs.tif")
+    assert result.exit_code == 2 and "--crs" in result.stderr and "autzen.prj" in result.stderr, result.output
+    heights = {}
+    for name, ortho in (("jpg", autzen / "autzen.jpg"), ("tif", shared_data / "derived" / "autzen_ortho_ft.tif"),
+                        ("none", None)):
+        extra = ["--ortho", ortho] if ortho else []
+        out = tmp_path / f"{name}.tif"
+        result = cli(*common, *extra, "--crs", autzen / "autzen-srs.wkt", "-o", out)
+        assert result.exit_code == 0, result.output
+        with rasterio.open(out) as ds:
+            heights[name] = ds.read(1, masked=True)
+    # the same pixels as the GeoTIFF copy with the CRS inside (two JPEG decodes: within a hundredth of a foot),
+    # and the ortho was used (the DSM differs from the points-only one)
+    assert heights["jpg"].count() == 400 and np.abs(heights["jpg"] - heights["tif"]).max() < 0.01
+    assert np.abs(heights["jpg"] - heights["none"]).max() > 0
 
 
 @pytest.mark.shared

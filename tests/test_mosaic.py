@@ -134,3 +134,42 @@ def test_bad_mosaic_inputs(tmp_path):
         mosaic(paths, tmp_path / "far.tif", grid=tg.grid, aoi=shapely.box(0, 0, 1, 1))
     assert not (tmp_path / "far.tif").exists()
     assert not [p for p in tmp_path.iterdir() if ".partial-" in p.name]
+
+
+# ---------------------------------------------------------------------- provenance and band units (issue 16)
+@pytest.mark.parametrize("crs,unit", [("EPSG:32632", "m"), ("EPSG:2994", "ft")])
+def test_height_mosaic_has_the_crs_height_unit(tmp_path, crs, unit):
+    tg, paths = _write_tiles(tmp_path, lambda x, y: np.full(x.shape, 42.5), crs=crs)
+    out = mosaic(paths, tmp_path / "m.tif", grid=tg.grid, filled_output=tmp_path / "f.tif")
+    with rasterio.open(out) as ds:
+        assert ds.units == (unit,) and ds.descriptions == ("height",)
+    with rasterio.open(tmp_path / "f.tif") as ds:  # a 0/1 mask has no unit
+        assert ds.units == ("",) or ds.units == (None,)
+
+
+def test_mosaic_keeps_the_tiles_shared_provenance(tmp_path):
+    tg = TileGrid.from_aoi((X0, Y0, X0 + 40, Y0 + 20), tile_size=16, overlap=3, resolution=0.5,
+                           crs="EPSG:32632")
+    paths = []
+    for t in tg.tiles:
+        h = np.full(t.grid.shape, 7.0, np.float32)
+        tags = {"method": "raster", "stat": "max", "made_on": t.id}  # made_on differs per tile: not kept
+        paths.append(write_tile(tmp_path / f"{t.id}.tif", h, np.ones(h.shape, bool), t, tags=tags))
+    out = mosaic(paths, tmp_path / "m.tif")
+    with rasterio.open(out) as ds:
+        tags = ds.tags()
+    assert tags["method"] == "raster" and tags["stat"] == "max" and "made_on" not in tags
+    assert "GEOIMPLICIT_TILE_ID" not in tags and tags["tiles"] == str(len(paths))
+
+
+def test_mosaic_of_a_run_index_has_the_dsm_s_tags(tmp_path, cli, sample_data):
+    city = sample_data / "synthetic_city"
+    run = cli("dsm", "--points", city / "points.laz", "--aoi", city / "aoi.geojson", "--resolution", 1,
+              "--method", "raster", "--stat", "median", "--tile-size", 40, "-o", tmp_path / "dsm.tif")
+    assert run.exit_code == 0, run.output
+    again = cli("mosaic", tmp_path / "dsm_work" / "tiles.gpkg", "-o", tmp_path / "again.tif")
+    assert again.exit_code == 0, again.output
+    with rasterio.open(tmp_path / "dsm.tif") as a, rasterio.open(tmp_path / "again.tif") as b:
+        assert b.tags() == a.tags() and b.tags()["stat"] == "median" and "points.laz" in b.tags()["inputs"]
+        assert a.units == b.units == ("m",)
+        np.testing.assert_array_equal(a.read(1), b.read(1))

@@ -56,6 +56,39 @@ def _alive(pid: int) -> bool:
     return state not in ("Z", "X")
 
 
+def _plugin_imports() -> dict[str, set[str]]:
+    """module -> the plugin modules it imports (``from .x import``, at any depth: function bodies too)."""
+    import ast
+
+    graph = {}
+    for path in sorted((PLUGIN_SRC / PLUGIN_NAME).glob("*.py")):
+        deps = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level == 1:
+                deps |= {node.module} if node.module else {a.name for a in node.names}
+        graph[path.stem] = deps
+    return graph
+
+
+def test_plugin_modules_import_without_a_cycle():
+    """base -> provider -> algorithms -> base was a cycle (issue 15); imports now flow one way."""
+    graph = _plugin_imports()
+    assert graph["base"] and "provider" not in graph["base"]
+    state = {}
+
+    def visit(module, chain):
+        if state.get(module) == "done":
+            return
+        assert state.get(module) != "open", " -> ".join(chain + [module])
+        state[module] = "open"
+        for dep in sorted(graph.get(module, ())):
+            visit(dep, chain + [module])
+        state[module] = "done"
+
+    for module in graph:
+        visit(module, [])
+
+
 @pytest.fixture
 def fake_cli(tmp_path):
     """An executable stand-in for geoimplicit (its shebang is this interpreter)."""
@@ -162,6 +195,21 @@ def test_cancel_kills_process_group_and_partial_outputs(tmp_path, fake_cli, mode
         assert not _alive(pid), f"process {pid} still running after cancel"
     assert not out.exists() and not Path(record["partial"]).exists()
     assert list(tmp_path.glob(".dsm.partial-*")) == []
+
+
+def test_partial_outputs_are_removed_beside_and_inside_an_output_folder(tmp_path):
+    """geoimplicit stages a folder's outputs beside it, or inside it when the folder is a mount point."""
+    report = tmp_path / "report"
+    report.mkdir()
+    (report / "notes.txt").write_text("mine")
+    beside = tmp_path / ".report.partial-0123abcd"
+    inside = report / ".report.partial-89abcdef"
+    for staging in (beside, inside):
+        staging.mkdir()
+        (staging / "report.json").write_text("{}")
+    removed = runner.remove_partial_outputs([report])
+    assert sorted(removed) == sorted([beside, inside]) and not beside.exists() and not inside.exists()
+    assert (report / "notes.txt").read_text() == "mine"
 
 
 # ---------------------------------------------------------------- QGIS ---------------------------------------
@@ -281,6 +329,9 @@ def qgis_runs(tmp_path_factory):
     jobs = [
         {"id": "eval", "alg": "geoimplicit:eval",
          "params": {"DSM": str(data / "pred.tif"), "REFERENCE": str(data / "truth.tif"), "OUTPUT": str(out / "rep")}},
+        {"id": "eval_demcompare", "alg": "geoimplicit:eval",
+         "params": {"DSM": str(data / "pred.tif"), "REFERENCE": str(data / "truth.tif"), "CONVENTIONS": 1,
+                    "OUTPUT": str(out / "rep_dc")}},
         {"id": "eval_cancel", "alg": "geoimplicit:eval", "cancel_after": 1,
          "params": {"DSM": str(data / "big_pred.tif"), "REFERENCE": str(data / "big_truth.tif"),
                     "OUTPUT": str(out / "rep_cancel")}},
@@ -412,6 +463,16 @@ def test_eval_in_qgis_matches_cli_and_numpy(qgis_runs):
     assert layer["renderer"] == "singlebandpseudocolor" and low == pytest.approx(-high) and high > 0
     # progress went forward to the end
     assert job["progress"] == sorted(job["progress"]) and job["progress"][-1] == 100.0
+
+
+@pytest.mark.qgis
+@needs_qgis
+def test_eval_in_qgis_with_demcompare_s_conventions(qgis_runs):
+    job = qgis_runs["runs"]["jobs"]["eval_demcompare"]
+    assert job["ok"], job.get("traceback")
+    assert " --conventions demcompare " in job["commands"][0]
+    report = json.loads(Path(job["results"]["REPORT_JSON"]).read_text())
+    assert report["conventions"]["name"] == "demcompare" and "count_with_outliers" in report["overall"]
 
 
 @pytest.mark.qgis

@@ -15,7 +15,7 @@ import pytest
 import rasterio
 
 from geoimplicit.synthetic import generate_city, scene_bounds, write_city
-from geoimplicit.tiling.grid import read_statuses
+from geoimplicit.jobs.index import read_statuses
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -1,27 +1,31 @@
 """DSM methods: the small protocol a tiled run needs, and the registry of methods by name.
 
 A method turns one tile's points (and ortho crops) into a height grid on the tile's grid. The tiled run
-(:mod:`geoimplicit.run`) does everything else: reading and routing the points, cropping the orthos, writing
-tiles atomically, resuming, executors, the mosaic. See ``docs/dsm.md``.
+(:mod:`geoimplicit.run`, a client of the job layer :mod:`geoimplicit.jobs`) does everything else: checking the
+inputs, reading and routing the points, cropping the orthos, writing tiles atomically, resuming, executors, the
+mosaic. See ``docs/dsm.md``.
 
 Methods are registered by name as "module:attribute" strings so that heavy imports (torch) only happen when
-the method is used::
+the method is used; other installed packages add methods through the entry-point group
+``geoimplicit.dsm_methods`` (:class:`geoimplicit.jobs.registry.Registry`)::
 
     register_method("occupancy", "geoimplicit.dsm.occupancy.method:OccupancyMethod")
     method = get_method("occupancy", weights="model.pt", device="cuda")
+    method_class("occupancy").needs_gpu  # a class attribute: nothing is loaded
 """
 
 from __future__ import annotations
 
-import importlib
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
 from geoimplicit.errors import InputError
+from geoimplicit.jobs.registry import Registry
 
-__all__ = ["TileOutput", "RunInputs", "DsmMethod", "register_method", "get_method", "method_names"]
+__all__ = ["TileOutput", "RunInputs", "DsmMethod", "register_method", "get_method", "method_names",
+           "method_class", "METHODS"]
 
 
 @dataclass
@@ -55,6 +59,9 @@ class RunInputs:
         z_range: (min, max) height of the points (from the headers).
         point_count: total points of the data set.
         workdir: the run's work folder (a method may cache things there, e.g. a trained model).
+        metres_per_unit: of the CRS's horizontal unit (0.3048 for international feet).
+        assumed_crs_wkt: the CRS the user gave (``--crs``), taken for inputs that have none (a world-file
+            ortho); None when the working CRS came from the inputs.
     """
 
     points: list
@@ -66,6 +73,8 @@ class RunInputs:
     z_range: tuple
     point_count: int
     workdir: str
+    metres_per_unit: float = 1.0
+    assumed_crs_wkt: str | None = None
 
 
 @runtime_checkable
@@ -75,8 +84,10 @@ class DsmMethod(Protocol):
     Class attributes:
         name: registry name (``--method``).
         point_fields: point fields the method needs, "x", "y", "z" first (e.g. + "classification", "red").
-        needs_ortho: whether ``run_tile`` wants ortho crops.
-        needs_gpu: tiles are annotated with a GPU resource on Dask.
+        needs_ortho: whether ``run_tile`` wants ortho crops (an ortho given to a method that does not use it
+            is still checked, and named in a warning).
+        ortho_bands (optional, default 3): the bands an ortho must have for the method.
+        needs_gpu: tiles are annotated with a GPU resource on Dask (read from the class: nothing is loaded).
         model_files (optional): files besides the inputs that decide the heights (a model's weights); a re-run
             resumes only while they are unchanged.
     """
@@ -86,60 +97,45 @@ class DsmMethod(Protocol):
     needs_ortho: bool
     needs_gpu: bool
 
-    def default_tiling(self, resolution: float, density: float) -> tuple[float, float]:
-        """(tile_size, overlap) in CRS units that suit the method (overlap >= its spatial reach)."""
+    def default_tiling(self, resolution: float, density: float, metres_per_unit: float = 1.0) -> tuple[float, float]:
+        """(tile_size, overlap) in CRS units that suit the method (overlap >= its spatial reach); sizes the method
+        thinks of in metres are divided by ``metres_per_unit``."""
 
     def prepare(self, inputs: RunInputs) -> Any:
         """Once per process before its first tile (load a model, fit a normaliser ...); returns a state."""
 
-    def run_tile(self, tile, points: dict, ortho: list, state: Any) -> TileOutput:
+    def run_tile(self, tile, points: dict, ortho: list, state: Any, progress=None) -> TileOutput:
         """Heights on ``tile.grid`` from the points inside ``tile.bounds`` and the ortho crops (RasterData
-        on the tile's bounds, or an empty list)."""
+        on the tile's bounds, or an empty list). A long tile reports ``progress(fraction, message)`` (may be
+        None; it raises CancelledError when the user cancels)."""
 
     def tags(self) -> dict:
         """Metadata tags for the mosaic (method name, options)."""
 
 
-_REGISTRY: dict[str, Any] = {
+METHODS = Registry("DSM method", "geoimplicit.dsm_methods", {
     "raster": "geoimplicit.dsm.rasterize:RasterMethod",
     "occupancy": "geoimplicit.dsm.occupancy.method:OccupancyMethod",
-}
+}, hint="use --method raster")
 
 
 def register_method(name: str, target) -> None:
     """Register a method class (or a "module:attribute" string, imported when first used) under ``name``."""
-    _REGISTRY[name] = target
+    METHODS.register(name, target)
 
 
 def method_names() -> list[str]:
-    return sorted(_REGISTRY)
+    return METHODS.names()
 
 
-def _resolve(name: str):
-    target = _REGISTRY.get(name)
-    if target is None:
-        raise InputError(f"unknown DSM method {name!r}", hint=f"use one of {', '.join(method_names())}")
-    if isinstance(target, str):
-        module_name, attr = target.split(":")
-        try:
-            module = importlib.import_module(module_name)
-            target = getattr(module, attr)
-        except (ModuleNotFoundError, AttributeError) as exc:
-            if isinstance(exc, ModuleNotFoundError) and exc.name not in (module_name, *_parents(module_name)):
-                raise
-            raise InputError(f"DSM method {name!r} is not available in this installation ({exc})",
-                             hint="use --method raster") from exc
-    return target
-
-
-def _parents(module_name: str) -> list[str]:
-    parts = module_name.split(".")
-    return [".".join(parts[:i]) for i in range(1, len(parts))]
+def method_class(name: str) -> type:
+    """The class of the method ``name`` (class attributes such as ``needs_gpu`` without building one)."""
+    return METHODS.get(name)
 
 
 def get_method(name: str, **options) -> DsmMethod:
     """An instance of the method ``name`` configured with ``options`` (unknown options -> InputError)."""
-    cls = _resolve(name)
+    cls = method_class(name)
     try:
         return cls(**options)
     except TypeError as exc:

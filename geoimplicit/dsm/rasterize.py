@@ -19,8 +19,12 @@ Steps of :func:`rasterize`:
    the Delaunay triangulation of the points at the cell centre: how IGN makes its LiDAR HD DSMs), count,
    stdev (population).
 4. **holes** (:func:`fill_holes`): empty cells in holes at most ``fill_max_hole`` wide (CRS units) are filled
-   by a membrane (discrete Laplace equation with the surrounding cells as boundary values: no overshoot, no
-   ringing, exact on planes); wider holes stay nodata. A mask says which cells were filled.
+   by linear interpolation across the hole along four lines, relaxed towards a membrane (no overshoot, no
+   ringing, exact on planes, and local: it looks at most twice the hole width away); wider holes stay nodata.
+   A mask says which cells were filled.
+
+In the tiled run each tile keeps only the cells at least :meth:`RasterizeConfig.margin` inside its edge (the
+outer ones saw a truncated neighbourhood), so the tile size does not change the DSM.
 """
 
 from __future__ import annotations
@@ -82,6 +86,10 @@ class RasterizeConfig:
 
     def margin(self, resolution: float, density: float | None = None) -> float:
         """How far beyond a grid points influence it (CRS units): the overlap a tile needs at least."""
+        return self.point_reach(resolution, density) + self.fill_reach(resolution)
+
+    def point_reach(self, resolution: float, density: float | None = None) -> float:
+        """How far a cell's value depends on points beyond it (IDW, TIN, the outlier test)."""
         m = 0.0
         if self.stat == "idw":
             m = max(m, self.idw_radius or resolution * math.sqrt(2))
@@ -90,7 +98,11 @@ class RasterizeConfig:
         if self.remove_outliers:
             r = _outlier_radius(self, resolution, density)
             m = max(m, 2 * _coarse_cell(r) + r)
-        return m + self.fill_max_hole
+        return m
+
+    def fill_reach(self, resolution: float) -> float:
+        """How far hole filling looks: one pixel beyond the widest hole, then as far again (:func:`fill_holes`)."""
+        return 2 * self.fill_max_hole + 2 * resolution if self.fill_max_hole > 0 else 0.0
 
 
 @dataclass
@@ -102,7 +114,8 @@ class RasterResult:
         valid: (rows, cols) bool, True where ``height`` holds a value (measured or filled).
         filled: (rows, cols) bool, True where the value comes from hole filling.
         count: (rows, cols) int32 points per cell (after outlier removal).
-        n_points: points inside the grid used; n_outliers: points removed as outliers.
+        n_points: points inside the grid used; n_outliers: points removed as outliers; n_excluded: points
+            dropped for their class (``exclude_classes``).
     """
 
     height: np.ndarray
@@ -111,6 +124,7 @@ class RasterResult:
     count: np.ndarray
     n_points: int = 0
     n_outliers: int = 0
+    n_excluded: int = 0
 
     def with_nodata(self, nodata: float = -9999.0) -> np.ndarray:
         """``height`` with ``nodata`` instead of NaN."""
@@ -405,14 +419,18 @@ def find_outliers(x, y, z, *, radius: float, min_neighbors: int = 3, k_sigma: fl
 # holes
 # ---------------------------------------------------------------------------------------------------------
 def fill_holes(height: np.ndarray, valid: np.ndarray, max_hole_px: float) -> tuple[np.ndarray, np.ndarray]:
-    """Fill holes up to ``max_hole_px`` pixels wide with a membrane (Laplace) surface.
+    """Fill holes up to ``max_hole_px`` pixels wide by linear interpolation across them.
 
     A cell without value is left empty when a disc of diameter ``max_hole_px`` that contains only empty cells
     covers it (a morphological opening of the empty cells, computed with distance transforms); every other
-    empty cell is filled. The test is local (it looks at most ``max_hole_px`` away), so tiles with an overlap
-    of at least ``max_hole_px`` decide alike; beyond the array's edge counts as empty (unknown). The membrane
-    takes the surrounding valid cells as fixed values (unfilled cells and the array's edge are free
-    boundaries), so it stays between the lowest and highest of them (no ringing) and reproduces a plane.
+    empty cell is filled. Its value is the mean of the linear interpolations between the nearest valid cells on
+    either side of it along the rows, the columns and both diagonals (each pair at most ``max_hole_px + 1``
+    apart; shorter spans weigh more), or, where no line crosses the hole, the inverse-distance mean of the
+    nearest valid cells it sees. Every value lies between the valid cells around it (no ringing) and a plane
+    is reproduced exactly. The filled cells are then relaxed towards a membrane for ``max_hole_px`` steps
+    (:func:`_relax`). Everything looks at most ``2 * max_hole_px + 1`` pixels away, so tiles overlapping by
+    that much decide alike (the full membrane used before reached along narrow holes arbitrarily far: tiled
+    runs differed by up to 1.3 m in filled cells); beyond the array's edge counts as empty (unknown).
 
     Returns:
         (height float32 with the filled cells set, filled bool mask).
@@ -437,44 +455,105 @@ def fill_holes(height: np.ndarray, valid: np.ndarray, max_hole_px: float) -> tup
     unknown = holes & ~big
     if not unknown.any():
         return height, filled
-    out = height.copy()
-    out[unknown] = _membrane(np.where(valid, height, 0.0).astype(np.float64), valid, unknown)
-    filled = unknown
-    return out, filled
+    values, found = _interpolate_across(height, valid, unknown, max_hole_px + 1.0)
+    out = height.astype(np.float64)
+    out[unknown] = values
+    filled[unknown] = found
+    out = _relax(out, valid, filled, int(math.ceil(max_hole_px)))
+    out[holes & ~filled] = np.nan
+    return out.astype(np.float32), filled
 
 
-def _membrane(values: np.ndarray, valid: np.ndarray, unknown: np.ndarray) -> np.ndarray:
-    """Solve the 5-point Laplace equation on ``unknown`` cells with ``valid`` cells as Dirichlet values."""
-    import scipy.sparse as sp
-    from scipy.sparse.linalg import spsolve
+_DIRECTIONS = ((0, 1), (1, 0), (1, 1), (1, -1))  # rows, columns and the two diagonals
 
-    rows, cols = unknown.shape
-    ids = np.full(unknown.shape, -1, dtype=np.int64)
+
+def _interpolate_across(height, valid, unknown, reach_px: float) -> tuple[np.ndarray, np.ndarray]:
+    """Values at the ``unknown`` cells from the valid cells within ``reach_px`` along 4 lines through each.
+
+    Returns (values, found) for the unknown cells in row-major order; ``found`` is False where no valid cell
+    lies within reach along any line (such a cell stays empty).
+    """
+    rows, cols = valid.shape
     uy, ux = np.nonzero(unknown)
-    n = len(uy)
-    ids[uy, ux] = np.arange(n)
-    diag = np.zeros(n)
-    rhs = np.zeros(n)
-    ai, aj = [], []
-    for dy, dx in ((-1, 0), (1, 0), (0, -1), (0, 1)):
-        ny_, nx_ = uy + dy, ux + dx
-        inside = (ny_ >= 0) & (ny_ < rows) & (nx_ >= 0) & (nx_ < cols)
-        nyc, nxc = np.clip(ny_, 0, rows - 1), np.clip(nx_, 0, cols - 1)
-        is_valid = inside & valid[nyc, nxc]
-        is_unknown = inside & unknown[nyc, nxc]
-        diag += is_valid | is_unknown
-        rhs += np.where(is_valid, values[nyc, nxc], 0.0)
-        sel = np.flatnonzero(is_unknown)
-        ai.append(sel)
-        aj.append(ids[nyc[sel], nxc[sel]])
-    ai = np.concatenate(ai)
-    aj = np.concatenate(aj)
-    a = sp.csc_matrix(
-        (np.concatenate((diag, -np.ones(len(ai)))), (np.concatenate((np.arange(n), ai)),
-                                                     np.concatenate((np.arange(n), aj)))),
-        shape=(n, n),
-    )
-    return spsolve(a, rhs)
+    num = np.zeros(len(uy))
+    den = np.zeros(len(uy))
+    one_num = np.zeros(len(uy))  # one-sided fallback: inverse-distance mean of the nearest valid cells seen
+    one_den = np.zeros(len(uy))
+    for dy, dx in _DIRECTIONS:
+        step = math.hypot(dy, dx)
+        sides = [_nearest_valid(height, valid, uy, ux, sy * dy, sx * dx, int(reach_px // step))
+                 for sy, sx in ((1, 1), (-1, -1))]
+        (d1, v1), (d2, v2) = sides
+        for d, v in sides:
+            ok = d > 0
+            w = np.where(ok, 1.0 / np.maximum(d * step, 1.0) ** 2, 0.0)
+            one_num += w * np.where(ok, v, 0.0)
+            one_den += w
+        span = (d1 + d2) * step
+        pair = (d1 > 0) & (d2 > 0) & (span <= reach_px + 1e-9)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            line = np.where(pair, (v1 * d2 + v2 * d1) / np.where(pair, d1 + d2, 1), 0.0)
+        w = np.where(pair, 1.0 / np.maximum(span, 1.0) ** 2, 0.0)
+        num += w * line
+        den += w
+    with np.errstate(invalid="ignore", divide="ignore"):
+        values = np.where(den > 0, num / den, one_num / one_den)
+    return values, (den > 0) | (one_den > 0)
+
+
+def _relax(values: np.ndarray, valid: np.ndarray, filled: np.ndarray, iterations: int) -> np.ndarray:
+    """Smooth the ``filled`` cells towards the membrane: each step sets a cell to the mean of the midpoints of
+    its complete neighbour pairs (up/down, left/right), the valid cells held fixed.
+
+    Local (one pixel a step), exact on planes (a pair's midpoint is the plane), and no value leaves the range of
+    its neighbours. Ten steps (``--fill-max-hole 5`` at 0.5 m) fill the sample city's holes almost as a full
+    membrane does: MAE 1.101 vs 1.091 m, median absolute error 0.182 vs 0.181 m against its truth.
+    """
+    rows, cols = values.shape
+    known = (valid | filled).ravel()
+    is_filled = filled.ravel()
+    fy, fx = np.nonzero(filled)
+    cells = fy * cols + fx
+    pairs = []  # per axis: flat index of each side and whether both are known, for the filled cells only
+    for dy, dx in ((1, 0), (0, 1)):
+        ya, xa, yb, xb = fy - dy, fx - dx, fy + dy, fx + dx
+        inside = (ya >= 0) & (xa >= 0) & (yb < rows) & (xb < cols)
+        a = np.where(inside, ya * cols + xa, 0)
+        b = np.where(inside, yb * cols + xb, 0)
+        pairs.append((a, b, inside & known[a] & known[b]))
+    count = sum(ok.astype(np.int64) for _, _, ok in pairs)
+    # a cell whose pairs are all valid cells is final after one step: later steps redo only the others
+    coupled = sum(ok & (is_filled[a] | is_filled[b]) for a, b, ok in pairs) > 0
+    flat = values.ravel().copy()
+    for i in range(iterations):
+        if i == 1:
+            keep = coupled & (count > 0)
+            cells, count = cells[keep], count[keep]
+            pairs = [(a[keep], b[keep], ok[keep]) for a, b, ok in pairs]
+        total = sum(np.where(ok, 0.5 * (flat[a] + flat[b]), 0.0) for a, b, ok in pairs)
+        step = count > 0
+        flat[cells[step]] = total[step] / count[step]
+    return flat.reshape(rows, cols)
+
+
+def _nearest_valid(height, valid, uy, ux, dy: int, dx: int, max_steps: int):
+    """Steps (0 = none within ``max_steps``) to the nearest valid cell from each (uy, ux) along (dy, dx), and
+    its value."""
+    rows, cols = valid.shape
+    dist = np.zeros(len(uy), dtype=np.int64)
+    value = np.zeros(len(uy))
+    todo = np.arange(len(uy))
+    for k in range(1, max_steps + 1):
+        if not len(todo):
+            break
+        y, x = uy[todo] + k * dy, ux[todo] + k * dx
+        inside = (y >= 0) & (y < rows) & (x >= 0) & (x < cols)
+        todo, y, x = todo[inside], y[inside], x[inside]
+        hit = valid[y, x]
+        dist[todo[hit]] = k
+        value[todo[hit]] = height[y[hit], x[hit]]
+        todo = todo[~hit]
+    return dist, value
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -499,12 +578,15 @@ def rasterize(points: Mapping[str, np.ndarray], grid: GridSpec, config: Rasteriz
     z = np.asarray(points["z"], dtype=np.float64)
     keep = np.isfinite(z) & np.isfinite(x) & np.isfinite(y)
     cls = points.get("classification") if hasattr(points, "get") else None
+    n_excluded = 0
     if cls is not None and len(config.exclude_classes):
-        keep &= ~np.isin(np.asarray(cls), np.asarray(config.exclude_classes))
+        excluded = np.isin(np.asarray(cls), np.asarray(config.exclude_classes))
+        n_excluded = int(excluded.sum())
+        keep &= ~excluded
     if not keep.all():
         x, y, z = x[keep], y[keep], z[keep]
     # only the points that can influence the grid
-    margin = config.margin(grid.resolution, density) - config.fill_max_hole
+    margin = config.point_reach(grid.resolution, density)
     left, bottom, right, top = grid.bounds
     near = (x >= left - margin) & (x < right + margin) & (y > bottom - margin) & (y <= top + margin)
     if not near.all():
@@ -528,12 +610,30 @@ def rasterize(points: Mapping[str, np.ndarray], grid: GridSpec, config: Rasteriz
         values, filled = fill_holes(values, valid, config.fill_max_hole / grid.resolution)
         valid = valid | filled
     n_in = int(count.sum()) if config.stat != "idw" else int(len(x))
-    return RasterResult(values.astype(np.float32), valid, filled, count, n_in, n_outliers)
+    return RasterResult(values.astype(np.float32), valid, filled, count, n_in, n_outliers, n_excluded)
 
 
 # ---------------------------------------------------------------------------------------------------------
 # the method of the tiled run (``--method raster``)
 # ---------------------------------------------------------------------------------------------------------
+def _drop_tile_rim(result: RasterResult, tile, reach: float) -> None:
+    """Make the cells nearer the tile's edge than the method's ``reach`` nodata (at most the overlap).
+
+    They saw a truncated neighbourhood (outlier test, hole filling), so their values depend on where the tile
+    ends; the neighbour tile computes them exactly in its core, and the mosaic takes its values there. With
+    them blended in, ``--tile-size 40`` changed the DSM by up to 0.09 m at the seams (IGN tile).
+    """
+    res = tile.grid.resolution
+    overlap_px = int(round(tile.overlap / res))
+    rim = min(overlap_px, max(1, int(math.ceil(reach / res - 1e-9))))
+    if rim <= 0:
+        return
+    keep = np.zeros(result.valid.shape, bool)
+    keep[rim:-rim, rim:-rim] = True
+    result.valid &= keep
+    result.filled &= keep
+
+
 class RasterMethod:
     """``geoimplicit dsm --method raster``: :func:`rasterize` per tile. Options: the fields of
     :class:`RasterizeConfig` (``stat``, ``fill_max_hole``, ``remove_outliers`` ...)."""
@@ -546,8 +646,9 @@ class RasterMethod:
     def __init__(self, **options):
         self.config = RasterizeConfig(**{k: v for k, v in options.items() if v is not None})
 
-    def default_tiling(self, resolution: float, density: float) -> tuple[float, float]:
-        """Tiles of 500 pixels (few tiles, little per-tile overhead); overlap = the reach of the options."""
+    def default_tiling(self, resolution: float, density: float, metres_per_unit: float = 1.0) -> tuple[float, float]:
+        """Tiles of 500 pixels (few tiles, little per-tile overhead); overlap = the reach of the options (CRS units)."""
+        del metres_per_unit
         margin = self.config.margin(resolution, density)
         overlap = math.ceil(margin / resolution) * resolution
         return 500 * resolution, max(overlap, resolution)
@@ -555,12 +656,26 @@ class RasterMethod:
     def prepare(self, inputs) -> dict:
         return {"density": float(inputs.density) if inputs.density else None}
 
-    def run_tile(self, tile, points, ortho, state):
+    def run_tile(self, tile, points, ortho, state, progress=None):
         from geoimplicit.dsm.method import TileOutput
 
-        r = rasterize(points, tile.grid, self.config, density=(state or {}).get("density"))
+        del progress  # one pass of array operations per tile: seconds at most
+        density = (state or {}).get("density")
+        r = rasterize(points, tile.grid, self.config, density=density)
+        _drop_tile_rim(r, tile, self.config.margin(tile.grid.resolution, density))
         return TileOutput(r.height, r.valid, r.filled,
-                          {"points": r.n_points, "outliers": r.n_outliers, "filled": int(r.filled.sum())})
+                          {"points": r.n_points, "outliers": r.n_outliers, "filled": int(r.filled.sum()),
+                           "excluded_by_class": r.n_excluded})
+
+    def why_empty(self, stats: dict) -> tuple[str, str] | None:
+        """(message, fix) when a run found no usable point because of the class exclusion, else None."""
+        n = int(stats.get("excluded_by_class", 0))
+        if not n:
+            return None
+        codes = ", ".join(str(c) for c in self.config.exclude_classes)
+        return (f"no usable point: {n:,} points in the area are in LAS classes {codes} (noise), which the raster "
+                "method leaves out",
+                "pass --exclude-classes none to use them (or list the classes to leave out)")
 
     def tags(self) -> dict:
         c = self.config

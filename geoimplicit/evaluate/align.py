@@ -20,7 +20,9 @@ from affine import Affine
 from pyproj import CRS
 from rasterio.warp import Resampling, reproject
 
-from geoimplicit.errors import CorruptInputError, CRSMismatchError, InputFileNotFoundError, MissingCRSError, NoDataError
+from geoimplicit.errors import (
+    CorruptInputError, CRSMismatchError, InputError, InputFileNotFoundError, MissingCRSError, NoDataError,
+)
 
 log = logging.getLogger(__name__)
 
@@ -118,6 +120,7 @@ def read_band(path: str | os.PathLike, band: int = 1) -> RasterBand:
         with rasterio.open(path) as src:
             if band > src.count:
                 raise CorruptInputError(f"has {src.count} band(s), band {band} was asked for", path=path)
+            check_height_raster(src, path)
             data = src.read(band).astype(np.float64)
             valid = src.read_masks(band) > 0
             crs = CRS.from_user_input(src.crs) if src.crs else None
@@ -133,6 +136,17 @@ def read_band(path: str | os.PathLike, band: int = 1) -> RasterBand:
         valid &= data != nodata
     data[~valid] = np.nan
     return RasterBand(path, data, grid, nodata)
+
+
+def check_height_raster(src, path) -> None:
+    """Refuse an image where a DSM is expected: three or more bands, or colour bands (an ortho, a photo)."""
+    from rasterio.enums import ColorInterp
+
+    colour = {ColorInterp.red, ColorInterp.green, ColorInterp.blue, ColorInterp.palette, ColorInterp.alpha}
+    if src.count >= 3 or src.colorinterp[0] in colour:
+        kind = f"{src.count} bands of {src.dtypes[0]}"
+        raise InputError(f"is an image ({kind}, {src.colorinterp[0].name} first), not a height raster", path=path,
+                         hint="pass a single-band DSM/DEM (heights in one band), not an ortho or a photo")
 
 
 def read_crs(path: str | os.PathLike) -> CRS | None:

@@ -18,7 +18,6 @@ a large height error) count as building.
 
 from __future__ import annotations
 
-import glob
 import logging
 import os
 from dataclasses import dataclass, field
@@ -32,7 +31,7 @@ from scipy import ndimage
 
 from geoimplicit.errors import CorruptInputError, InputError, InputFileNotFoundError
 from geoimplicit.evaluate.align import Grid, crs_label, same_crs
-from geoimplicit.evaluate.terrain import slope_percent
+from geoimplicit.evaluate.terrain import slope_percent as terrain_slope_percent
 
 log = logging.getLogger(__name__)
 
@@ -57,15 +56,35 @@ class Zone:
     fields: dict = field(default_factory=dict)
 
 
+_CLASS_HINT = ("pass a single-band integer raster (LAS codes: 2 ground, 5 vegetation, 6 building, or any integer "
+               "labels), or polygons with --class-polygons")
+
+
+def _check_class_raster(src, path) -> None:
+    """A class raster is one band of integer codes; an RGB ortho is not (it gave 227 'classes')."""
+    if src.count != 1:
+        raise InputError(f"has {src.count} bands: a class raster has one band of class codes (is it an image?)",
+                         path=path, hint=_CLASS_HINT)
+    if np.dtype(src.dtypes[0]).kind not in "iuf":
+        raise InputError(f"holds {src.dtypes[0]} values: a class raster holds integer class codes", path=path,
+                         hint=_CLASS_HINT)
+
+
 def _resample_labels(path: Path, grid: Grid) -> np.ndarray:
     """Class labels on ``grid`` (int64, -1 = no class): nearest, or majority when the raster is finer."""
     try:
         with rasterio.open(path) as src:
+            _check_class_raster(src, path)
             labels = src.read(1)
             nodata = src.nodata
             src_crs, src_transform = src.crs, src.transform
     except rasterio.errors.RasterioIOError as exc:
         raise CorruptInputError(f"cannot be read as a raster ({exc})", path=path) from exc
+    if np.issubdtype(labels.dtype, np.floating):
+        values = labels[np.isfinite(labels) & (labels != nodata if nodata is not None else True)]
+        if values.size and not np.all(values == np.round(values)):
+            raise InputError("holds fractional values: a class raster holds integer class codes", path=path,
+                             hint=_CLASS_HINT)
     if src_crs is not None and grid.crs is not None and not same_crs(grid.crs, src_crs):
         log.info("class raster %s is %s: reprojected onto the truth grid", path.name, crs_label(src_crs))
     finer = abs(src_transform.a) < 0.75 * abs(grid.transform.a)
@@ -135,43 +154,33 @@ def _jsonable(value):
     return value.item() if hasattr(value, "item") else value
 
 
-def _expand_point_paths(paths) -> list[str]:
-    out: list[str] = []
-    for p in paths:
-        p = os.fspath(p)
-        if os.path.isdir(p):
-            out += sorted(glob.glob(os.path.join(p, "*.la[sz]")))
-        elif any(ch in p for ch in "*?["):
-            out += sorted(glob.glob(p))
-        else:
-            out.append(p)
-    return out
+def _iter_point_classes(paths, grid: Grid, assume_crs=None):
+    """Yield (x, y, classification) chunks in the grid's CRS.
 
+    A file without a CRS is refused unless ``assume_crs`` says what it is (taking the truth's CRS silently
+    gave wrong zones for a cloud in another CRS).
+    """
+    from geoimplicit.io.pointcloud import PointCloudDataset, expand_paths, read_header
 
-def _iter_point_classes(paths, grid: Grid):
-    """Yield (x, y, classification) chunks in the grid's CRS, through PointCloudDataset when it exists."""
+    if assume_crs is None:
+        missing = [p for p in expand_paths(list(paths)) if read_header(p).crs is None]
+        if missing:
+            from geoimplicit.errors import MissingCRSError
+
+            raise MissingCRSError("has no CRS in its LAS header", path=missing[0],
+                                  hint=f"pass --class-points-crs with its CRS (e.g. {crs_label(grid.crs)}, the "
+                                       "truth's, if that is what it is)")
     left, bottom, right, top = grid.bounds
-    try:
-        from geoimplicit.io.pointcloud import PointCloudDataset
-    except ImportError:
-        PointCloudDataset = None  # noqa: N806
-    if PointCloudDataset is not None:
-        dataset = PointCloudDataset(list(paths), crs=grid.crs)
-        for chunk in dataset.iter_chunks(bounds=(left, bottom, right, top), fields=("x", "y", "classification")):
-            yield chunk["x"], chunk["y"], chunk["classification"]
-        return
-    import laspy  # fallback: files already in the grid's CRS
-
-    for p in _expand_point_paths(paths):
-        if not os.path.exists(p):
-            raise InputFileNotFoundError("point cloud not found", path=p)
-        with laspy.open(p) as reader:
-            for pts in reader.chunk_iterator(2_000_000):
-                yield np.asarray(pts.x), np.asarray(pts.y), np.asarray(pts.classification)
+    dataset = PointCloudDataset(list(paths), crs=grid.crs, assume_crs=assume_crs)
+    for chunk in dataset.iter_chunks(bounds=(left, bottom, right, top), fields=("x", "y", "classification")):
+        yield chunk["x"], chunk["y"], chunk["classification"]
 
 
-def zones_from_points(paths, grid: Grid) -> list[Zone]:
-    """Ground / building / vegetation zones from LAS classification codes, majority per cell."""
+def zones_from_points(paths, grid: Grid, assume_crs=None) -> list[Zone]:
+    """Ground / building / vegetation zones from LAS classification codes, majority per cell.
+
+    ``assume_crs``: the CRS of point files whose header has none (refused without it).
+    """
     paths = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
     rows, cols = grid.shape
     n_groups = len(LAS_GROUPS) + 1  # 0 = any other code
@@ -180,7 +189,7 @@ def zones_from_points(paths, grid: Grid) -> list[Zone]:
         code_to_group[list(codes)] = g
     counts = np.zeros(rows * cols * n_groups, dtype=np.int64)
     t = grid.transform
-    for x, y, cls in _iter_point_classes(paths, grid):
+    for x, y, cls in _iter_point_classes(paths, grid, assume_crs):
         col = np.floor((np.asarray(x, dtype=np.float64) - t.c) / t.a).astype(np.int64)
         row = np.floor((np.asarray(y, dtype=np.float64) - t.f) / t.e).astype(np.int64)
         inside = (col >= 0) & (col < cols) & (row >= 0) & (row < rows)
@@ -201,22 +210,38 @@ def zones_from_points(paths, grid: Grid) -> list[Zone]:
     return zones
 
 
-def dilate_buildings(zones: list[Zone], pixels: int) -> list[Zone]:
-    """Dilate the building zone(s) by ``pixels`` (8-connected) and remove the dilated area from the others."""
+def is_building(zone: Zone, building_class: str | None = None) -> bool:
+    """Whether ``zone`` is the building class: the one named ``building_class`` (a polygon class name, a class
+    raster code or its LAS name), else one named "building" or with LAS code 6."""
+    if building_class is not None:
+        names = {zone.name, str(zone.fields.get("code")), str(zone.fields.get("value"))}
+        return str(building_class) in names
+    return zone.name == "building" or zone.fields.get("code") == 6
+
+
+def dilate_buildings(zones: list[Zone], pixels: int, building_class: str | None = None) -> list[Zone]:
+    """Dilate the building zone(s) by ``pixels`` (8-connected) and remove the dilated area from the others.
+
+    The building class is the one :func:`is_building` recognises; with ``pixels`` > 0 and none of them, an
+    :class:`InputError` lists the classes there are (polygon classes are named by their field value).
+    """
     if pixels <= 0:
         return zones
-    is_building = [z.name == "building" or z.fields.get("code") == 6 for z in zones]
-    if not any(is_building):
-        log.warning("no building class to dilate")
-        return zones
+    flags = [is_building(z, building_class) for z in zones]
+    if not any(flags):
+        names = ", ".join(repr(z.name) for z in zones[:12]) + (" ..." if len(zones) > 12 else "")
+        what = f"no class is named {building_class!r}" if building_class else \
+            "no class is the building class (named 'building' or LAS code 6)"
+        raise InputError(f"--dilate-buildings: {what}; the classes are {names}",
+                         hint="pass --building-class with the name of the building class")
     structure = np.ones((3, 3), dtype=bool)
     building = np.zeros_like(zones[0].mask)
-    for z, b in zip(zones, is_building):
+    for z, b in zip(zones, flags):
         if b:
             building |= z.mask
     dilated = ndimage.binary_dilation(building, structure=structure, iterations=int(pixels))
     out = []
-    for z, b in zip(zones, is_building):
+    for z, b in zip(zones, flags):
         if b:
             out.append(Zone(z.name, dilated, {**z.fields, "dilated_px": int(pixels)}))
         else:
@@ -224,9 +249,13 @@ def dilate_buildings(zones: list[Zone], pixels: int) -> list[Zone]:
     return out
 
 
-def slope_band_zones(truth: np.ndarray, grid: Grid, edges=SLOPE_BANDS_PERCENT) -> list[Zone]:
-    """Zones by the truth's slope in percent: [e0, e1), ..., [e_last, inf). NaN slopes belong to none."""
-    slope = slope_percent(truth, grid.transform, grid.crs)
+def slope_band_zones(truth: np.ndarray, grid: Grid, edges=SLOPE_BANDS_PERCENT, *,
+                     slope_percent: np.ndarray | None = None) -> list[Zone]:
+    """Zones by the truth's slope in percent: [e0, e1), ..., [e_last, inf). NaN slopes belong to none.
+
+    ``slope_percent``: the slope to use (e.g. demcompare's); default :func:`terrain.slope_percent` of the truth.
+    """
+    slope = terrain_slope_percent(truth, grid.transform, grid.crs) if slope_percent is None else slope_percent
     zones = []
     bounds = list(edges) + [np.inf]
     with np.errstate(invalid="ignore"):

@@ -6,7 +6,10 @@ of gradient ``tan(alpha)`` facing the azimuth ``psi`` (downhill direction, clock
 ``dh / tan(alpha) = a * cos(b - psi) + c`` with ``a = |s|``, ``b`` = azimuth of ``s``. The median of
 ``dh / tan(alpha)`` in 10-degree aspect bins is fitted with that cosine (linear least squares), the
 prediction is resampled with the accumulated shift, and this repeats until the shift increment is below
-``tolerance_px``.
+``tolerance_px`` or after ``max_iterations``. The shift kept is the best of all tried, the unshifted prediction included, by the mean
+absolute deviation of the residual from its median (:func:`spread`, on the cells valid in both): an iteration
+that only adds resampling blur is never kept (on the demo's occupancy DSM every step, 0.02-0.07 px, took the
+NMAD from 0.049 to 0.054-0.055 and the spread from 0.348 to 0.351-0.356 m: no shift is kept).
 
 Slopes and aspects come from the truth, with horizontal distances in the height units (metres on the
 ellipsoid for geographic DEMs, as demcompare does), so the shift is estimated in metres and converted to
@@ -24,6 +27,7 @@ removed (as demcompare).
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 from dataclasses import asdict, dataclass, field
@@ -58,6 +62,8 @@ class CoregistrationResult:
     converged: bool
     nmad_before: float
     nmad_after: float
+    kept_iteration: int = 0  # the iteration whose shift is kept (0: the unshifted prediction)
+    stop_reason: str = ""
     history: list = field(default_factory=list)
 
     def to_dict(self) -> dict:
@@ -114,6 +120,70 @@ def _fit_cosine(dh: np.ndarray, tan_slope: np.ndarray, aspect: np.ndarray, min_t
     return float(a_cos), float(b_sin), float(c), int(target.size)
 
 
+def _step(dh, *, tan_slope, aspect, min_slope_percent, max_slope_percent, transform, px_east, px_north):
+    """One Nuth and Kaab estimate: the (columns, rows) step that removes the remaining displacement of dh."""
+    s_north, s_east, _, n_used = _fit_cosine(dh, tan_slope, aspect, min_slope_percent / 100.0,
+                                             max_slope_percent / 100.0)
+    # the remaining displacement s of the (shifted) prediction: move it back by -s
+    step_dx = -s_east / px_east * (1.0 if transform.a > 0 else -1.0)
+    step_dy = s_north / px_north * (1.0 if transform.e < 0 else -1.0)
+    return step_dx, step_dy, n_used
+
+
+def spread(dh: np.ndarray) -> float:
+    """Mean absolute deviation from the median of the finite values: the robust spread that picks the shift.
+
+    Unlike the NMAD it does not jump with height quantisation (integer SRTM heights: at the exact shift every
+    residual is an integer and the NMAD rises from 4.07 to 4.44 while the fit improves), and unlike the RMSE
+    it does not reward blurring a DSM with sharp edges by resampling.
+    """
+    v = dh[np.isfinite(dh)]
+    return float(np.mean(np.abs(v - np.median(v)))) if v.size else math.inf
+
+
+def _better(dh: np.ndarray, best_dh: np.ndarray) -> bool:
+    """Whether ``dh`` has a lower :func:`spread` than ``best_dh`` on the cells valid in both."""
+    common = np.isfinite(dh) & np.isfinite(best_dh)
+    return spread(np.where(common, dh, np.nan)) < spread(np.where(common, best_dh, np.nan))
+
+
+def _iterate(prediction, truth, fit, max_iterations, tolerance_px, cancel):
+    """Iterate the estimate; keep the shift of lowest :func:`spread` (the unshifted prediction is iteration 0).
+
+    Returns (dx_px, dy_px, kept iteration, iterations run, converged, stop reason, history).
+    """
+    dx_px = dy_px = 0.0
+    best_dh = prediction - truth
+    best = (0.0, 0.0, 0)  # (dx, dy, the iteration whose shift it is)
+    history: list[dict] = []
+    converged, iteration = False, 0
+    stop_reason = f"{max_iterations} iterations (the maximum)"
+    for iteration in range(1, max_iterations + 1):
+        check_cancel(cancel)
+        dh = shift_array(prediction, dx_px, dy_px) - truth
+        if history:  # the shift the previous iteration made, measured
+            history[-1]["nmad_after_step"] = nmad(dh)
+            if _better(dh, best_dh):
+                best, best_dh = (dx_px, dy_px, iteration - 1), dh
+        step_dx, step_dy, n_used = fit(dh)
+        dx_px, dy_px = dx_px + step_dx, dy_px + step_dy
+        history.append({"iteration": iteration, "step_dx_px": step_dx, "step_dy_px": step_dy, "dx_px": dx_px,
+                        "dy_px": dy_px, "cells": n_used, "nmad": nmad(dh)})
+        log.debug("Nuth-Kaab iteration %d: step (%.4f, %.4f) px, total (%.4f, %.4f) px", iteration, step_dx,
+                  step_dy, dx_px, dy_px)
+        if math.hypot(step_dx, step_dy) < tolerance_px:
+            converged = True
+            stop_reason = f"converged: the last step was under {tolerance_px:g} px"
+            break
+    if history and "nmad_after_step" not in history[-1]:  # the last shift, not measured in the loop
+        dh = shift_array(prediction, dx_px, dy_px) - truth
+        history[-1]["nmad_after_step"] = nmad(dh)
+        if _better(dh, best_dh):
+            best = (dx_px, dy_px, history[-1]["iteration"])
+    dx_px, dy_px, kept = best
+    return dx_px, dy_px, kept, iteration, converged, stop_reason, history
+
+
 def nuth_kaab(
     prediction: np.ndarray,
     truth: np.ndarray,
@@ -156,29 +226,13 @@ def nuth_kaab(
     px_east = float(px_east_rows[centre_row, 0])
     px_north = float(px_north_rows[centre_row, 0])
 
-    dx_px = dy_px = 0.0
-    history = []
+    fit = functools.partial(_step, tan_slope=tan_slope, aspect=aspect, min_slope_percent=min_slope_percent,
+                            max_slope_percent=max_slope_percent, transform=transform, px_east=px_east,
+                            px_north=px_north)
     nmad_before = nmad(prediction - truth)
-    converged = False
-    iteration = 0
-    for iteration in range(1, max_iterations + 1):
-        check_cancel(cancel)
-        shifted = shift_array(prediction, dx_px, dy_px)
-        dh = shifted - truth
-        s_north, s_east, c, n_used = _fit_cosine(dh, tan_slope, aspect, min_slope_percent / 100.0,
-                                                 max_slope_percent / 100.0)
-        # the remaining displacement s of the (shifted) prediction: move it back by -s
-        step_dx = -s_east / px_east * (1.0 if transform.a > 0 else -1.0)
-        step_dy = s_north / px_north * (1.0 if transform.e < 0 else -1.0)
-        dx_px += step_dx
-        dy_px += step_dy
-        history.append({"iteration": iteration, "step_dx_px": step_dx, "step_dy_px": step_dy,
-                        "dx_px": dx_px, "dy_px": dy_px, "cells": n_used, "nmad": nmad(dh)})
-        log.debug("Nuth-Kaab iteration %d: step (%.4f, %.4f) px, total (%.4f, %.4f) px", iteration, step_dx,
-                  step_dy, dx_px, dy_px)
-        if math.hypot(step_dx, step_dy) < tolerance_px:
-            converged = True
-            break
+    dx_px, dy_px, kept, iteration, converged, stop_reason, history = _iterate(
+        prediction, truth, fit, max_iterations, tolerance_px, cancel)
+    log.info("Nuth-Kaab: %s; kept %s", stop_reason, f"iteration {kept}" if kept else "no shift")
     final = shift_array(prediction, dx_px, dy_px) - truth
     finite = final[np.isfinite(final)]
     dz = float(np.median(finite)) if finite.size else math.nan
@@ -191,9 +245,10 @@ def nuth_kaab(
         dx_m = dx_crs * metres_per_unit
         dy_m = dy_crs * metres_per_unit
     return CoregistrationResult(
-        dx_px=float(dx_px), dy_px=float(dy_px), dx_crs=float(dx_crs), dy_crs=float(dy_crs), dx_m=float(dx_m),
-        dy_m=float(dy_m), dz=dz, crs_units="degree" if geographic else crs_units, iterations=iteration,
-        converged=converged, nmad_before=nmad_before, nmad_after=nmad(final), history=history,
+        dx_px=float(dx_px) + 0.0, dy_px=float(dy_px) + 0.0, dx_crs=float(dx_crs) + 0.0,  # + 0.0: no "-0"
+        dy_crs=float(dy_crs) + 0.0, dx_m=float(dx_m) + 0.0, dy_m=float(dy_m) + 0.0, dz=dz, crs_units="degree" if geographic else crs_units, iterations=iteration,
+        converged=converged, nmad_before=nmad_before, nmad_after=nmad(final), kept_iteration=kept,
+        stop_reason=stop_reason, history=history,
     )
 
 

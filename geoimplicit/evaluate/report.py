@@ -8,7 +8,7 @@ Layout::
       report.json      every number (machine-readable)
       report.csv       one row per group (overall, class, slope band, tile), one column per statistic
       report.html      the same for a person, with the figures
-      residual.tif     prediction - truth on the truth's grid (float32, nodata -9999)
+      residual.tif     prediction - truth on the truth's grid (COG, float32, nodata -9999, band unit)
       figures/error_map.png, histogram.png, cdf.png, per_class.png, per_slope.png, per_tile.png
 """
 
@@ -27,6 +27,8 @@ from geoimplicit.evaluate.metrics import STAT_KEYS
 from geoimplicit.outputs import atomic_output
 
 NODATA = -9999.0
+# what a report folder holds (its manifest): --overwrite replaces these names and nothing else in the folder
+REPORT_PRODUCTS = ("report.json", "report.csv", "report.html", "residual.tif", "figures")
 
 _GROUP_TITLES = {
     "overall": "Overall",
@@ -62,21 +64,14 @@ def csv_rows(report: dict) -> list[dict]:
     return rows
 
 
-def write_residual_tif(path: Path, residual: np.ndarray, grid, tags: dict | None = None) -> None:
-    import rasterio
+def write_residual_tif(path: Path, residual: np.ndarray, grid, tags: dict | None = None,
+                       unit: str | None = None) -> None:
+    """The residual as a Cloud-Optimized GeoTIFF (float32, nodata -9999, band unit ``unit``)."""
+    from geoimplicit.io.raster import write_geotiff
 
     data = np.where(np.isfinite(residual), residual, NODATA).astype(np.float32)
-    rows, cols = data.shape
-    profile = dict(driver="GTiff", width=cols, height=rows, count=1, dtype="float32", nodata=NODATA,
-                   transform=grid.transform, crs=grid.crs.to_wkt() if grid.crs is not None else None,
-                   compress="deflate", predictor=3)
-    if rows >= 256 and cols >= 256:
-        profile.update(tiled=True, blockxsize=256, blockysize=256)
-    with rasterio.open(path, "w", **profile) as dst:
-        dst.write(data, 1)
-        dst.set_band_description(1, "residual = prediction - truth")
-        if tags:
-            dst.update_tags(**{k: str(v) for k, v in tags.items()})
+    write_geotiff(path, data, grid.transform, grid.crs, nodata=NODATA, cog=True, tags=tags,
+                  band_descriptions=["residual = prediction - truth"], band_units=unit)
 
 
 def _figures(folder: Path, residual: np.ndarray, report: dict, units: str) -> dict[str, str]:
@@ -177,6 +172,12 @@ def _fmt(value) -> str:
     return html.escape(str(value))
 
 
+def _kept(coreg: dict) -> str:
+    k = coreg.get("kept_iteration", coreg["iterations"])
+    return ("no shift (no iteration improved the fit)" if k == 0
+            else f"the shift of iteration {k} (the best fit: lowest mean absolute deviation from the median)")
+
+
 def _html(report: dict) -> str:
     units = report["units"]["vertical"]
     keys = list(STAT_KEYS)
@@ -217,9 +218,9 @@ def _html(report: dict) -> str:
             "(columns right, rows down); "
             f"{c['dx_crs']:.6g}, {c['dy_crs']:.6g} {html.escape(c['crs_units'])} (x east, y north); "
             f"{c['dx_m']:.3f} m east, {c['dy_m']:.3f} m north; dz (median after the shift, not removed) = "
-            f"{c['dz']:.3f} {units}. {c['iterations']} iterations, "
-            f"{'converged' if c['converged'] else 'NOT converged'}; NMAD {c['nmad_before']:.3f} -> "
-            f"{c['nmad_after']:.3f}. Statistics below are after the horizontal shift.</p>"
+            f"{c['dz']:.3f} {units}. {c['iterations']} iterations; stopped: {html.escape(c.get('stop_reason', ''))}; "
+            f"kept {_kept(c)}; NMAD {c['nmad_before']:.3f} -> {c['nmad_after']:.3f}. Statistics below are after "
+            "the horizontal shift.</p>"
         )
     figures = report.get("files", {}).get("figures", {})
     for key in ("error_map", "histogram", "cdf"):
@@ -240,18 +241,22 @@ def _html(report: dict) -> str:
 
 
 def write_report(output_dir: str | os.PathLike, report: dict, residual: np.ndarray, grid, *,
-                 overwrite: bool = False, figures: bool = True) -> dict[str, Path]:
+                 overwrite: bool = False, figures: bool = True, inputs=()) -> dict[str, Path]:
     """Write the report folder atomically; return the paths of its files.
 
     ``report`` is the dictionary built by :func:`geoimplicit.evaluate.evaluate_dsm` (its ``files`` entry is
-    filled in here).
+    filled in here). Into an existing folder only :data:`REPORT_PRODUCTS` are replaced; a folder holding one of
+    ``inputs`` is refused.
     """
     output_dir = Path(output_dir)
-    with atomic_output(output_dir, overwrite=overwrite) as tmp:
+    with atomic_output(output_dir, overwrite=overwrite, products=REPORT_PRODUCTS, inputs=inputs) as tmp:
         tmp.mkdir(parents=True)
         units = report["units"]["vertical"]
+        from geoimplicit.io.crs import height_unit
+
         write_residual_tif(tmp / "residual.tif", residual, grid,
-                           tags={"GEOIMPLICIT_RESIDUAL": "prediction - truth", "UNITS": units})
+                           tags={"GEOIMPLICIT_RESIDUAL": "prediction - truth", "UNITS": units},
+                           unit=height_unit(grid.crs))
         figs = _figures(tmp / "figures", residual, report, units) if figures else {}
         report["files"] = {"json": "report.json", "csv": "report.csv", "html": "report.html",
                            "residual": "residual.tif", "figures": figs}

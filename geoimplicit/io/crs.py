@@ -144,6 +144,17 @@ def vertical_units(crs: pyproj.CRS) -> tuple[str, float]:
     return (name, factor)
 
 
+_UNIT_SYMBOLS = {"metre": "m", "meter": "m", "foot": "ft", "us survey foot": "US survey foot"}
+
+
+def height_unit(crs) -> str | None:
+    """The band unit of a height raster in ``crs`` ("m", "ft", ...), as GDAL stores it; None without a CRS."""
+    if crs is None:
+        return None
+    name = vertical_units(crs)[0]
+    return _UNIT_SYMBOLS.get(name.lower(), name)
+
+
 def _horizontal(crs: pyproj.CRS) -> pyproj.CRS:
     if crs.is_compound:
         for sub in crs.sub_crs_list:
@@ -156,6 +167,22 @@ def suggest_utm(lon: float, lat: float) -> str:
     """The EPSG code of the WGS 84 UTM zone at (lon, lat), e.g. "EPSG:32632"."""
     zone = int(np.clip(np.floor((lon + 180.0) / 6.0) + 1, 1, 60))
     return f"EPSG:{(32600 if lat >= 0 else 32700) + zone}"
+
+
+def centre_lonlat(bounds, crs) -> tuple[float, float] | None:
+    """(lon, lat) of the centre of ``bounds`` (left, bottom, right, top) given in ``crs``; None if unknown.
+
+    The one place that finds where data are, for the UTM zone suggested by :func:`require_projected`.
+    """
+    if crs is None or bounds is None:
+        return None
+    try:
+        to_ll = pyproj.Transformer.from_crs(parse_crs(crs), "EPSG:4326", always_xy=True)
+        lon, lat = to_ll.transform((bounds[0] + bounds[2]) / 2.0, (bounds[1] + bounds[3]) / 2.0)
+    except Exception:  # noqa: BLE001 - pyproj raises several types on odd CRSs
+        return None
+    ok = np.isfinite(lon) and np.isfinite(lat) and -180 <= lon <= 180 and -90 <= lat <= 90
+    return (float(lon), float(lat)) if ok else None
 
 
 def require_projected(crs: pyproj.CRS, path=None, *, lonlat=None) -> None:

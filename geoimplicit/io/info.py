@@ -13,6 +13,7 @@ import numpy as np
 
 from geoimplicit.errors import CorruptInputError, InputFileNotFoundError, NoDataError
 from geoimplicit.io.crs import (
+    centre_lonlat,
     choose_working_crs,
     crs_equal,
     crs_name,
@@ -155,10 +156,12 @@ def _describe_points(path, crs) -> dict:
         out.update(_crs_fields(first))
         sources = sorted({f.crs_source for f in files})
         out["crs_source"] = "header" if sources == ["header"] else ", ".join(sources)
-    b = np.array([f.bounds for f in files])
+    with_points = [f for f in files if f.point_count > 0]
+    b = np.array([f.bounds for f in with_points]) if with_points else None
     out.update(
-        bounds=[float(b[:, 0].min()), float(b[:, 1].min()), float(b[:, 3].max()), float(b[:, 4].max())],
-        z_range=[float(b[:, 2].min()), float(b[:, 5].max())],
+        bounds=None if b is None else [float(b[:, 0].min()), float(b[:, 1].min()), float(b[:, 3].max()),
+                                       float(b[:, 4].max())],
+        z_range=None if b is None else [float(b[:, 2].min()), float(b[:, 5].max())],
         point_count=int(sum(f.point_count for f in files)),
         point_format=sorted({f.point_format for f in files}),
         version=sorted({f.version for f in files}),
@@ -167,6 +170,13 @@ def _describe_points(path, crs) -> dict:
     )
     if len(files) > 1:
         out["file_list"] = [str(f.path) for f in files]
+    empty = [f for f in files if f.point_count == 0]
+    if empty:
+        what = "holds no points" if len(files) == 1 else f"{len(empty)} of {len(files)} files hold no points"
+        out["warning"] = f"{what} (the header counts 0)" + ("; a run skips them" if with_points else "")
+        log.warning("%s: %s", path, out["warning"])
+    if b is None:
+        return out
     area = (out["bounds"][2] - out["bounds"][0]) * (out["bounds"][3] - out["bounds"][1])
     if area > 0 and first is not None and same:
         out["density_per_unit2"] = round(out["point_count"] / area, 3)
@@ -216,6 +226,9 @@ def check_inputs(paths, *, crs=None, aoi=None, bbox=None, bbox_crs=None) -> dict
         if d["kind"] == "aoi":
             continue
         name = str(path)
+        if d["kind"] == "pointcloud" and d["point_count"] == 0:
+            raise NoDataError("holds no points (the header counts 0)", path=name,
+                              hint="give a LAS/LAZ file with points (check the export that wrote it)")
         if d.get("crs_source") == "mixed":
             choose_working_crs({name + " (some files)": _first_crs(path), name: _other_crs(path)}, crs)
         named[name] = parse_crs(d["crs_wkt"]) if d.get("crs_wkt") else None
@@ -228,13 +241,9 @@ def check_inputs(paths, *, crs=None, aoi=None, bbox=None, bbox_crs=None) -> dict
                               hint="pass --crs with its CRS (e.g. EPSG:2154 or a .wkt file)")
     work = choose_working_crs(named, crs)
     lonlat = None
-    if work.is_geographic and bounds_by_name:
-        b = next(iter(bounds_by_name.values()))
-        try:
-            to_ll = pyproj.Transformer.from_crs(work, "EPSG:4326", always_xy=True)
-            lonlat = to_ll.transform((b[0] + b[2]) / 2.0, (b[1] + b[3]) / 2.0)
-        except Exception:
-            lonlat = None
+    if work.is_geographic and bounds_by_name:  # the bounds are in each input's own CRS
+        name, b = next(iter(bounds_by_name.items()))
+        lonlat = centre_lonlat(b, named[name] or work)
     require_projected(work, next(iter(named), None) if crs is None else "--crs", lonlat=lonlat)
     union = None
     for name, b in bounds_by_name.items():

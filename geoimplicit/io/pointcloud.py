@@ -28,8 +28,10 @@ from geoimplicit.errors import (
     InputError,
     InputFileNotFoundError,
     MissingCRSError,
+    NoDataError,
 )
 from geoimplicit.io.crs import (
+    centre_lonlat,
     choose_working_crs,
     crs_equal,
     crs_name,
@@ -251,6 +253,19 @@ class _Reprojector:
         return tuple(self.transformer.transform_bounds(*b, densify_pts=21))
 
 
+def _with_points(files: list[PointCloudFile]) -> list[PointCloudFile]:
+    """Drop files whose header counts no point (their bounds 0, 0, 0, 0 would spoil the extent)."""
+    empty = [f for f in files if f.point_count == 0]
+    if len(empty) == len(files):
+        names = ", ".join(str(f.path) for f in empty[:3]) + (" ..." if len(empty) > 3 else "")
+        raise NoDataError("holds no points (the header counts 0)" if len(files) == 1 else
+                          f"none of the {len(files)} files holds a point (their headers count 0)", path=names,
+                          hint="give a LAS/LAZ file with points (check the export that wrote it)")
+    for f in empty:
+        log.warning("%s: holds no points (the header counts 0); skipped", f.path)
+    return [f for f in files if f.point_count > 0]
+
+
 class PointCloudDataset:
     """LAS/LAZ files read as one data set in one working CRS, indexed by their header bounds.
 
@@ -264,7 +279,8 @@ class PointCloudDataset:
     """
 
     def __init__(self, paths, *, crs=None, assume_crs=None):
-        self.files: list[PointCloudFile] = [read_header(p, assume_crs=assume_crs) for p in expand_paths(paths)]
+        self.files: list[PointCloudFile] = _with_points([read_header(p, assume_crs=assume_crs)
+                                                         for p in expand_paths(paths)])
         missing = [f for f in self.files if f.crs is None]
         if missing and crs is None:
             names = ", ".join(str(f.path) for f in missing[:3]) + (" ..." if len(missing) > 3 else "")
@@ -291,14 +307,7 @@ class PointCloudDataset:
     # --- header-only properties -------------------------------------------------------------------------------
     def _center_lonlat(self):
         f = self.files[0]
-        try:
-            if f.crs is None:
-                return None
-            to_ll = pyproj.Transformer.from_crs(f.crs, "EPSG:4326", always_xy=True)
-            lon, lat = to_ll.transform((f.bounds[0] + f.bounds[3]) / 2, (f.bounds[1] + f.bounds[4]) / 2)
-            return (lon, lat) if np.isfinite(lon) and np.isfinite(lat) else None
-        except Exception:
-            return None
+        return centre_lonlat(f.xy_bounds, f.crs)
 
     def _reprojector(self, f: PointCloudFile) -> _Reprojector:
         key = id(f)

@@ -110,16 +110,27 @@ def _is_georeferenced(ds) -> bool:
 
 
 def _source_crs(ds, path, crs) -> pyproj.CRS:
-    if ds.crs is not None:
-        file_crs = parse_crs(ds.crs, source=path)
+    """The file's own CRS, else its ``.prj`` sidecar's, else the assumed ``crs`` (for files without one)."""
+    file_crs = parse_crs(ds.crs, source=path) if ds.crs is not None else _prj_crs(path)
+    if file_crs is not None:
         if crs is not None and not crs_equal(file_crs, parse_crs(crs, source=path)):
-            log.warning("%s: the file says %s; ignoring the assumed CRS %s", path, crs_name(file_crs), crs)
+            log.debug("%s: the file says %s; the assumed CRS %s is only for files without one", path,
+                      crs_name(file_crs), crs)
         return file_crs
     if crs is None:
         world = _world_file(path)
         what = f"georeferenced by {world.name} but that holds no CRS" if world else "has no CRS"
-        raise MissingCRSError(what, path=path, hint="pass --crs with the CRS of the image (e.g. EPSG:2154 or a .wkt file)")
+        raise MissingCRSError(what, path=path, hint="pass --crs with the CRS of the image (e.g. EPSG:2154 or a .wkt "
+                                                    f"file), or put its WKT in {Path(path).with_suffix('.prj').name}")
     return parse_crs(crs, source=path)
+
+
+def _prj_crs(path) -> pyproj.CRS | None:
+    """The CRS of a ``.prj`` file beside ``path`` (WKT, as Esri writes next to world files), or None."""
+    for prj in (Path(path).with_suffix(".prj"), Path(path).with_suffix(".PRJ")):
+        if prj.exists():
+            return parse_crs(prj.read_text(errors="replace").strip(), source=prj)
+    return None
 
 
 def _world_file(path) -> Path | None:
@@ -142,7 +153,7 @@ def raster_info(path, crs=None) -> dict:
         ``georeferencing`` ("internal", "world file" or "none"), ``driver``.
     """
     with open_raster(path) as ds:
-        file_crs = parse_crs(ds.crs, source=path) if ds.crs is not None else None
+        file_crs = parse_crs(ds.crs, source=path) if ds.crs is not None else _prj_crs(path)
         use_crs = file_crs if file_crs is not None else (parse_crs(crs, source=path) if crs is not None else None)
         if not _is_georeferenced(ds):
             geo = "none"
@@ -243,7 +254,7 @@ def read_raster(
                     (float(resolution), float(resolution)) if np.isscalar(resolution) else tuple(map(float, resolution))
                 )
                 vrt_kw = dict(crs=to_rasterio_crs(target_crs), resampling=_resampling(resampling))
-                if ds.crs is None:
+                if ds.crs is None:  # a world-file image: its CRS from the .prj or the user
                     vrt_kw["src_crs"] = to_rasterio_crs(src_crs)
                 if nodata is not None:
                     vrt_kw["src_nodata"] = nodata
@@ -321,6 +332,7 @@ def write_geotiff(
     cog: bool = False,
     tags: dict | None = None,
     band_descriptions: Sequence[str] | None = None,
+    band_units: Sequence[str | None] | str | None = None,
     overwrite: bool = False,
     overviews: bool = True,
 ) -> Path:
@@ -334,6 +346,8 @@ def write_geotiff(
         cog: write a COG (internal overviews, tiles in COG order).
         tags: dataset tags (how the file was made).
         band_descriptions: one name a band.
+        band_units: the unit of every band ("m", "ft": heights; see :func:`geoimplicit.io.crs.height_unit`),
+            or one a band (None for a band without unit).
         overwrite: replace an existing file.
         overviews: build internal overviews (always for COGs when the image exceeds one tile).
 
@@ -385,6 +399,10 @@ def write_geotiff(
         if band_descriptions:
             for i, name in enumerate(band_descriptions[:count], start=1):
                 ds.set_band_description(i, str(name))
+        units = [band_units] * count if isinstance(band_units, str) else list(band_units or ())
+        for i, unit in enumerate(units[:count], start=1):
+            if unit:
+                ds.set_band_unit(i, str(unit))
 
     def _factors():
         factors, f = [], 2

@@ -160,7 +160,14 @@ def read_aoi(path=None, *, bbox=None, bbox_crs=None, crs) -> AOI:
         ) from None
     geoms = _polygons_only(list(gdf.geometry)) if len(gdf) else []
     if not geoms:
-        kinds = sorted({g.geom_type for g in gdf.geometry if g is not None}) if len(gdf) else []
+        present = [g for g in gdf.geometry if g is not None] if len(gdf) else []
+        if present and all(g.is_empty for g in present):
+            kinds = sorted({g.geom_type for g in present})
+            raise AOIError(f"its {' and '.join(kinds)} geometry is empty (no coordinates)"
+                           if len(present) == 1 else f"all {len(present)} geometries are empty (no coordinates)",
+                           path=path, hint="draw the area of interest as a polygon with at least three corners, "
+                                           "or pass --bbox")
+        kinds = sorted({g.geom_type for g in present if not g.is_empty})
         raise AOIError(
             "holds no polygon" + (f" (only {', '.join(kinds)})" if kinds else " (no features)"),
             path=path, hint="draw the area of interest as a polygon, or pass --bbox",

@@ -72,6 +72,9 @@ class FitConfig:
     heights, no margin), so that views off nadir find texture wherever some train view saw the ground."""
     height_range: tuple[float, float] | None = None
     """Geo layout: (min, max) world heights of the planes; default from the cameras' depth ranges."""
+    texture_bounds: tuple[float, float, float, float] | None = None
+    """Geo layout: (left, bottom, right, top) world bounds the texture covers besides its ``extent`` (a tiled
+    fit passes its tile's bounds, so that its MPI covers the tile even where the nadir view does not see it)."""
     init_from_views: bool = True
     """Start plane colours from the plane-sweep mean of the train views."""
     init_density: bool = True
@@ -195,6 +198,9 @@ def scene_geometry(views: ViewSet, cfg: FitConfig, ids: list[str]) -> PlaneSet:
     m = 0.0 if union else cfg.margin
     mx, my = m * (right - left), m * (top - bottom)
     left, right, bottom, top = left - mx, right + mx, bottom - my, top + my
+    if cfg.texture_bounds is not None:
+        tl, tb, tr, tt = np.asarray(cfg.texture_bounds, float) - np.r_[origin[:2], origin[:2]]
+        left, bottom, right, top = min(left, tl), min(bottom, tb), max(right, tr), max(top, tt)
     side = max(right - left, top - bottom)
     if side / res > cfg.max_texture:
         res = side / cfg.max_texture

@@ -139,17 +139,19 @@ def render_geo_products(model_dir, out_dir, *, device="auto", overwrite=False, n
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {"ortho": out_dir / "true_ortho.tif", "height": out_dir / "height.tif"}
     _write_tif(paths["ortho"], ortho, transform, pl.crs, None, overwrite)
-    _write_tif(paths["height"], height_m, transform, pl.crs, nodata, overwrite)
+    _write_tif(paths["height"], height_m, transform, pl.crs, nodata, overwrite, heights=True)
     return paths
 
 
-def _write_tif(path, array, transform, crs, nodata, overwrite):
+def _write_tif(path, array, transform, crs, nodata, overwrite, heights=False):
     try:
+        from geoimplicit.io.crs import height_unit
         from geoimplicit.io.raster import write_geotiff
     except ImportError:  # pragma: no cover - rasterio-less GPU machine
         write_geotiff = None
     if write_geotiff is not None:
-        return write_geotiff(path, array, transform, crs, nodata=nodata, overwrite=overwrite,
+        unit = height_unit(crs) if heights else None  # "m" or "ft" on the height raster
+        return write_geotiff(path, array, transform, crs, nodata=nodata, overwrite=overwrite, band_units=unit,
                              tags={"software": "geoimplicit nvs (geo-MPI nadir render)"})
     import rasterio
 

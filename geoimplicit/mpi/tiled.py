@@ -1,23 +1,27 @@
-"""Tiled geo-MPI fitting over an area of interest: one geo-layout MPI per tile, from the views that see it.
+"""Tiled geo-MPI fitting over an area of interest: one geo-layout MPI per tile, from the views that see it; a
+client of the job layer (:mod:`geoimplicit.jobs`).
 
 Layout of the output folder (``out_dir``)::
 
-    tiles.gpkg                  the tile index (status of every tile; QGIS opens it)
+    tiles.gpkg                  the run index (status of every tile; QGIS opens it)
     tiles/<id>/views/           the tile's view set: the views that see the tile, cropped to it (LEVIR-NVS)
     tiles/<id>/model.pt         the tile's MPI (``geoimplicit nvs render/eval tiles/<id> ...`` work on it)
     tiles/<id>/config.json      its resolved fit settings
     tiles/<id>/true_ortho.tif   nadir render on the tile's grid (RGB uint8, nodata 0)
     tiles/<id>/height.tif       height of the nadir render on the tile's grid (float32, nodata -9999)
-    true_ortho.tif, height.tif  the tiles blended on the tile grid's mosaic grid (COGs)
+    true_ortho.tif, height.tif  the tiles blended on the AOI's pixel grid (COGs; true_ortho.tif RGB + alpha)
 
 A view *sees* a tile when at least ``min_view_coverage`` of the tile's box (its bounds, overlap included, between
 the lowest and the highest height of the scene; a 5 x 5 grid of points at both heights) projects inside its image
-with positive depth; with 1.0, when all 8 corners of the box do. Each view is cropped to the bounding
-box of those projections plus a margin (its intrinsics shifted with :meth:`PinholeCamera.cropped`). Every tile
-uses the same plane heights (the scene's height range), so neighbouring tiles agree in their overlap.
+with positive depth; with 1.0, when all 8 corners of the box do. Each view is cropped to the bounding box of
+those projections plus a margin (its intrinsics shifted with :meth:`PinholeCamera.cropped`), so a view that sees
+part of a tile serves that part; the tile's MPI texture covers the tile's bounds (besides the most nadir view's
+crop, the geo layout's ``extent``).
+Every tile uses the same plane heights (the scene's height range), so neighbouring tiles agree in their
+overlap. The product grid starts at the AOI's top-left corner (the AOI's pixel grid).
 
-Tile jobs are module-level functions of a picklable :class:`MPITileJob` run through the executors of the DSM
-run (:mod:`geoimplicit.executors`); the run resumes through the tile index: tiles whose status is
+Tile jobs are picklable :class:`MPITileJob` objects run by the job loop through any executor
+(:mod:`geoimplicit.jobs.executors`); the run resumes through the run index: tiles whose status is
 ``done``/``empty`` (and whose products exist) are not fitted again, and a tile interrupted during its fit
 continues from its checkpoint.
 """
@@ -28,25 +32,31 @@ import json
 import logging
 import math
 import os
-import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
-from geoimplicit.errors import AOIError, CameraFileError, InputError, NoDataError
+from geoimplicit.errors import AOIError, CameraFileError, InputError
 from geoimplicit.io.cameras import PinholeCamera, ViewSet, write_camera
-from geoimplicit.outputs import atomic_output, check_output, input_fingerprint
+from geoimplicit.jobs.index import INDEX_NAME, open_run_index, resume_key
+from geoimplicit.jobs.loop import TileOutcome, finished_tiles, run_jobs, unfinished
+from geoimplicit.jobs.raster import RasterLayer, RasterProduct
+from geoimplicit.outputs import atomic_output, check_output
 from geoimplicit.progress import CancelCallback, ProgressCallback, check_cancel
 
 log = logging.getLogger(__name__)
 
-__all__ = ["MPITileJob", "TileFitResult", "fit_tiled", "select_views", "sees", "coverage", "crop_window", "scene_height_range",
-           "default_resolution", "run_mpi_tile"]
+__all__ = ["MPITileJob", "NVS_PRODUCT", "fit_tiled", "select_views", "sees", "coverage", "crop_window",
+           "scene_height_range", "default_resolution", "render_tile"]
 
 ORTHO_NODATA = 0
 HEIGHT_NODATA = -9999.0
+NVS_PRODUCT = RasterProduct((
+    RasterLayer("height", "tiles/{id}/height.tif", ("height",), "float32", HEIGHT_NODATA, (1,), tags={"band": "height"}),
+    RasterLayer("ortho", "tiles/{id}/true_ortho.tif", ("red", "green", "blue"), "uint8", ORTHO_NODATA, (1, 2, 3),
+                alpha=True),
+))
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -155,20 +165,37 @@ class MPITileJob:
     test_ids: list
     crops: dict  # view id -> (col_off, row_off, width, height)
     config: dict  # FitConfig fields
-    out_dir: str
+    workdir: str  # the output folder
     device: str = "auto"
+    product: RasterProduct = NVS_PRODUCT
 
     @property
     def tile_id(self) -> str:
         return self.tile.id
 
+    def load(self) -> None:
+        return None  # the fit reads its own (cropped) views
 
-@dataclass
-class TileFitResult:
-    tile_id: str
-    status: str
-    seconds: float
-    stats: dict = field(default_factory=dict)
+    def compute(self, loaded, progress=None) -> TileOutcome:
+        """Write the tile's cropped view set, fit its MPI (continuing a checkpoint), render its products."""
+        from geoimplicit.mpi.fit import FitConfig, fit_mpi
+
+        if not self.train_ids:
+            return TileOutcome(None, {"views": 0}, message="no train view sees enough of the tile")
+        folder = tile_dir(self.workdir, self.tile_id)
+        folder.mkdir(parents=True, exist_ok=True)
+        if not (folder / "model.pt").exists():  # the views of a fitted model are left as they are
+            _write_tile_views(self, folder / "views")
+        cfg = FitConfig.from_dict(dict(self.config))
+        cfg.device = self.device
+        report = None if progress is None else (lambda done, total, *_: progress(0.95 * done / max(total, 1), "fit"))
+        fit = fit_mpi(folder / "views", folder, cfg, resume=True, progress=report)
+        height, rgb, valid_fraction = render_tile(folder, self.tile, device=self.device)
+        stats = {"views": len(self.train_ids), "train_psnr": fit.train_psnr, "fit_seconds": fit.seconds,
+                 "valid_fraction": valid_fraction}
+        (folder / "tile.json").write_text(json.dumps({"id": self.tile_id, **stats}, indent=2), encoding="utf-8")
+        return TileOutcome({"height": height, "ortho": rgb}, stats,
+                           tags={"software": "geoimplicit nvs fit --aoi (geo-MPI nadir render)"})
 
 
 def tile_dir(out_dir, tile_id: str) -> Path:
@@ -204,35 +231,9 @@ def _write_tile_views(job: MPITileJob, dest: Path) -> Path:
     return dest
 
 
-def _write_tile_tif(path: Path, array: np.ndarray, tile, nodata, band_names: Sequence[str]) -> Path:
-    """A tile GeoTIFF on the tile's grid, tagged with its core bounds and overlap (for the mosaic's feather)."""
-    import rasterio
-
-    from geoimplicit.io.crs import to_rasterio_crs
-    from geoimplicit.mosaic import TAG_CORE, TAG_ID, TAG_OVERLAP
-
-    grid = tile.grid
-    arr = array if array.ndim == 3 else array[None]
-    tags = {TAG_ID: tile.id, TAG_CORE: json.dumps(list(tile.core_bounds)),
-            TAG_OVERLAP: str(int(round(tile.overlap / grid.resolution))), "AREA_OR_POINT": "Area",
-            "software": "geoimplicit nvs fit --aoi (geo-MPI nadir render)"}
-    profile = dict(driver="GTiff", width=arr.shape[2], height=arr.shape[1], count=arr.shape[0], dtype=arr.dtype.name,
-                   nodata=nodata, crs=None if grid.crs is None else to_rasterio_crs(grid.crs),
-                   transform=grid.transform, compress="deflate")
-    if arr.shape[0] == 3 and arr.dtype == np.uint8:
-        profile["photometric"] = "RGB"
-    with atomic_output(path, overwrite=True) as tmp:
-        with rasterio.open(tmp, "w", **profile) as dst:
-            dst.write(arr)
-            dst.update_tags(**tags)
-            for k, name in enumerate(band_names):
-                dst.set_band_description(k + 1, name)
-    return path
-
-
-def render_tile_products(model_dir, tile, *, device="auto") -> dict[str, Path]:
-    """Nadir orthographic render of a geo-MPI on the tile's grid: ``true_ortho.tif`` and ``height.tif`` in
-    ``model_dir`` (a pixel is valid where the render's opacity exceeds 0.5)."""
+def render_tile(model_dir, tile, *, device="auto") -> tuple[np.ndarray, np.ndarray, float]:
+    """Nadir orthographic render of a geo-MPI on the tile's grid: (height (1, rows, cols) float32, RGB (3, rows,
+    cols) uint8, valid fraction); a pixel is valid where the render's opacity exceeds 0.5."""
     from geoimplicit.device import resolve_device
     from geoimplicit.mpi.render import nadir_camera
     from geoimplicit.mpi.scene import MPIScene
@@ -240,92 +241,40 @@ def render_tile_products(model_dir, tile, *, device="auto") -> dict[str, Path]:
     scene = MPIScene.load(model_dir, resolve_device(device))
     grid = tile.grid
     left, _, _, top = grid.bounds
-    cam = nadir_camera(left, top, grid.resolution, grid.width, grid.height)
-    out = scene.render(cam)
+    out = scene.render(nadir_camera(left, top, grid.resolution, grid.width, grid.height))
     valid = out["opacity"] > 0.5
     height_m = np.where(valid, -out["depth"], HEIGHT_NODATA).astype(np.float32)  # depth along (0, 0, -1) is -Z
     rgb = np.clip(np.rint(np.clip(out["rgb"], 0, 1) * 255), 1, 255).astype(np.uint8).transpose(2, 0, 1)
     rgb[:, ~valid] = ORTHO_NODATA
-    model_dir = Path(model_dir)
-    return {
-        "ortho": _write_tile_tif(model_dir / "true_ortho.tif", rgb, tile, ORTHO_NODATA, ("red", "green", "blue")),
-        "height": _write_tile_tif(model_dir / "height.tif", height_m, tile, HEIGHT_NODATA, ("height",)),
-        "valid_fraction": float(valid.mean()),
-    }
-
-
-def run_mpi_tile(job: MPITileJob) -> TileFitResult:
-    """Fit one tile: write its cropped view set, fit the MPI (continuing a checkpoint), render its products,
-    record its status in the index. A tile that no train view sees is recorded ``empty``."""
-    from geoimplicit.mpi.fit import FitConfig, fit_mpi
-    from geoimplicit.tiling.grid import update_status
-
-    t0 = time.perf_counter()
-    index = Path(job.out_dir) / "tiles.gpkg"
-    tid = job.tile.id
-    try:
-        if not job.train_ids:
-            update_status(index, tid, "empty", "no train view sees enough of the tile")
-            return TileFitResult(tid, "empty", time.perf_counter() - t0, {"views": 0})
-        update_status(index, tid, "running")
-        folder = tile_dir(job.out_dir, tid)
-        folder.mkdir(parents=True, exist_ok=True)
-        views_dir = folder / "views"
-        if not (folder / "model.pt").exists():  # the views of a fitted model are left as they are
-            _write_tile_views(job, views_dir)
-        cfg = FitConfig.from_dict(dict(job.config))
-        cfg.device = job.device
-        fit = fit_mpi(views_dir, folder, cfg, resume=True)
-        products = render_tile_products(folder, job.tile, device=job.device)
-        stats = {"views": len(job.train_ids), "train_psnr": fit.train_psnr, "fit_seconds": fit.seconds,
-                 "valid_fraction": products["valid_fraction"]}
-        (folder / "tile.json").write_text(json.dumps({"id": tid, **stats}, indent=2), encoding="utf-8")
-        update_status(index, tid, "done")
-        return TileFitResult(tid, "done", time.perf_counter() - t0, stats)
-    except BaseException as exc:
-        try:
-            update_status(index, tid, "failed", f"{type(exc).__name__}: {exc}")
-        except Exception:  # the index itself is the problem: keep the original error
-            pass
-        raise
+    return height_m[None], rgb, float(valid.mean())
 
 
 # ---------------------------------------------------------------------------------------------------------
 # the run
 # ---------------------------------------------------------------------------------------------------------
-def _finished(out_dir: Path, tile_id: str, status: str | None) -> bool:
-    if status == "empty":
-        return True
-    d = tile_dir(out_dir, tile_id)
-    return status == "done" and (d / "height.tif").exists() and (d / "true_ortho.tif").exists()
+@dataclass
+class _Plan:
+    views: ViewSet
+    geometry: object  # the AOI (shapely)
+    tilegrid: object
+    fit: dict  # FitConfig fields for every tile
+    height_range: tuple
+    run_key: str
 
 
-def fit_tiled(
-    views_dir,
-    aoi,
-    out_dir,
-    *,
-    config=None,
-    resolution: float | None = None,
-    tile_size: float | None = None,
-    overlap: float | None = None,
-    height_range: tuple[float, float] | None = None,
-    crop_margin_px: int = 8,
-    min_view_coverage: float = 0.5,
-    device: str = "auto",
-    overwrite: bool = False,
-    executor=None,
-    progress: ProgressCallback | None = None,
-    cancel: CancelCallback | None = None,
-) -> dict:
+def fit_tiled(views_dir, aoi, out_dir, *, config=None, resolution: float | None = None,
+              tile_size: float | None = None, overlap: float | None = None,
+              height_range: tuple[float, float] | None = None, crop_margin_px: int = 8,
+              min_view_coverage: float = 0.1, device: str = "auto", overwrite: bool = False, executor=None,
+              progress: ProgressCallback | None = None, cancel: CancelCallback | None = None) -> dict:
     """Fit one geo-MPI per tile of a tile grid over ``aoi`` and mosaic their nadir products.
 
     Args:
         views_dir: a LEVIR-NVS view set with ``crs.txt`` (cameras in that projected CRS).
         aoi: polygon file (GeoJSON/GPKG/SHP, any CRS), or (left, bottom, right, top) in the views' CRS.
         out_dir: output folder (layout in the module docstring); a re-run with the same inputs resumes there.
-        config: :class:`geoimplicit.mpi.fit.FitConfig` or dict for every tile (its layout is forced to ``geo``
-            and its ``height_range`` to the scene's).
+        config: :class:`geoimplicit.mpi.fit.FitConfig` or dict for every tile (its layout is forced to ``geo``,
+            its ``height_range`` to the scene's; its texture covers at least the tile's bounds).
         resolution: pixel size of the products (default: the most nadir view's ground sample distance).
         tile_size, overlap: CRS units (default 256 and 16 pixels).
         height_range: (min, max) world heights of the planes (default from the most nadir camera).
@@ -334,7 +283,7 @@ def fit_tiled(
             its image (:func:`coverage`); 1.0: only views that see all 8 corners of the box.
         device: ``auto``, ``cpu`` or ``cuda`` (``auto`` is resolved on the worker).
         overwrite: replace existing mosaics (fitted tiles are kept while the inputs and settings are the same).
-        executor: anything with the ``map`` of :class:`geoimplicit.executors.LocalExecutor` (the default).
+        executor: any executor of :mod:`geoimplicit.jobs.executors` (default: local).
 
     Returns:
         {"ortho": true_ortho.tif, "height": height.tif, "tiles": tiles.gpkg, "tiles_done": n, "tiles_empty": n}.
@@ -343,22 +292,47 @@ def fit_tiled(
         AOIError: the AOI is empty, or no view sees any part of it. CameraFileError: no ``crs.txt``.
         NoDataError: no tile is seen by a train view.
     """
-    import shapely
-
-    from geoimplicit.io.crs import crs_name
-    from geoimplicit.mosaic import mosaic
     from geoimplicit.device import resolve_device
-    from geoimplicit.mpi.fit import FitConfig
-    from geoimplicit.tiling.grid import TileGrid, open_run_index, read_statuses
 
     out_dir = Path(out_dir)
-    ortho_path, height_path = out_dir / "true_ortho.tif", out_dir / "height.tif"
-    check_output(ortho_path, overwrite)
-    check_output(height_path, overwrite)
+    outputs = {"height": out_dir / "height.tif", "ortho": out_dir / "true_ortho.tif"}
+    for path in outputs.values():
+        check_output(path, overwrite)
+    plan = _plan(views_dir, aoi, config, resolution, tile_size, overlap, height_range, crop_margin_px,
+                 min_view_coverage)
+    tg = plan.tilegrid
+    statuses = open_run_index(out_dir, tg, plan.run_key, metadata={"kind": "nvs fit --aoi",
+                                                                    "product": NVS_PRODUCT.to_dict()})
+    jobs = [_job(plan, t, crop_margin_px, min_view_coverage, out_dir, device)
+            for t in unfinished(out_dir, tg.tiles, statuses, NVS_PRODUCT)]
+    log.info("%d tiles of %g (overlap %g) at %g, %d to fit", len(tg.tiles), tg.tile_size, tg.overlap,
+             tg.grid.resolution, len(jobs))
+    needs_gpu = device != "cpu" and resolve_device("auto").type == "cuda"
+    run_jobs(jobs, total=len(tg.tiles), executor=executor, needs_gpu=needs_gpu, progress=progress, cancel=cancel)
+    check_cancel(cancel)
+    done = finished_tiles(out_dir, tg.tiles, NVS_PRODUCT, nothing="no tile is seen by a train view: nothing was "
+                          "fitted", hint="lower --min-view-coverage, or give an AOI inside the views' footprints")
+    clip = plan.geometry if not _is_box(plan.geometry) else None
+    tags = {"inputs": str(plan.views.root), "tile_size": tg.tile_size, "overlap": tg.overlap, "method": "geo-MPI",
+            "height_range": list(plan.height_range)}
+    NVS_PRODUCT.merge(out_dir, done, outputs, tilegrid=tg, aoi=clip, tags=tags, overwrite=overwrite,
+                      progress=progress, cancel=cancel)
+    return {"ortho": outputs["ortho"], "height": outputs["height"], "tiles": out_dir / INDEX_NAME,
+            "tiles_done": len(done), "tiles_empty": len(tg.tiles) - len(done)}
+
+
+def _plan(views_dir, aoi, config, resolution, tile_size, overlap, height_range, crop_margin_px,
+          min_view_coverage) -> _Plan:
+    """Check the views, the fit settings and the AOI; the tile grid on the AOI's pixel grid; the resume key."""
+    from geoimplicit.mpi.fit import FitConfig
+    from geoimplicit.tiling.grid import TileGrid
+
     views = ViewSet.load(views_dir)
     if views.crs is None:
         raise CameraFileError("the view set has no crs.txt, so its cameras cannot be placed on a map",
                               path=views.root, hint="add crs.txt (e.g. EPSG:2154) to the views folder")
+    if not 0 < min_view_coverage <= 1:
+        raise InputError(f"min_view_coverage must be in (0, 1], got {min_view_coverage}")
     cfg = config if isinstance(config, FitConfig) else FitConfig.from_dict(dict(config or {}))
     cfg.layout = "geo"
     cfg.plane_placement = "uniform"  # every tile gets the same plane heights, so that tiles agree in overlaps
@@ -369,80 +343,50 @@ def fit_tiled(
         raise InputError(f"height range ({h_lo}, {h_hi}) is empty", hint="give --height-range MIN MAX with MIN < MAX")
     cfg.height_range = (h_lo, h_hi)
     cfg.validate()
-    if resolution is None:
-        resolution = default_resolution(views)
-    resolution = float(resolution)
-    if not 0 < min_view_coverage <= 1:
-        raise InputError(f"min_view_coverage must be in (0, 1], got {min_view_coverage}")
-    tile_size = 256 * resolution if tile_size is None else float(tile_size)
-    overlap = 16 * resolution if overlap is None else float(overlap)
+    resolution = float(default_resolution(views) if resolution is None else resolution)
+    geometry = _aoi_seen(views, aoi, (h_lo, h_hi))
+    tg = TileGrid.from_aoi(geometry, tile_size=256 * resolution if tile_size is None else float(tile_size),
+                           overlap=16 * resolution if overlap is None else float(overlap), resolution=resolution,
+                           crs=views.crs, snap=False)  # the products start at the AOI's corner
+    fit = asdict(cfg)
+    fit.pop("device", None)
+    files = [views.image_paths[v] for v in views.ids] + [views.root / "Cams" / f"{v}.txt" for v in views.ids]
+    key = resume_key(files, {"fit": fit, "margin": crop_margin_px, "coverage": min_view_coverage,
+                             "aoi": geometry.wkt}, tg)
+    return _Plan(views, geometry, tg, fit, (h_lo, h_hi), key)
+
+
+def _aoi_seen(views: ViewSet, aoi, height_range):
+    """The AOI polygon in the views' CRS; it must meet the ground footprint of at least one view."""
+    import shapely
+
+    from geoimplicit.io.crs import crs_name
 
     if isinstance(aoi, (str, os.PathLike)):
         from geoimplicit.io.vector import read_aoi
 
-        geometry = read_aoi(aoi, crs=views.crs).geometry
-        aoi_name = str(aoi)
+        geometry, aoi_name = read_aoi(aoi, crs=views.crs).geometry, str(aoi)
     else:
-        geometry = shapely.box(*(float(v) for v in aoi))
-        aoi_name = "bounds"
-    cams = {vid: views.cameras[vid] for vid in views.ids}
-    prints = [p for p in (_footprint(c, 0.5 * (h_lo + h_hi)) for c in cams.values()) if p is not None]
+        geometry, aoi_name = shapely.box(*(float(v) for v in aoi)), "bounds"
+    mid = 0.5 * (height_range[0] + height_range[1])
+    prints = [p for p in (_footprint(views.cameras[v], mid) for v in views.ids) if p is not None]
     seen = shapely.union_all(prints) if prints else None
     if seen is None or not geometry.intersects(seen):
         b = "none" if seen is None else ", ".join(f"{v:.2f}" for v in seen.bounds)
         raise AOIError(f"no view sees the area of interest (the views' ground footprints span {b})",
                        path=aoi_name, hint=f"check the AOI and its CRS (the cameras are in {crs_name(views.crs)})")
-    tg = TileGrid.from_aoi(geometry, tile_size=tile_size, overlap=overlap, resolution=resolution, crs=views.crs)
+    return geometry
 
-    fit_dict = asdict(cfg)
-    fit_dict.pop("device", None)
-    files = [views.image_paths[v] for v in views.ids] + [views.root / "Cams" / f"{v}.txt" for v in views.ids]
-    run_key = input_fingerprint(files, {"fit": fit_dict, "margin": crop_margin_px, "coverage": min_view_coverage, "aoi": geometry.wkt,
-                                   **tg.metadata()})
-    index = out_dir / "tiles.gpkg"
-    statuses = open_run_index(out_dir, tg, run_key, extra={"kind": "nvs fit --aoi"})
 
-    train, test = set(views.train_ids), set(views.test_ids)
-    jobs = []
-    for t in tg.tiles:
-        if _finished(out_dir, t.id, statuses.get(t.id)):
-            continue
-        seen_by = select_views(cams, t.bounds, (h_lo, h_hi), min_view_coverage)
-        crops = {v: crop_window(cams[v], t.bounds, (h_lo, h_hi), crop_margin_px) for v in seen_by}
-        jobs.append(MPITileJob(t, str(views.root), [v for v in seen_by if v in train],
-                               [v for v in seen_by if v in test], crops, fit_dict, str(out_dir), device))
-    log.info("%d tiles of %g (overlap %g) at %g, %d to fit", len(tg.tiles), tg.tile_size, tg.overlap,
-             resolution, len(jobs))
-    if jobs:
-        if executor is None:
-            from geoimplicit.executors import LocalExecutor
-
-            executor = LocalExecutor()
-        needs_gpu = device != "cpu" and resolve_device("auto").type == "cuda"
-        n_total, n_done = len(tg.tiles), len(tg.tiles) - len(jobs)
-        for _, res in executor.map(run_mpi_tile, jobs, needs_gpu=needs_gpu, cancel=cancel):
-            n_done += 1
-            if progress is not None:
-                progress(n_done, n_total, "tiles", f"{res.tile_id} {res.status}")
-    check_cancel(cancel)
-    statuses = read_statuses(index)
-    not_done = [t.id for t in tg.tiles if not _finished(out_dir, t.id, statuses.get(t.id))]
-    if not_done:
-        raise RuntimeError(f"tiles not finished: {', '.join(not_done[:5])}; re-run the command to resume")
-    done = [t for t in tg.tiles if statuses.get(t.id) == "done"]
-    if not done:
-        raise NoDataError("no tile is seen by a train view: nothing was fitted", path=index,
-                          hint="use smaller tiles (--tile-size) or an AOI inside the views' common footprint")
-    clip = geometry if not _is_box(geometry) else None
-    tags = {"inputs": str(views.root), "tile_size": tg.tile_size, "overlap": tg.overlap, "method": "geo-MPI",
-            "height_range": [h_lo, h_hi]}
-    mosaic([tile_dir(out_dir, t.id) / "height.tif" for t in done], height_path, grid=tg.grid, aoi=clip,
-           tags={**tags, "band": "height"}, overwrite=overwrite, progress=progress, cancel=cancel)
-    mosaic([tile_dir(out_dir, t.id) / "true_ortho.tif" for t in done], ortho_path, grid=tg.grid, aoi=clip,
-           tags=tags, bands=(1, 2, 3), dtype="uint8", nodata=ORTHO_NODATA, overwrite=overwrite,
-           progress=progress, cancel=cancel)
-    return {"ortho": ortho_path, "height": height_path, "tiles": index, "tiles_done": len(done),
-            "tiles_empty": sum(statuses.get(t.id) == "empty" for t in tg.tiles)}
+def _job(plan: _Plan, tile, crop_margin_px: int, min_view_coverage: float, out_dir, device) -> MPITileJob:
+    """The tile's job: the views that see it, each cropped to it."""
+    cams, hr = plan.views.cameras, plan.height_range
+    seen_by = select_views({v: cams[v] for v in plan.views.ids}, tile.bounds, hr, min_view_coverage)
+    crops = {v: crop_window(cams[v], tile.bounds, hr, crop_margin_px) for v in seen_by}
+    train, test = set(plan.views.train_ids), set(plan.views.test_ids)
+    return MPITileJob(tile, str(plan.views.root), [v for v in seen_by if v in train],
+                      [v for v in seen_by if v in test], crops, {**plan.fit, "texture_bounds": list(tile.bounds)},
+                      str(out_dir), device)
 
 
 def _is_box(geometry) -> bool:

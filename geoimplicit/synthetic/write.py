@@ -15,6 +15,10 @@ from geoimplicit.progress import CancelCallback, ProgressCallback
 
 log = logging.getLogger(__name__)
 
+# what a scene folder holds (its manifest): --overwrite replaces these names and nothing else in the folder
+CITY_PRODUCTS = ("truth_dsm.tif", "dtm.tif", "classes.tif", "ortho.tif", "points.laz", "aoi.geojson",
+                 "scene.json", "views")
+
 
 def _json_default(obj):
     if isinstance(obj, np.generic):
@@ -44,6 +48,8 @@ def write_city(
 ) -> dict[str, Path]:
     """Write ``scene`` into ``out_dir`` (created atomically: a partial folder never looks finished).
 
+    Into an existing folder (``overwrite``) only :data:`CITY_PRODUCTS` are replaced; other files stay.
+
     Files: ``truth_dsm.tif``, ``dtm.tif`` (float32, nodata -9999), ``classes.tif`` (uint8 LAS codes),
     ``ortho.tif`` (RGB uint8), ``points.laz`` (LAS 1.4 point format 7 with a ``defect`` extra byte),
     ``aoi.geojson`` (the scene's outline), ``truth_mesh.ply`` (the true surface with walls, CRS coordinates),
@@ -62,19 +68,21 @@ def write_city(
     """
     from shapely.geometry import box
 
+    from geoimplicit.io.crs import height_unit
     from geoimplicit.io.raster import write_geotiff
     from geoimplicit.io.vector import write_aoi
 
     out_dir = Path(out_dir)
     timings = {}
-    with atomic_output(out_dir, overwrite=overwrite) as tmp:
+    with atomic_output(out_dir, overwrite=overwrite, products=CITY_PRODUCTS) as tmp:
         tmp.mkdir(parents=True)
         t0 = time.perf_counter()
         big = max(scene.shape) > 1024
         tags = {"generator": "geoimplicit.synthetic", "seed": seed}
         common = dict(transform=scene.transform, crs=scene.crs, overviews=big)
-        write_geotiff(tmp / "truth_dsm.tif", scene.dsm.astype(np.float32), tags=tags, **common)
-        write_geotiff(tmp / "dtm.tif", scene.dtm.astype(np.float32), tags=tags, **common)
+        unit = height_unit(scene.crs)
+        write_geotiff(tmp / "truth_dsm.tif", scene.dsm.astype(np.float32), tags=tags, band_units=unit, **common)
+        write_geotiff(tmp / "dtm.tif", scene.dtm.astype(np.float32), tags=tags, band_units=unit, **common)
         write_geotiff(tmp / "classes.tif", scene.classes, nodata=None, tags=tags, **common)
         write_geotiff(tmp / "ortho.tif", scene.ortho, nodata=None, tags=tags,
                       band_descriptions=("red", "green", "blue"), **common)

@@ -1,5 +1,5 @@
-"""Tiling: output grids, the tile grid over an AOI and its GeoPackage index, seam weights, point routing."""
+"""Tiling: output grids, the tile grid over an AOI, seam weights, point routing (the tile index: geoimplicit.jobs)."""
 
-from geoimplicit.tiling.grid import GridSpec, Tile, TileGrid, read_statuses, update_status
+from geoimplicit.tiling.grid import GridSpec, Tile, TileGrid
 
-__all__ = ["GridSpec", "Tile", "TileGrid", "read_statuses", "update_status"]
+__all__ = ["GridSpec", "Tile", "TileGrid"]

@@ -1,8 +1,8 @@
 """Route a point cloud to the tiles that need it, reading every input once, in chunks.
 
 A large area is far bigger than memory, and reading the input files once per tile would read every point
-several times. Instead the clouds are streamed chunk by chunk; each point goes to every tile whose bounds
-(core plus overlap) contain it, and each tile's share is appended to its own folder of ``.npy`` pieces in the
+several times. Instead the clouds are streamed chunk by chunk; each point goes to every tile whose context
+(``Tile.context_bounds``: its lattice cell plus the overlap) contains it, and each tile's share is appended to its own folder of ``.npy`` pieces in the
 run's work folder. Peak memory depends on the chunk size, not on the area. A finished routing leaves a
 manifest; a re-run with the same inputs and grid reuses it, an interrupted one starts the routing again.
 """
@@ -30,7 +30,7 @@ def _lattice(tiles: Sequence) -> tuple[float, float, float, dict]:
     """Origin (left, top) and step of the regular tile lattice, and (row, col) -> position in ``tiles``."""
     first = tiles[0]
     left, bottom, right, top = first.core_bounds
-    step = right - left
+    step = (first.context_bounds[2] - first.context_bounds[0]) - 2 * (left - first.context_bounds[0])  # a whole cell
     origin_left = left - first.col * step
     origin_top = top + first.row * step
     return origin_left, origin_top, step, {(t.row, t.col): i for i, t in enumerate(tiles)}
@@ -38,7 +38,7 @@ def _lattice(tiles: Sequence) -> tuple[float, float, float, dict]:
 
 def routing_key(files: Iterable[str | os.PathLike], tiles: Sequence, fields: Sequence[str]) -> str:
     """A fingerprint of the inputs (path, size, mtime), the tiles' bounds and the fields routed."""
-    return input_fingerprint(files, {"tiles": [(t.id, [round(v, 6) for v in t.bounds]) for t in tiles],
+    return input_fingerprint(files, {"tiles": [(t.id, [round(v, 6) for v in t.context_bounds]) for t in tiles],
                                      "fields": list(fields)})
 
 
@@ -55,9 +55,8 @@ def assign_to_tiles(x: np.ndarray, y: np.ndarray, tiles: Sequence) -> tuple[np.n
     r0, c0 = rows.min() - 1, cols.min() - 1
     lookup = np.full((rows.max() - r0 + 2, cols.max() - c0 + 2), -1, dtype=np.int64)
     lookup[rows - r0, cols - c0] = np.arange(len(tiles))
-    bounds = np.array([t.bounds for t in tiles], dtype=np.float64)
-    margin = max(max(t.core_bounds[0] - t.bounds[0], t.bounds[2] - t.core_bounds[2],
-                     t.core_bounds[1] - t.bounds[1], t.bounds[3] - t.core_bounds[3]) for t in tiles)
+    bounds = np.array([t.context_bounds for t in tiles], dtype=np.float64)  # what each tile's method may read
+    margin = max(t.core_bounds[0] - t.context_bounds[0] for t in tiles)
 
     fx = (x - origin_left) / step
     fy = (origin_top - y) / step
@@ -111,7 +110,7 @@ def route_points(
     """Stream ``dataset`` (a :class:`~geoimplicit.io.pointcloud.PointCloudDataset`) into per-tile pieces.
 
     Returns ``route_dir``; each tile's points are in ``route_dir/<tile id>/*.npy`` (read them with
-    :func:`load_tile_points`). Only points inside the union of the tiles' bounds are kept.
+    :func:`load_tile_points`). Only points inside the union of the tiles' context bounds are kept.
     """
     route_dir = Path(route_dir)
     tiles = list(tiles)
@@ -128,10 +127,10 @@ def route_points(
         shutil.rmtree(route_dir)
     route_dir.mkdir(parents=True)
 
-    left = min(t.bounds[0] for t in tiles)
-    bottom = min(t.bounds[1] for t in tiles)
-    right = max(t.bounds[2] for t in tiles)
-    top = max(t.bounds[3] for t in tiles)
+    left = min(t.context_bounds[0] for t in tiles)
+    bottom = min(t.context_bounds[1] for t in tiles)
+    right = max(t.context_bounds[2] for t in tiles)
+    top = max(t.context_bounds[3] for t in tiles)
     dtype = np.dtype([(f, np.float64 if f in ("x", "y", "z") else np.float32) for f in fields])
     total = int(dataset.point_count)
     read = routed = 0

@@ -27,6 +27,9 @@ from qgis.core import (
 from .base import GeoImplicitAlgorithm
 from .styling import DsmStyler, ResidualStyler
 
+CONVENTIONS = ["geoimplicit", "demcompare"]  # eval --conventions
+CONVENTION_LABELS = ["geoimplicit (default)", "demcompare (its slope classes and outlier removal)"]
+
 METHODS = ["occupancy", "raster"]
 # index 0 = the CLI's default; new entries go at the end so that saved models keep their choice
 STATS = ["max", "max", "min", "mean", "median", "idw", "count", "stdev", "tin"]
@@ -171,7 +174,7 @@ class AccuracyReport(GeoImplicitAlgorithm):
     GROUP = DSM_GROUP
     COMMAND = "eval"
     OPTION_PARAMS = {"--reproject": "REPROJECT", "--coregister": "COREGISTER", "--classes": "CLASSES",
-                     "--tiles": "TILES", "--overwrite": "OUTPUT"}
+                     "--tiles": "TILES", "--building-class": "BUILDING_CLASS", "--overwrite": "OUTPUT"}
     HELP = (
         "<p>Height-error statistics of a DSM against a reference DSM, as photogrammetrists expect them "
         "(demcompare, ASP geodiff): bias, median, standard deviation, MAE, RMSE, NMAD, LE68/LE90/LE95/LE99 and "
@@ -198,6 +201,10 @@ class AccuracyReport(GeoImplicitAlgorithm):
         )
         self.add_number("DILATE_BUILDINGS", "Dilate the building class by (pixels)", 0, minimum=0, advanced=True,
                         integer=True)
+        self.add_advanced(QgsProcessingParameterString(
+            "BUILDING_CLASS", "Building class to dilate (class code; empty = LAS code 6)", optional=True))
+        self.add_advanced(QgsProcessingParameterEnum(
+            "CONVENTIONS", "Statistics conventions", options=CONVENTION_LABELS, defaultValue=0))
         self.add_extra_args_parameter()
         self.addParameter(QgsProcessingParameterFolderDestination("OUTPUT", "Report folder"))
         self.addOutput(QgsProcessingOutputHtml("OUTPUT_HTML", "Accuracy report"))
@@ -225,6 +232,12 @@ class AccuracyReport(GeoImplicitAlgorithm):
         dilate = self.parameterAsInt(parameters, "DILATE_BUILDINGS", context)
         if dilate > 0:
             args += ["--dilate-buildings", str(dilate)]
+        building = self.parameterAsString(parameters, "BUILDING_CLASS", context).strip()
+        if building:
+            args += ["--building-class", building]
+        conventions = CONVENTIONS[self.parameterAsEnum(parameters, "CONVENTIONS", context)]
+        if conventions != "geoimplicit":
+            args += ["--conventions", conventions]
         args += self.extra_args(parameters, context)
         args += ["--overwrite", "-o", folder]
         announced = self.run_geoimplicit(args, feedback, outputs=[folder])

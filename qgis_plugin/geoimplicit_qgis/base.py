@@ -19,7 +19,7 @@ from qgis.core import (
 )
 
 from . import runner
-from .provider import configured_executable
+from .settings import configured_executable
 from .styling import DsmStyler
 
 DEVICES = ["auto", "cpu", "cuda"]
@@ -59,7 +59,7 @@ class GeoImplicitAlgorithm(QgsProcessingAlgorithm):
         return type(self)()
 
     # -- shared parameters -----------------------------------------------------------------------------------
-    def add_aoi_parameters(self, optional_aoi=True):
+    def add_aoi_parameters(self):
         self.addParameter(
             QgsProcessingParameterFeatureSource(
                 "AOI", "Area of interest (polygons)", [QgsProcessing.TypeVectorPolygon], optional=True,

@@ -2,25 +2,14 @@
 
 import os
 
-from qgis.core import QgsProcessingProvider, QgsSettings
+from qgis.core import QgsProcessingProvider
 from qgis.PyQt.QtGui import QIcon
 
+from .algorithms import ALGORITHMS
+from .settings import SETTING_EXECUTABLE
+
 PROVIDER_ID = "geoimplicit"
-SETTING_EXECUTABLE = "GEOIMPLICIT_EXECUTABLE"
 ICON = os.path.join(os.path.dirname(__file__), "icon.svg")
-
-
-def configured_executable() -> str:
-    """The Processing setting's value ("" = find ``geoimplicit`` on PATH)."""
-    try:
-        from processing.core.ProcessingConfig import ProcessingConfig
-
-        value = ProcessingConfig.getSetting(SETTING_EXECUTABLE)
-        if value is not None:
-            return str(value)
-    except Exception:  # Processing not initialised (a bare script): fall back on the stored setting
-        pass
-    return str(QgsSettings().value(f"Processing/Configuration/{SETTING_EXECUTABLE}", "") or "")
 
 
 class GeoImplicitProvider(QgsProcessingProvider):
@@ -75,7 +64,5 @@ class GeoImplicitProvider(QgsProcessingProvider):
         return False
 
     def loadAlgorithms(self):  # noqa: N802
-        from .algorithms import ALGORITHMS
-
         for cls in ALGORITHMS:
             self.addAlgorithm(cls())

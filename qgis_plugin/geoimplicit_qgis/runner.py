@@ -189,7 +189,8 @@ def describe_exit(returncode: int) -> str:
 
 
 def remove_partial_outputs(paths: Iterable) -> List[Path]:
-    """Delete the temporary ``.NAME.partial-*`` siblings that an interrupted atomic write may leave."""
+    """Delete the temporary ``.NAME.partial-*`` siblings that an interrupted atomic write may leave (inside an
+    existing output folder too, where geoimplicit stages when the folder is a mount point)."""
     removed = []
     for path in paths:
         if not path:
@@ -197,7 +198,10 @@ def remove_partial_outputs(paths: Iterable) -> List[Path]:
         path = Path(path)
         if not path.parent.is_dir():
             continue
-        for candidate in path.parent.glob(f".{path.stem}{PARTIAL_MARK}*"):
+        candidates = list(path.parent.glob(f".{path.stem}{PARTIAL_MARK}*"))
+        if path.is_dir():
+            candidates += list(path.glob(f".{path.stem}{PARTIAL_MARK}*"))
+        for candidate in candidates:
             try:
                 shutil.rmtree(candidate) if candidate.is_dir() else candidate.unlink()
                 removed.append(candidate)

@@ -50,12 +50,12 @@ def search_columns(field: Callable, z_lo: torch.Tensor, z_hi: torch.Tensor, *, c
 
 def search_model(model, enc: dict, xy: torch.Tensor, z_lo: torch.Tensor, z_hi: torch.Tensor, *,
                  coarse_steps: int = 16, refine_steps: int = 10, batch_columns: int = 262144,
-                 amp_dtype=None) -> tuple[torch.Tensor, torch.Tensor]:
+                 amp_dtype=None, progress=None) -> tuple[torch.Tensor, torch.Tensor]:
     """Surface height of the columns at local metres ``xy`` (M, 2) of a patch encoded as ``enc`` (batch of 1).
 
     The per-column feature projections are computed once; each height then costs only the height part of
-    the decoder. Columns go through in batches of ``batch_columns``. Returns normalised heights (M,) and found
-    (M,).
+    the decoder. Columns go through in batches of ``batch_columns``; ``progress(done, M)`` after each. Returns
+    normalised heights (M,) and found (M,).
     """
     heights, founds = [], []
     dev = xy.device
@@ -72,4 +72,6 @@ def search_model(model, enc: dict, xy: torch.Tensor, z_lo: torch.Tensor, z_hi: t
             h, f, _ = search_columns(field, z_lo[sl], z_hi[sl], coarse_steps=coarse_steps, refine_steps=refine_steps)
         heights.append(h)
         founds.append(f)
+        if progress is not None:
+            progress(min(s + batch_columns, xy.shape[0]), xy.shape[0])
     return torch.cat(heights), torch.cat(founds)

@@ -72,7 +72,7 @@ class OccupancyPredictor:
 
     def predict_tile(self, x, y, z, *, core_bounds, resolution: float, context_bounds=None,
                      metres_per_unit: float = 1.0, images=(),
-                     true_ortho: bool = False) -> tuple[np.ndarray, np.ndarray]:
+                     true_ortho: bool = False, progress=None) -> tuple[np.ndarray, np.ndarray]:
         """DSM of one tile.
 
         Args:
@@ -84,6 +84,8 @@ class OccupancyPredictor:
             images: up to two (array (bands, rows, cols), affine transform) orthos.
             true_ortho: the orthos are true orthos (every roof on its footprint); read by models trained with
                 ``true_ortho_input``, ignored by others.
+            progress: ``progress(fraction, message)`` after the encoding and after each block of columns (on the
+                CPU the columns go in about ten blocks, so that a tile shows progress); None: no calls.
 
         Returns:
             (rows, cols) float32 heights (NODATA where none) and a bool valid mask.
@@ -137,9 +139,14 @@ class OccupancyPredictor:
             M = q.shape[0]
             lo = torch.full((M,), zlo, device=dev)
             hi = torch.full((M,), zhi, device=dev)
+            batch = ec.batch_columns
+            if progress is not None:
+                progress(0.1, "encoded")
+                if dev.type == "cpu":  # about ten blocks, so that the tile shows progress
+                    batch = min(batch, max(4096, -(-M // 10)))
             zn, found = search_model(self.model, enc, q, lo, hi, coarse_steps=ec.coarse_steps,
-                                     refine_steps=ec.refine_steps, batch_columns=ec.batch_columns,
-                                     amp_dtype=self.amp_dtype)
+                                     refine_steps=ec.refine_steps, batch_columns=batch, amp_dtype=self.amp_dtype,
+                                     progress=None if progress is None else _column_progress(progress))
             if ec.fill == "prior":
                 _, prior = self.model.sample(enc, q[None])
                 zn = torch.where(found, zn, prior[0].float())
@@ -155,7 +162,6 @@ class OccupancyPredictor:
         valid = found.reshape(rows, cols) & (supported | (ec.fill == "prior"))
         out[valid] = heights[valid].astype(np.float32)
         return out, valid
-
 
     def tile_inputs(self, x, y, z, context_bounds, metres_per_unit: float = 1.0, images=(), true_ortho=False):
         """A tile's local frame, its points in it (N, 3) and its orthos on the feature grid (or None)."""
@@ -187,6 +193,15 @@ class OccupancyPredictor:
         with torch.autocast(dev.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
             enc = self.model.encode(p, b, 1, frame.shape, imgs, flags)
         return {k: v.float() for k, v in enc.items()}
+
+
+def _column_progress(progress):
+    """``progress(fraction, message)`` of a tile from the search's ``(columns done, columns)``."""
+
+    def report(done: int, total: int) -> None:
+        progress(0.1 + 0.9 * done / total, f"{done:,}/{total:,} columns")
+
+    return report
 
 
 def predict_dsm(predictor: OccupancyPredictor, points: dict, bounds, resolution: float, *,

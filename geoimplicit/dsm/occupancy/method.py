@@ -29,15 +29,16 @@ class OccupancyMethod:
         self.weights = weights
         self.device = device or "auto"
         self.true_ortho = bool(true_ortho)
-        load_checkpoint(weights)  # fail early, with the file named, before any tile runs
+        # read once (fails early, naming the file); prepare() builds the model from it in this process
+        self._checkpoint = load_checkpoint(weights)
         self._weights_name = str(weights or DEFAULT_WEIGHTS.name)
         # the run's resume key covers these files: new weights at the same path redo the tiles
         self.model_files = (str(weights or DEFAULT_WEIGHTS),)
 
-    def default_tiling(self, resolution: float, density: float) -> tuple[float, float]:
+    def default_tiling(self, resolution: float, density: float, metres_per_unit: float = 1.0) -> tuple[float, float]:
         """128 m tiles with 16 m of context (about the U-Net's receptive field), in CRS units."""
         del density
-        mpu = getattr(self, "_mpu", 1.0)
+        mpu = metres_per_unit
         tile = max(resolution * 64, round(128.0 / mpu / resolution) * resolution)
         return tile, round(16.0 / mpu / resolution) * resolution
 
@@ -46,17 +47,19 @@ class OccupancyMethod:
         from geoimplicit.io.crs import linear_units, parse_crs
 
         self._mpu = linear_units(parse_crs(inputs.crs_wkt))[1]
-        return OccupancyPredictor(self.weights, self.device)
+        checkpoint, self._checkpoint = self._checkpoint, None
+        return OccupancyPredictor(checkpoint or self.weights, self.device)
 
-    def run_tile(self, tile, points: dict, ortho: list, state) -> TileOutput:
+    def run_tile(self, tile, points: dict, ortho: list, state, progress=None) -> TileOutput:
         t0 = time.perf_counter()
         grid = tile.grid
         images = [(np.asarray(r.array)[:3], r.transform) for r in ortho][:2]
         mpu = getattr(self, "_mpu", 1.0)
         height, valid = state.predict_tile(
             np.asarray(points["x"], np.float64), np.asarray(points["y"], np.float64),
-            np.asarray(points["z"], np.float64), core_bounds=grid.bounds, context_bounds=tile.bounds,
-            resolution=grid.resolution, metres_per_unit=mpu, images=images, true_ortho=self.true_ortho)
+            np.asarray(points["z"], np.float64), core_bounds=grid.bounds, context_bounds=tile.context_bounds,
+            resolution=grid.resolution, metres_per_unit=mpu, images=images, true_ortho=self.true_ortho,
+            progress=progress)
         return TileOutput(height=height, valid=valid, filled=None,
                           stats={"points": int(len(points["x"])), "seconds": round(time.perf_counter() - t0, 3),
                                  "device": str(state.device)})

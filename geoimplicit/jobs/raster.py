@@ -1,0 +1,124 @@
+"""The ``raster`` product kind: per tile, one GeoTIFF per layer on the tile's grid (overlap included); merged by
+the feathered mosaic (:func:`geoimplicit.mosaic.mosaic`) into one COG per layer.
+
+A layer is one tile file with named bands, e.g. the DSM's ``tiles/<id>.tif`` (height, filled) or the tiled
+NVS fit's ``tiles/<id>/height.tif`` and ``tiles/<id>/true_ortho.tif``. Tile files carry their core bounds and
+overlap as tags, which the mosaic's feathering reads.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from geoimplicit.mosaic import NODATA, TAG_CORE, TAG_ID, TAG_OVERLAP
+
+__all__ = ["RasterLayer", "RasterProduct", "write_raster_tile", "masked_bands", "dsm_bands"]
+
+
+@dataclass(frozen=True)
+class RasterLayer:
+    """One tile file of a raster product and the COG it is merged into.
+
+    Attributes:
+        name: key of the layer in a job's data and in the run's outputs ("dsm", "height", "ortho").
+        path: the tile file under the work folder, ``{id}`` standing for the tile id ("tiles/{id}.tif").
+        bands: band names of the tile file.
+        dtype, nodata: of the tile file and of the merged COG.
+        merge_bands: the tile bands blended into the COG, one output band each.
+        mask_output: name of a second output (uint8 COG) made from tile band 2: 1 where it is 1 (the DSM's
+            filled mask), or None.
+        alpha: the COG gets an alpha band (255 valid, 0 nodata) after its bands.
+        tags: tags of the merged COG besides the run's.
+    """
+
+    name: str
+    path: str
+    bands: tuple = ("value",)
+    dtype: str = "float32"
+    nodata: float = NODATA
+    merge_bands: tuple = (1,)
+    mask_output: str | None = None
+    alpha: bool = False
+    tags: dict = field(default_factory=dict)
+
+    def tile_path(self, workdir, tile_id: str) -> Path:
+        return Path(workdir) / self.path.format(id=tile_id)
+
+
+@dataclass(frozen=True)
+class RasterProduct:
+    """Raster bands per tile (layers of :class:`RasterLayer`), merged into one COG per layer."""
+
+    layers: tuple
+    kind: str = "raster"
+
+    def files(self, workdir, tile_id: str) -> list[Path]:
+        return [layer.tile_path(workdir, tile_id) for layer in self.layers]
+
+    def write(self, workdir, tile, data: dict, tags: dict) -> list[Path]:
+        """``data``: layer name -> (bands, rows, cols) array on ``tile.grid``."""
+        return [write_raster_tile(layer.tile_path(workdir, tile.id), data[layer.name], tile, nodata=layer.nodata,
+                                  band_names=layer.bands, tags=tags) for layer in self.layers]
+
+    def finished(self, workdir, tile_id: str) -> bool:
+        return all(p.exists() for p in self.files(workdir, tile_id))
+
+    def merge(self, workdir, tile_ids: Sequence[str], outputs: dict, *, tilegrid, aoi=None, tags=None,
+              overwrite: bool = False, progress=None, cancel=None) -> dict:
+        from geoimplicit.mosaic import mosaic
+
+        written = {}
+        for layer in self.layers:
+            mask_path = outputs.get(layer.mask_output) if layer.mask_output else None
+            written[layer.name] = mosaic(
+                [layer.tile_path(workdir, t) for t in tile_ids], outputs[layer.name], grid=tilegrid.grid, aoi=aoi,
+                tags={**(tags or {}), **layer.tags}, filled_output=mask_path, overwrite=overwrite,
+                bands=layer.merge_bands, dtype=layer.dtype, nodata=layer.nodata, alpha=layer.alpha,
+                progress=progress, cancel=cancel)
+            if mask_path is not None:
+                written[layer.mask_output] = Path(mask_path)
+        return written
+
+    def to_dict(self) -> dict:
+        return {"kind": self.kind, "layers": [asdict(layer) for layer in self.layers]}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "RasterProduct":
+        layers = tuple(RasterLayer(**{k: tuple(v) if isinstance(v, list) else v for k, v in layer.items()})
+                       for layer in d["layers"])
+        return cls(layers)
+
+
+def write_raster_tile(path, array: np.ndarray, tile, *, nodata, band_names: Sequence[str] = (),
+                      tags: dict | None = None) -> Path:
+    """Write one tile GeoTIFF atomically on ``tile.grid``, tagged with its id, core bounds and overlap."""
+    from geoimplicit.io.raster import write_geotiff
+
+    grid = tile.grid
+    arr = array if array.ndim == 3 else array[None]
+    if arr.shape[1:] != grid.shape:
+        raise ValueError(f"tile {tile.id}: array {arr.shape[1:]} does not match the tile grid {grid.shape}")
+    all_tags = {TAG_ID: tile.id, TAG_CORE: json.dumps(list(tile.core_bounds)),
+                TAG_OVERLAP: str(int(round(tile.overlap / grid.resolution))), "AREA_OR_POINT": "Area"}
+    all_tags.update({k: str(v) for k, v in (tags or {}).items()})
+    write_geotiff(path, arr, grid.transform, grid.crs, nodata=nodata, tags=all_tags,
+                  band_descriptions=list(band_names), overwrite=True, overviews=False)
+    return Path(path)
+
+
+def masked_bands(bands: Sequence[np.ndarray], valid: np.ndarray, nodata: float, dtype="float32") -> np.ndarray:
+    """(bands, rows, cols) of ``dtype`` with ``nodata`` wherever ``valid`` is False."""
+    out = np.stack([np.asarray(b, dtype) for b in bands])
+    out[:, ~np.asarray(valid, bool)] = nodata
+    return out
+
+
+def dsm_bands(height: np.ndarray, valid: np.ndarray, filled: np.ndarray | None = None) -> np.ndarray:
+    """A DSM tile's bands: height, then the filled mask (1 filled, 0 measured), nodata -9999 where not valid."""
+    filled = np.zeros(height.shape, np.float32) if filled is None else filled
+    return masked_bands([height, filled], valid, NODATA)
