@@ -51,3 +51,6 @@ def test_product_merges_tiles_into_one_closed_mesh(tmp_path):
     top = dsm[dsm != ds.nodata].max()
     assert abs(top - (105.2 + 6.0)) < 0.05
     assert MeshProduct.from_dict(product.to_dict()) == product
+    from geoimplicit.jobs.products import product_from_dict
+
+    assert product_from_dict(product.to_dict()) == product  # the run index rebuilds the kind by name
