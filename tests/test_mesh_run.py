@@ -95,3 +95,22 @@ def test_cli_formats_match_the_library():
     from geoimplicit.mesh.io import FORMATS as LIB
 
     assert FORMATS == LIB
+
+
+def test_an_interrupted_run_resumes_to_the_same_mesh(city, run, tmp_path):
+    from geoimplicit.errors import CancelledError
+    from geoimplicit.mesh.run import run_mesh
+
+    def cancel_after_a_tile():  # the user presses cancel once the first tile is written
+        return any((tmp_path / "city_work" / "tiles").glob("*.npz"))
+
+    kw = dict(resolution=0.5, aoi=city / "aoi.geojson", ortho=[city / "ortho.tif"], tile_size=20,
+              method_options={"device": "cpu", "true_ortho": True})
+    out = tmp_path / "city.glb"
+    with pytest.raises(CancelledError):
+        run_mesh([city / "points.laz"], out, cancel=cancel_after_a_tile, **kw)
+    assert not out.exists()
+    made = list((tmp_path / "city_work" / "tiles").glob("*.npz"))
+    assert 0 < len(made) < 4  # stopped part-way, with finished tiles kept
+    run_mesh([city / "points.laz"], out, **kw)
+    assert out.read_bytes() == (run["out"] / "city.glb").read_bytes()  # the same mesh as in one go
