@@ -227,15 +227,10 @@ def _lr(cfg: PriorTrainConfig, step: int, elapsed: float) -> float:
     return cfg.lr * warm * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(frac, 1.0))))
 
 
-def train_prior(cfg: PriorTrainConfig, run_dir, *, device="auto", resume: bool = False, overwrite: bool = False,
-                progress=None, cancel=None) -> dict:
-    """Train the prior as ``cfg`` says into ``run_dir``; returns ``{"model", "run_dir", "steps", "metrics"}``."""
-    from geoimplicit.device import resolve_device
-    from geoimplicit.mpi.prior.checkpoint import load_prior_checkpoint, save_prior
-    from geoimplicit.mpi.prior.data import ScenePool, load_scene
-    from geoimplicit.progress import check_cancel
+def _start(cfg: PriorTrainConfig, run_dir: Path, device, resume: bool, overwrite: bool):
+    """Checks of the run folder, then (network, optimiser, step, training seconds), resumed from ``last.pt``."""
+    from geoimplicit.mpi.prior.checkpoint import load_prior_checkpoint
 
-    run_dir = Path(run_dir)
     last = run_dir / "last.pt"
     if (run_dir / "model.pt").exists() and not (resume or overwrite):
         raise OutputExistsError("run folder already holds a model.pt", path=run_dir,
@@ -245,7 +240,6 @@ def train_prior(cfg: PriorTrainConfig, run_dir, *, device="auto", resume: bool =
         if saved.get("arch") != cfg.arch.to_dict() or saved.get("scene") != cfg.scene:
             raise ConfigError("--resume with another network or scene recipe than the run's", path=run_dir / "config.json",
                               hint="resume with the run's own config, or start a new run folder")
-    device = resolve_device(device)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=1))
     torch.manual_seed(cfg.seed)
@@ -258,64 +252,79 @@ def train_prior(cfg: PriorTrainConfig, run_dir, *, device="auto", resume: bool =
         opt.load_state_dict(blob["optimizer"])
         step, elapsed = int(blob["step"]), float(blob["elapsed_s"])
         log.info("resuming at step %d (%.0f s trained)", step, elapsed)
+    return net, opt, step, elapsed
+
+
+def _train_step(net, opt, scene, cfg: PriorTrainConfig, rng, device, lr: float) -> dict:
+    for g in opt.param_groups:
+        g["lr"] = lr
+    use_amp = cfg.amp and device.type == "cuda"
+    out = _losses(net, scene, _example(scene, cfg, rng, device), cfg, use_amp, device)
+    opt.zero_grad(set_to_none=True)
+    out["loss"].backward()
+    torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
+    opt.step()
+    return {k: float(v.detach()) for k, v in out.items()}
+
+
+def train_prior(cfg: PriorTrainConfig, run_dir, *, device="auto", resume: bool = False, overwrite: bool = False,
+                progress=None, cancel=None) -> dict:
+    """Train the prior as ``cfg`` says into ``run_dir``; returns ``{"model", "run_dir", "steps", "metrics",
+    "train_s"}``."""
+    from geoimplicit.device import resolve_device
+    from geoimplicit.mpi.prior.checkpoint import save_prior
+    from geoimplicit.mpi.prior.data import ScenePool, load_scene
+    from geoimplicit.progress import check_cancel
+
+    run_dir = Path(run_dir)
+    device = resolve_device(device)
+    net, opt, step, elapsed = _start(cfg, run_dir, device, resume, overwrite)
     val_seeds = {cfg.val_first_seed + i for i in range(cfg.val_scenes)}
     train_seeds = [cfg.first_seed + i for i in range(cfg.scenes)]
     first = max(1, cfg.workers)  # training starts on these while the validation scenes render
     pool = ScenePool(run_dir / "scenes", cfg.scene, train_seeds[:first] + sorted(val_seeds) + train_seeds[first:],
                      cfg.workers)
     scenes, val_scenes = [], []
-    metrics_f = open(run_dir / "metrics.jsonl", "a")
-    use_amp = cfg.amp and device.type == "cuda"
     rng = np.random.default_rng([cfg.seed, step])
-    t_start = time.perf_counter()
-    t_ckpt = t_start
-    metrics: dict = {}
-    try:
-        while True:
-            check_cancel(cancel)
-            for seed, folder in pool.ready_now():
-                (val_scenes if seed in val_seeds else scenes).append(load_scene(folder, device))
-            now = elapsed + (time.perf_counter() - t_start)
-            if step >= cfg.steps or (cfg.time_limit_s and now >= cfg.time_limit_s):
-                break
-            if not scenes:
-                time.sleep(0.2)
-                continue
-            lr = _lr(cfg, step, now)
-            for g in opt.param_groups:
-                g["lr"] = lr
-            scene = scenes[int(rng.integers(len(scenes)))]
-            out = _losses(net, scene, _example(scene, cfg, rng, device), cfg, use_amp, device)
-            opt.zero_grad(set_to_none=True)
-            out["loss"].backward()
-            torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
-            opt.step()
-            step += 1
-            if step % cfg.log_every == 0:
-                row = {"step": step, "train_s": round(now, 1), "lr": lr, "scenes": len(scenes),
-                       **{k: round(float(v.detach()), 5) for k, v in out.items()}}
-                metrics_f.write(json.dumps(row) + "\n")
-                metrics_f.flush()
-                if progress is not None:
-                    total = cfg.time_limit_s or cfg.steps
-                    done = now if cfg.time_limit_s else step
-                    progress(int(min(done, total)), int(total), "train-prior",
-                             f"step {step} loss {float(out['loss'].detach()):.4f} height {float(out['height_mae']):.2f} "
-                             f"scenes {len(scenes)}")
-            if cfg.checkpoint_seconds and time.perf_counter() - t_ckpt >= cfg.checkpoint_seconds:
-                save_prior(last, net, config=cfg.to_dict(), step=step, elapsed_s=now, optimizer=opt,
-                           scenes_started=pool.next_index)
-                t_ckpt = time.perf_counter()
-    finally:
-        pool.close()
-    now = elapsed + (time.perf_counter() - t_start)
-    if val_scenes:
-        metrics = validate_prior(net, val_scenes, cfg, device)
-        metrics_f.write(json.dumps({"step": step, "train_s": round(now, 1), **metrics}) + "\n")
-    metrics_f.close()
+    t_start = t_ckpt = time.perf_counter()
+    total = cfg.time_limit_s or cfg.steps
+    with open(run_dir / "metrics.jsonl", "a") as metrics_f:
+        try:
+            while True:
+                check_cancel(cancel)
+                for seed, folder in pool.ready_now():
+                    (val_scenes if seed in val_seeds else scenes).append(load_scene(folder, device))
+                now = elapsed + (time.perf_counter() - t_start)
+                if step >= cfg.steps or (cfg.time_limit_s and now >= cfg.time_limit_s):
+                    break
+                if not scenes:
+                    time.sleep(0.2)
+                    continue
+                lr = _lr(cfg, step, now)
+                out = _train_step(net, opt, scenes[int(rng.integers(len(scenes)))], cfg, rng, device, lr)
+                step += 1
+                if step % cfg.log_every == 0:
+                    row = {"step": step, "train_s": round(now, 1), "lr": lr, "scenes": len(scenes),
+                           **{k: round(v, 5) for k, v in out.items()}}
+                    metrics_f.write(json.dumps(row) + "\n")
+                    metrics_f.flush()
+                    if progress is not None:
+                        progress(int(min(now if cfg.time_limit_s else step, total)), int(total), "train-prior",
+                                 f"step {step} loss {out['loss']:.4f} height {out['height_mae']:.2f} "
+                                 f"scenes {len(scenes)}")
+                if cfg.checkpoint_seconds and time.perf_counter() - t_ckpt >= cfg.checkpoint_seconds:
+                    save_prior(run_dir / "last.pt", net, config=cfg.to_dict(), step=step, elapsed_s=now,
+                               optimizer=opt, scenes_started=pool.next_index)
+                    t_ckpt = time.perf_counter()
+        finally:
+            pool.close()
+        now = elapsed + (time.perf_counter() - t_start)
+        metrics = validate_prior(net, val_scenes, cfg, device) if val_scenes else {}
+        if metrics:
+            metrics_f.write(json.dumps({"step": step, "train_s": round(now, 1), **metrics}) + "\n")
     metrics["scenes"] = len(scenes)
-    save_prior(last, net, config=cfg.to_dict(), step=step, elapsed_s=now, optimizer=opt, metrics=metrics,
-               scenes_started=pool.next_index)
+    save_prior(run_dir / "last.pt", net, config=cfg.to_dict(), step=step, elapsed_s=now, optimizer=opt,
+               metrics=metrics, scenes_started=pool.next_index)
     model = save_prior(run_dir / "model.pt", net, config=cfg.to_dict(), step=step, elapsed_s=now, metrics=metrics)
     return {"model": model, "run_dir": run_dir, "steps": step, "metrics": metrics, "train_s": now}
 
