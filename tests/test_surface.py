@@ -136,7 +136,7 @@ def test_idr_intersection_gradients_match_the_analytic_ones():
     torch.testing.assert_close(dx_do[0], torch.tensor([1.0, 0.0, 0.3 / 1.0]), atol=1e-5, rtol=0)
     # moving the view direction: the hit moves along the plane by t * dv, projected along v onto the plane
     (dx_dd,) = torch.autograd.grad(x[0, 0], d)
-    t = float((12.0 - 2.0) / -d[0, 2])
+    t = float((12.0 - 2.0) / -d[0, 2].detach())
     assert abs(float(dx_dd[0, 0]) - t) < 1e-3
 
 

@@ -18,15 +18,24 @@ INITS = ("plane", "sphere")
 class SurfaceConfig:
     """One surface fit: SDF and appearance networks, renderer, losses, Iso-Points, camera refinement."""
 
-    renderer: str = "idr"
-    """``idr``: sphere tracing to the zero level set with IDR's differentiable intersection; ``volume``: an SDF
-    volume renderer (NeuS's unbiased weights) along the rays inside the box."""
+    renderer: str = "volume"
+    """``volume``: an SDF volume renderer (NeuS's unbiased weights) along the rays inside the box, samples
+    concentrated around the sphere-traced surface; ``idr``: sphere tracing to the zero level set with IDR's
+    differentiable intersection. Volume is the default: on validation scenes (seeds 3 and 7, CPU, 300 steps)
+    it gave 20.4 vs 18.3 dB held out and a DSM median error of 2.6 vs 3.5 m, and with points it was the one
+    whose DSM the points improved (``docs/surface.md``)."""
     encoding: str = "grid"
     """Input encoding of the SDF network: ``frequency`` (NeRF/IDR positional encoding) or ``grid`` (a
     multiresolution dense/hash grid in plain PyTorch, fast to converge)."""
     init: str = "plane"
     """Geometric initialisation: ``plane`` (zero level set = the horizontal plane at the box's mean height,
     ground below, sky above: aerial tiles) or ``sphere`` (IDR/SAL: a sphere in the box)."""
+    init_height: str = "sweep"
+    """``plane`` init: its height: ``sweep`` (the median over the box of the heights where the train views agree
+    best, a plane sweep) or ``box`` (the middle of the box's height range)."""
+    view_dependent: bool = False
+    """Feed the view direction to the appearance network (IDR does). Off by default: aerial scenes are close to
+    Lambertian, and a view-dependent colour lets wrong geometry explain disagreeing views."""
     hidden: int = 64
     """Width of the SDF and appearance networks."""
     sdf_layers: int = 3
@@ -70,6 +79,10 @@ class SurfaceConfig:
     """Ground below, sky above: ``f < 0`` on the box's bottom face and ``f > 0`` on its top face."""
     points_weight: float = 1.0
     """``--points``: ``|f|`` at the LiDAR / photogrammetric points (SDF = 0)."""
+    points_sign_weight: float = 1.0
+    """``--points``: the points were seen from above: ``f >= d / 2`` at ``d`` above them and ``f <= -d / 4`` at
+    ``d / 2`` below (``d`` up to ``points_sign_m``), so they fix the field's sign, not only its zero set."""
+    points_sign_m: float = 2.0
     normals_weight: float = 0.1
     """``--points`` with normals: ``1 - cos`` between the SDF gradient and the points' normals."""
     points_per_step: int = 2048
@@ -143,6 +156,8 @@ class SurfaceConfig:
                                      ("init", self.init, INITS)):
             if value not in allowed:
                 raise ConfigError(f"{name} must be one of {', '.join(allowed)}, not {value!r}")
+        if self.init_height not in ("sweep", "box"):
+            raise ConfigError(f"init_height must be 'sweep' or 'box', not {self.init_height!r}")
         if self.steps < 0 or self.rays_per_step < 1 or self.views_per_step < 1:
             raise ConfigError("steps must be >= 0 and rays_per_step, views_per_step >= 1")
         if not self.grid_base_m >= self.grid_finest_m > 0:

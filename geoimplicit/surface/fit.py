@@ -91,6 +91,8 @@ class Trainer:
         self.poses = camera_optimizer(cfg, inputs.cameras).to(device)
         self.base = [camera_tensors(c, None, device=device) for c in inputs.cameras]
         self.images, self.pixels = self._load_views()
+        if cfg.init == "plane" and cfg.init_height == "sweep":
+            self.model.sdf_net.plane_z.fill_(self.sweep_height())
         groups = [{"params": list(self.model.parameters()), "lr": cfg.lr}]
         if self.poses.enabled:
             groups.append({"params": [self.poses.pose_adjustment], "lr": 0.0})
@@ -122,6 +124,26 @@ class Trainer:
             raise EmptyTileError("no train pixel sees the whole height range of the box",
                                  path=self.inputs.views.root, hint="check the AOI, the cameras and crs.txt")
         return images, pixels
+
+    @torch.no_grad()
+    def sweep_height(self, levels: int = 64, texels: int = 64) -> float:
+        """The tile's typical surface height (local): a plane sweep of the train views over ``levels``
+        heights of the box (the MPI fit's), the median of every texel's best height."""
+        from geoimplicit.mpi.fit import plane_sweep_mean, sweep_best_plane
+        from geoimplicit.mpi.planes import geo_planes
+
+        box = self.inputs.box
+        res = 2 * box.scale / texels
+        planes = geo_planes((box.lo[0], box.lo[1], box.hi[0], box.hi[1]), res, box.lo[2], box.hi[2], levels,
+                            origin=box.origin)
+        imgs = [im.reshape(c.height, c.width, 3).permute(2, 0, 1) for im, c in zip(self.images, self.base)]
+        _, var, cnt = plane_sweep_mean(planes, self.base, imgs, self.device, return_variance=True)
+        best, ok = sweep_best_plane(var, cnt)
+        if not bool(ok.any()):
+            return float(box.centre[2])
+        z = float(np.median(planes.values[best[ok].cpu().numpy()]))
+        log.info("plane init at %.2f (plane sweep of %d views)", z + box.origin[2], len(imgs))
+        return z
 
     # ------------------------------------------------------------------------------------------ one step
     def sample_rays(self):
@@ -200,11 +222,23 @@ class Trainer:
     def _points_loss(self) -> dict:
         cfg = self.cfg
         idx = torch.randint(0, self.points.shape[0], (cfg.points_per_step,), generator=self.gen).to(self.device)
+        p = self.points[idx]
+        out = {}
         if self.normals is None:
-            return {"points": cfg.points_weight * self.model.sdf(self.points[idx]).abs().mean()}
-        f, g, _ = sdf_and_gradient(self.model.sdf_net, self.points[idx], create_graph=True)
-        cos = F.cosine_similarity(g, self.normals[idx], dim=1)
-        return {"points": cfg.points_weight * f.abs().mean(), "normals": cfg.normals_weight * (1 - cos).mean()}
+            out["points"] = cfg.points_weight * self.model.sdf(p).abs().mean()
+        else:
+            f, g, _ = sdf_and_gradient(self.model.sdf_net, p, create_graph=True)
+            cos = F.cosine_similarity(g, self.normals[idx], dim=1)
+            out["points"] = cfg.points_weight * f.abs().mean()
+            out["normals"] = cfg.normals_weight * (1 - cos).mean()
+        if cfg.points_sign_weight:
+            up = torch.zeros_like(p)
+            up[:, 2] = cfg.points_sign_m * (0.1 + 0.9 * torch.rand(p.shape[0], generator=self.gen)).to(self.device)
+            above, below = self.model.sdf(p + up), self.model.sdf(p - 0.5 * up)
+            gap = up[:, 2]  # air above a point seen from above: at least half that far from any surface
+            out["points_sign"] = cfg.points_sign_weight * (F.relu(0.5 * gap - above).mean()
+                                                           + F.relu(below + 0.25 * gap).mean())
+        return out
 
     def train_step(self) -> float:
         cfg = self.cfg

@@ -11,8 +11,8 @@ eikonal loss needs, are exact). Grid resolutions follow the box's aspect, so a f
 wasted on cells in z.
 
 Geometric initialisation (as IDR and SAL do, so the first zero level set is a known surface): the output is
-``f(x) = prior(x) + scale * mlp(enc(x))`` with ``prior`` the plane ``z - z0`` at the box's mean height or the
-sphere ``|x - c| - r``, and the last layer of ``mlp`` starting near zero.
+``f(x) = prior(x) + scale * mlp(enc(x))`` with ``prior`` the plane ``z - z0`` at the tile's mean height
+(``plane_z``: the fit sets it from a plane sweep of the train views) or the sphere ``|x - c| - r``, and the last layer of ``mlp`` starting near zero.
 """
 
 from __future__ import annotations
@@ -104,6 +104,7 @@ class SDFNetwork(nn.Module):
         self.register_buffer("centre", torch.as_tensor(box.centre, dtype=torch.float32))
         self.register_buffer("lo", torch.as_tensor(box.lo, dtype=torch.float32))
         self.register_buffer("extent", torch.as_tensor(box.hi - box.lo, dtype=torch.float32))
+        self.register_buffer("plane_z", torch.tensor(float(box.centre[2])))  # plane init: set by the fit
         self.scale = box.scale
         self.init = cfg.init
         self.radius = 0.5 * float(min(box.hi - box.lo))  # sphere init: touches the box's thinnest side
@@ -128,7 +129,7 @@ class SDFNetwork(nn.Module):
 
     def prior(self, x: torch.Tensor) -> torch.Tensor:
         if self.init == "plane":
-            return x[:, 2] - self.centre[2]
+            return x[:, 2] - self.plane_z
         return (x - self.centre).norm(dim=1) - self.radius
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -157,13 +158,15 @@ def sdf_and_gradient(net: SDFNetwork, x: torch.Tensor, create_graph: bool = True
 
 class AppearanceNetwork(nn.Module):
     """IDR's rendering network: colour of a surface point from its position, normal, the view direction and
-    the SDF network's feature vector (``[x, n, v, feature] -> rgb``, sigmoid output)."""
+    the SDF network's feature vector (``[x, n, v, feature] -> rgb``, sigmoid output); ``v`` is zero unless
+    ``view_dependent``."""
 
     def __init__(self, box: SurfaceBox, cfg: SurfaceConfig):
         super().__init__()
         self.register_buffer("centre", torch.as_tensor(box.centre, dtype=torch.float32))
         self.scale = box.scale
-        self.pos_enc = FrequencyEncoding(4)
+        self.view_dependent = cfg.view_dependent
+        self.pos_enc = FrequencyEncoding(6)
         dim = self.pos_enc.out_dim + 3 + 3 + cfg.feature_size
         layers = []
         for _ in range(cfg.colour_layers):
@@ -175,4 +178,6 @@ class AppearanceNetwork(nn.Module):
     def forward(self, x, normals, view_dirs, feature) -> torch.Tensor:
         n = normals / normals.norm(dim=1, keepdim=True).clamp_min(1e-6)
         enc = self.pos_enc((x - self.centre) / self.scale)
+        if not self.view_dependent:
+            view_dirs = torch.zeros_like(view_dirs)
         return torch.sigmoid(self.mlp(torch.cat([enc, n, view_dirs, feature], -1)))

@@ -25,7 +25,8 @@ from geoimplicit.surface.model import SurfaceModel, load_surface
 
 log = logging.getLogger(__name__)
 
-__all__ = ["SDFField", "sdf_field", "dsm_heights", "dsm_tile", "render_views", "export_iso_points", "NODATA"]
+__all__ = ["SDFField", "sdf_field", "dsm_heights", "dsm_tile", "write_dsm", "render_views", "export_iso_points",
+           "NODATA"]
 
 NODATA = -9999.0
 
@@ -194,3 +195,18 @@ def export_iso_points(model, path, *, count: int = 4096, seeds: torch.Tensor | N
     rgb = _nadir_colours(model, iso.points, iso.normals)
     return write_iso_points(path, iso.points.cpu().numpy(), iso.normals.cpu().numpy(), model.box,
                             rgb=rgb.cpu().numpy(), overwrite=overwrite)
+
+
+def write_dsm(model_dir, path, resolution: float, *, device="auto", overwrite: bool = False) -> Path:
+    """The DSM of one fitted surface over its box (grid snapped to ``resolution``) as a GeoTIFF."""
+    from geoimplicit.device import resolve_device
+    from geoimplicit.io.raster import write_geotiff
+    from geoimplicit.tiling.grid import GridSpec
+
+    check_output(path, overwrite)
+    model = load_surface(model_dir, resolve_device(device))
+    box = model.box
+    grid = GridSpec.from_bounds(box.bounds, resolution, box.crs_wkt)
+    height, _ = dsm_tile(model, grid)
+    tags = {"method": "sdf", "model": str(Path(model_dir).resolve())}
+    return write_geotiff(path, height, grid.transform, box.crs_wkt, nodata=NODATA, tags=tags, overwrite=overwrite)
