@@ -238,3 +238,11 @@ def test_cli_bad_input_is_one_line(city_views, tmp_path):
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "crs.txt" in lines[0], proc.stderr
     assert not (tmp_path / "m").exists()
+
+
+def test_time_budget_stops_the_fit(city_views, tmp_path):
+    from geoimplicit.surface.fit import fit_surface
+
+    res = fit_surface(city_views[0], tmp_path / "m", {**TINY, "steps": 10000, "time_budget_s": 0.5,
+                                                      "iso_points": False})
+    assert 1 <= res.steps < 10000 and (tmp_path / "m" / "model.pt").exists()

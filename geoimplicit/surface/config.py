@@ -130,7 +130,8 @@ class SurfaceConfig:
     """Steps between checkpoints (overrides ``checkpoint_seconds`` when > 0)."""
     progress_every: int = 10
     time_budget_s: float = 0.0
-    """Stop after this many seconds of fitting (0: run all ``steps``); the bench uses it for equal-time runs."""
+    """Stop after this many seconds of fitting (0: run all ``steps``); the learning rates then decay over the
+    budget (whichever of steps and time runs out first). The bench uses it for equal-time runs."""
 
     @classmethod
     def from_dict(cls, d: dict) -> "SurfaceConfig":

@@ -103,6 +103,7 @@ class Trainer:
         self.normals = None if inputs.normals is None else torch.as_tensor(inputs.normals, dtype=torch.float32,
                                                                             device=device)
         self.step = 0
+        self.time_frac = 0.0
         self.history: list[dict] = []
 
     def _load_views(self):
@@ -242,10 +243,11 @@ class Trainer:
 
     def train_step(self) -> float:
         cfg = self.cfg
-        frac = self.step / max(1, cfg.steps)
-        self.opt.param_groups[0]["lr"] = cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * frac)))
-        if self.poses.enabled:
-            self.opt.param_groups[1]["lr"] = cfg.pose.lr if self.step >= cfg.pose_warmup else 0.0
+        frac = max(self.step / max(1, cfg.steps), self.time_frac)  # a time budget ends the schedule too
+        decay = 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * frac))
+        self.opt.param_groups[0]["lr"] = cfg.lr * decay
+        if self.poses.enabled:  # the same decay: Adam's steps on noisy pose gradients would otherwise drift
+            self.opt.param_groups[1]["lr"] = cfg.pose.lr * decay if self.step >= cfg.pose_warmup else 0.0
         if self.iso is not None and self.step >= cfg.iso_start and (self.step - cfg.iso_start) % cfg.iso_every == 0:
             self.iso.update(self.model.sdf_net, cfg.iso_upsample)
         terms = self.losses()
@@ -335,6 +337,8 @@ def _optimise(trainer: Trainer, ckpt: Path, progress, cancel, on_step) -> tuple[
     start, loss = trainer.step, float("nan")
     while trainer.step < cfg.steps:
         check_cancel(cancel)
+        if cfg.time_budget_s:
+            trainer.time_frac = min(1.0, (time.perf_counter() - t0) / cfg.time_budget_s)
         loss = trainer.train_step()
         now = time.perf_counter()
         done = trainer.step
