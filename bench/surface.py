@@ -3,7 +3,7 @@
 Per seed (seeds 7101, 7102, ... are used nowhere else), a generated city with a LEVIR-NVS view set (depths),
 its true DSM, classes and photogrammetric points; then, as concurrent processes on one device, each with a
 wall-clock budget, the variants (by default: exact, noiso, refine1, refine3 on the first seed, exact and
-refine1 on the second, six processes of 140 s):
+refine1 on the second, six processes of 120 s):
 
   exact      exact train cameras, Iso-Points on
   noiso      exact train cameras, Iso-Points off           (Iso-Points' effect at equal time)
@@ -57,7 +57,7 @@ SMALL = dict(size_m=48.0, view_size=64, n_views=8, seeds=[7101], steps=150, budg
              fit={"encoding": "frequency", "hidden": 32, "feature_size": 16, "rays_per_step": 384,
                   "eikonal_samples": 384, "iso_count": 256, "iso_every": 40, "iso_start": 40, "trace_samples": 24,
                   "trace_steps": 24, "surface_samples": 8, "pose_warmup": 40, "progress_every": 25})
-FULL = dict(size_m=128.0, view_size=256, n_views=10, seeds=[7101, 7102], steps=20000, budget_s=140.0, parallel=6,
+FULL = dict(size_m=128.0, view_size=256, n_views=10, seeds=[7101, 7102], steps=20000, budget_s=120.0, parallel=6,
             variants=["exact", "noiso", "refine1", "refine3"], other_seeds=["exact", "refine1"], iso_count=20000,
             chamfer_points=200000,
             fit={"rays_per_step": 4096, "eikonal_samples": 4096, "iso_count": 8192, "progress_every": 100})
