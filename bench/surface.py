@@ -387,6 +387,8 @@ def summarise(results: list[dict], baselines: dict) -> dict:
             "centre_before_m": agg(lambda r: r["pose_before"]["mean_centre_m"], rows),
             "rot_after_deg": agg(lambda r: r.get("pose_after", {}).get("mean_rotation_deg"), rows),
             "centre_after_m": agg(lambda r: r.get("pose_after", {}).get("mean_centre_m"), rows),
+            "rot_after_raw_deg": agg(lambda r: r.get("pose_after", {}).get("none", {}).get("mean_rotation_deg"), rows),
+            "centre_after_raw_m": agg(lambda r: r.get("pose_after", {}).get("none", {}).get("mean_centre_m"), rows),
             "steps": agg(lambda r: r["steps"], rows), "fit_s": agg(lambda r: r["fit_s"], rows),
             "peak_gpu_gb": agg(lambda r: r.get("peak_gpu_gb"), rows),
         }
