@@ -28,6 +28,7 @@ COMMANDS = {
     "nvs": "cli.nvs:nvs",
     "generate": "cli.generate:generate",
     "info": "cli.info:info",
+    "surface": "cli.surface:surface",
 }
 
 
