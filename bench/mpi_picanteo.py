@@ -19,13 +19,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from geoimplicit.geometry import camera_tensors
 from geoimplicit.io.cameras import read_affine_cameras
 from geoimplicit.mpi.composite import render_mpi
 from geoimplicit.mpi.fit import plane_sweep_mean, sweep_density
 from geoimplicit.mpi.metrics import psnr, ssim
 from geoimplicit.mpi.model import DirectMPI
 from geoimplicit.mpi.planes import geo_planes
-from geoimplicit.mpi.warp import render_camera
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data"
@@ -59,7 +59,7 @@ def main(argv=None):
         cam = cam.scaled(args.scale)
         t = F.interpolate(t, size=(cam.height, cam.width), mode="area")[0].expand(3, -1, -1).contiguous()
         imgs.append(t)
-        rcs.append(render_camera(cam, origin))
+        rcs.append(camera_tensors(cam, origin))
     gsd = 1.0 / float(np.linalg.norm(cams[names[0]].P[0, :3]) * args.scale)
     planes = geo_planes((e0 - origin[0], n0 - origin[1], e1 - origin[0], n1 - origin[1]), gsd,
                         h0 - origin[2], h1 - origin[2], args.planes, origin=origin)

@@ -20,7 +20,8 @@ from geoimplicit.mpi.composite import composite, sample_planes
 from geoimplicit.mpi.demo import look_at_camera
 from geoimplicit.mpi.fused import fused_available, pack_warps, render_fused_batch
 from geoimplicit.mpi.planes import fronto_planes
-from geoimplicit.mpi.warp import plane_homographies, render_camera
+from geoimplicit.geometry import camera_tensors
+from geoimplicit.mpi.warp import plane_homographies
 
 ORIGIN = np.array([770000.0, 6277000.0, 50.0])
 
@@ -58,7 +59,7 @@ def main(argv=None):
     for k in range(args.frames):
         a = 2 * np.pi * k / args.frames
         c = ORIGIN + [20 * np.cos(a), 20 * np.sin(a), 300]
-        cams.append(render_camera(look_at_camera(c, ORIGIN, S * 1.2, S, S, (250.0, 350.0)), ORIGIN, device=dev))
+        cams.append(camera_tensors(look_at_camera(c, ORIGIN, S * 1.2, S, S, (250.0, 350.0)), ORIGIN, device=dev))
     warps = [plane_homographies(planes.A, rc) for rc in cams]
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
     info = {"device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu", "size": S, "planes": D,

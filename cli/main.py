@@ -29,6 +29,7 @@ COMMANDS = {
     "generate": "cli.generate:generate",
     "info": "cli.info:info",
     "mesh": "cli.mesh:mesh",
+    "surface": "cli.surface:surface",
 }
 
 

@@ -87,6 +87,10 @@ class WeightsError(InputError):
     """A model checkpoint is missing, corrupt or incompatible."""
 
 
+class ShapeError(GeoImplicitError, ValueError):
+    """An array or tensor has the wrong shape or dtype at a library boundary (the message says expected vs actual)."""
+
+
 class OutputExistsError(GeoImplicitError, FileExistsError):
     """An output exists and --overwrite was not given."""
 

@@ -201,7 +201,8 @@ def _check_orthos(paths: Sequence, crs, bounds, method: DsmMethod, *, assume_crs
         info = raster_info(p, crs=assume_crs)
         if info["crs"] is None:
             raise MissingCRSError("the ortho image has no CRS", path=p,
-                                  hint="georeference it, or pass --crs with its CRS (the points' CRS)")
+                                  hint="georeference it, pass --crs with its CRS (the points' CRS), or put its WKT in "
+                                       f"{Path(p).with_suffix('.prj').name}")
         if not crs_equal(info["crs"], crs):
             raise CRSMismatchError(f"the ortho image is in {crs_name(info['crs'])} but the points are in "
                                    f"{crs_name(crs)}", path=p, hint="reproject it into the points' CRS "

@@ -218,3 +218,22 @@ def test_viewset_split_defaults_and_errors(tmp_path):
     (tmp_path / "c" / "Cams" / "003.txt").unlink()
     with pytest.raises(CameraFileError, match="003"):
         ViewSet.load(tmp_path / "c")
+
+
+def test_camera_classes_come_from_the_geometry_module_and_cams_folder_round_trips(tmp_path):
+    import geoimplicit.geometry as geometry
+    from geoimplicit.errors import OutputExistsError
+    from geoimplicit.io.cameras import read_cameras_dir, write_cameras_dir
+
+    assert PinholeCamera is geometry.PinholeCamera and AffineCamera is geometry.AffineCamera
+    cams = {"000": oblique_camera([770000.0, 6277000.0, 600.0]), "007": oblique_camera([770010.0, 6277020.0, 650.0], size=32)}
+    write_cameras_dir(tmp_path / "Cams", cams)
+    back = read_cameras_dir(tmp_path / "Cams")
+    assert list(back) == ["000", "007"]
+    for k in cams:
+        np.testing.assert_array_equal(back[k].extrinsic, cams[k].extrinsic)  # 17 digits: exact
+        np.testing.assert_array_equal(back[k].intrinsic, cams[k].intrinsic)
+    with pytest.raises(OutputExistsError):
+        write_cameras_dir(tmp_path / "Cams", cams)
+    write_cameras_dir(tmp_path / "Cams", {"001": cams["000"]}, overwrite=True)
+    assert [p.name for p in (tmp_path / "Cams").iterdir()] == ["001.txt"]

@@ -15,7 +15,8 @@ from geoimplicit.io.cameras import AffineCamera, PinholeCamera, ViewSet, write_c
 from geoimplicit.mpi.composite import composite, render_mpi, sample_planes
 from geoimplicit.mpi.demo import DEMO_ORIGIN, look_at_camera, make_analytic_views
 from geoimplicit.mpi.planes import fronto_planes, geo_planes
-from geoimplicit.mpi.warp import plane_homographies, render_camera
+from geoimplicit.geometry import camera_tensors
+from geoimplicit.mpi.warp import plane_homographies
 
 ORIGIN = np.array([770000.0, 6277000.0, 50.0])
 
@@ -31,7 +32,7 @@ def test_opaque_front_plane_composites_to_itself():
     mpi = torch.rand(6, 4, planes.height, planes.width)
     mpi[:, 3] = torch.rand(6, planes.height, planes.width)  # arbitrary behind
     mpi[0, 3] = 1e4  # opaque front plane
-    out = render_mpi(mpi, planes.A, render_camera(cam, ORIGIN))
+    out = render_mpi(mpi, planes.A, camera_tensors(cam, ORIGIN))
     torch.testing.assert_close(out["rgb"], mpi[0, :3], atol=1e-5, rtol=0)
     torch.testing.assert_close(out["opacity"], torch.ones(32, 32), atol=1e-6, rtol=0)
     np.testing.assert_allclose(out["depth"].numpy(), planes.values[0], rtol=1e-5)
@@ -40,7 +41,7 @@ def test_opaque_front_plane_composites_to_itself():
 def test_reference_camera_is_identity_warp():
     cam = _nadir(offset=(7.0, -3.0))
     planes = fronto_planes(cam.with_origin(ORIGIN), 4)
-    warp = plane_homographies(planes.A, render_camera(cam, ORIGIN))
+    warp = plane_homographies(planes.A, camera_tensors(cam, ORIGIN))
     for d in range(4):
         H = warp.Hinv[d].numpy()
         # up to the projective scale (1 / depth), the map from reference pixels to the texture is the identity
@@ -54,8 +55,8 @@ def test_reference_camera_is_identity_warp():
 def test_warp_and_inverse_round_trip():
     ref, other = _nadir(), _nadir(offset=(15.0, 8.0))
     planes = fronto_planes(ref.with_origin(ORIGIN), 5)
-    Ha = torch.linalg.inv(plane_homographies(planes.A, render_camera(other, ORIGIN)).Hinv)  # texture -> other
-    Hb = plane_homographies(planes.A, render_camera(other, ORIGIN)).Hinv  # other -> texture
+    Ha = torch.linalg.inv(plane_homographies(planes.A, camera_tensors(other, ORIGIN)).Hinv)  # texture -> other
+    Hb = plane_homographies(planes.A, camera_tensors(other, ORIGIN)).Hinv  # other -> texture
     eye = (Hb @ Ha).numpy()
     for d in range(5):
         np.testing.assert_allclose(eye[d] / eye[d][2, 2], np.eye(3), atol=1e-9)
@@ -74,7 +75,7 @@ def test_affine_homography_matches_projection():
     cam = AffineCamera(P, 64, 64)
     origin = np.array([315415.0, 4161774.0, 700.0])
     planes = geo_planes((-20, -20, 20, 20), 1.0, -50.0, 100.0, 4, origin=origin)
-    rc = render_camera(cam, origin)
+    rc = camera_tensors(cam, origin)
     warp = plane_homographies(planes.A, rc)
     Hf = torch.linalg.inv(warp.Hinv).numpy()
     ab = np.array([[0.0, 0.0], [10.0, 33.0], [39.0, 5.0]])
@@ -99,7 +100,7 @@ def test_nadir_orthographic_render_gives_heights():
     mpi[1, :3] = 0.9
     mpi[1, 3, 4:8, 4:10] = 1e4  # a roof at 4 m
     cam = nadir_camera(ORIGIN[0] - 8, ORIGIN[1] + 8, 1.0, 16, 16)
-    out = render_mpi(mpi, planes.A, render_camera(cam, ORIGIN))
+    out = render_mpi(mpi, planes.A, camera_tensors(cam, ORIGIN))
     height = -(out["depth"].numpy() + cam.view_direction @ ORIGIN)
     assert np.allclose(height[4:8, 4:10], ORIGIN[2] + 4.0, atol=1e-3)
     assert np.allclose(height[12:, 12:], ORIGIN[2], atol=1e-3)

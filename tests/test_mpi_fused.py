@@ -11,7 +11,8 @@ from geoimplicit.mpi.composite import render_mpi
 from geoimplicit.mpi.demo import look_at_camera
 from geoimplicit.mpi.fused import fused_available, pack_warps, render_fused, render_fused_batch
 from geoimplicit.mpi.planes import fronto_planes, geo_planes
-from geoimplicit.mpi.warp import plane_homographies, render_camera
+from geoimplicit.geometry import camera_tensors
+from geoimplicit.mpi.warp import plane_homographies
 
 ORIGIN = np.array([770000.0, 6277000.0, 50.0])
 pytestmark = pytest.mark.gpu
@@ -42,7 +43,7 @@ def test_fused_matches_reference_pinhole(dtype, tol):
     mpi[:, 3] *= 0.2
     mpi = mpi.to(dev)
     for cam in (ref_cam, other):
-        rc = render_camera(cam, ORIGIN, device=dev)
+        rc = camera_tensors(cam, ORIGIN, device=dev)
         ref = render_mpi(mpi.to(dtype).float(), planes.A, rc)
         got = render_fused(mpi.to(dtype), planes.A, rc)
         _check(ref, got, tol)
@@ -57,7 +58,7 @@ def test_fused_matches_reference_affine_batch():
     for k in range(3):
         P = np.array([[1.0, 0.05 * k, 0.3, 0.0], [0.02, -1.0, 0.4, 0.0]])
         P[:, 3] = -P[:, :3] @ (ORIGIN + [-16, 16, 0]) + [0.5, 0.5]
-        cams.append(render_camera(AffineCamera(P, 30, 34), ORIGIN, device=dev))
+        cams.append(camera_tensors(AffineCamera(P, 30, 34), ORIGIN, device=dev))
     warps = [plane_homographies(planes.A, rc) for rc in cams]
     out = render_fused_batch(mpi.permute(0, 2, 3, 1).contiguous(), pack_warps(warps, dev), 34, 30)
     for k, rc in enumerate(cams):
@@ -76,5 +77,5 @@ def test_fused_matches_reference_uneven_geo_planes():
     mpi[:, 3] *= 2.0
     mpi = mpi.to(dev)
     cam = look_at_camera(ORIGIN + [30, -20, 90], ORIGIN + [3, 0, 0], 50.0, 45, 38, (60.0, 140.0))
-    rc = render_camera(cam, ORIGIN, device=dev)
+    rc = camera_tensors(cam, ORIGIN, device=dev)
     _check(render_mpi(mpi, planes.A, rc), render_fused(mpi, planes.A, rc), 2e-4)

@@ -32,12 +32,12 @@ def two_level_views(tmp_path_factory):
 
 def test_adaptive_planes_land_at_the_scene_levels(two_level_views):
     from geoimplicit.io.cameras import ViewSet
-    from geoimplicit.mpi.fit import FitConfig, _load_images, _pose_cameras, adaptive_geo_planes, scene_geometry
+    from geoimplicit.mpi.fit import FitConfig, _load_images, _render_cameras, adaptive_geo_planes, scene_geometry
 
     vs = ViewSet.load(two_level_views)
     ids = vs.train_ids
     uni = scene_geometry(vs, FitConfig(layout="geo", planes=16), ids)
-    cams = _pose_cameras([vs.cameras[i].with_origin(uni.origin) for i in ids], None, None, "cpu")
+    cams = _render_cameras([vs.cameras[i].with_origin(uni.origin) for i in ids], "cpu")
     imgs = _load_images(vs, ids, 1.0, torch.device("cpu"))
     ada = adaptive_geo_planes(uni, cams, [imgs[i] for i in ids], torch.device("cpu"), mix=0.8)
     assert ada.num_planes == 16 and np.all(np.diff(ada.values) < 0)

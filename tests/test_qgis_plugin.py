@@ -416,7 +416,9 @@ def test_provider_offers_every_algorithm_with_help(qgis_runs):
     assert runs["registered"]
     algs = runs["algorithms"]
     assert set(algs) == {"geoimplicit:dsm", "geoimplicit:eval", "geoimplicit:tile", "geoimplicit:mosaic",
-                         "geoimplicit:nvs_fit", "geoimplicit:nvs_render", "geoimplicit:nvs_eval", "geoimplicit:mesh"}
+                         "geoimplicit:nvs_fit", "geoimplicit:nvs_render", "geoimplicit:nvs_eval",
+                         "geoimplicit:surface_fit", "geoimplicit:surface_dsm", "geoimplicit:surface_render",
+                         "geoimplicit:mesh"}
     for alg_id, alg in algs.items():
         assert len(alg["help"]) > 200 and "geoimplicit" in alg["help"], alg_id
     dsm = algs["geoimplicit:dsm"]["params"]

@@ -1,9 +1,9 @@
 """Camera files: pinhole cameras in the LEVIR-NVS (ImMPI/MVSNet) text format, affine satellite cameras, view sets.
 
-Conventions (``docs/conventions.md``): the extrinsic is WORLD-TO-CAMERA, ``X_cam = R @ X_world + t``; OpenCV
-axes (x right, y down, z forward); depth is ``z_cam``; pixel ``(u, v) = (col, row)`` with the centre of the
-top-left pixel at ``(0, 0)``. Coordinates are float64; ``with_origin`` re-expresses a camera about a local origin
-so that float32 work never sees 6-7 digit eastings.
+The camera models themselves (:class:`PinholeCamera`, :class:`AffineCamera`) live in :mod:`geoimplicit.geometry`
+and are re-exported here. Conventions (``docs/conventions.md``): the extrinsic is WORLD-TO-CAMERA,
+``X_cam = R @ X_world + t``; OpenCV axes (x right, y down, z forward); depth is ``z_cam``; pixel
+``(u, v) = (col, row)`` with the centre of the top-left pixel at ``(0, 0)``. Coordinates are float64.
 
 The text format::
 
@@ -27,13 +27,13 @@ import json
 import logging
 import os
 import re
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable
 
 import numpy as np
 
 from geoimplicit.errors import CameraFileError, InputFileNotFoundError
+from geoimplicit.geometry.cameras import AffineCamera, PinholeCamera
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +43,9 @@ __all__ = [
     "ViewSet",
     "read_camera",
     "write_camera",
+    "write_cameras_dir",
+    "parse_camera_text",
+    "format_camera",
     "read_affine_cameras",
     "read_view_split",
     "read_cameras_dir",
@@ -50,109 +53,6 @@ __all__ = [
 
 _SPLIT = re.compile(r"[\s,;]+")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
-
-
-# --------------------------------------------------------------------------------------------------------------
-# Pinhole camera
-# --------------------------------------------------------------------------------------------------------------
-@dataclass
-class PinholeCamera:
-    """A pinhole camera: world-to-camera ``extrinsic`` (4, 4) and ``intrinsic`` K (3, 3), both float64.
-
-    >>> cam = PinholeCamera(np.eye(4), np.array([[100., 0, 50], [0, 100, 50], [0, 0, 1]]), 1.0, 10.0, 101, 101)
-    >>> uv, depth = cam.project(np.array([[0.0, 0.0, 5.0]]))
-    >>> uv.tolist(), depth.tolist()
-    ([[50.0, 50.0]], [5.0])
-    """
-
-    extrinsic: np.ndarray
-    intrinsic: np.ndarray
-    depth_min: float
-    depth_max: float
-    width: int | None = None
-    height: int | None = None
-
-    def __post_init__(self):
-        self.extrinsic = np.array(self.extrinsic, dtype=np.float64).reshape(4, 4)
-        self.intrinsic = np.array(self.intrinsic, dtype=np.float64).reshape(3, 3)
-        self.depth_min = float(self.depth_min)
-        self.depth_max = float(self.depth_max)
-        self.width = None if self.width is None else int(self.width)
-        self.height = None if self.height is None else int(self.height)
-
-    @property
-    def R(self) -> np.ndarray:
-        """World-to-camera rotation (3, 3)."""
-        return self.extrinsic[:3, :3]
-
-    @property
-    def t(self) -> np.ndarray:
-        """World-to-camera translation (3,)."""
-        return self.extrinsic[:3, 3]
-
-    @property
-    def K(self) -> np.ndarray:
-        return self.intrinsic
-
-    @property
-    def center(self) -> np.ndarray:
-        """Camera centre in world coordinates (3,): ``-R.T @ t``."""
-        return -self.R.T @ self.t
-
-    @property
-    def P(self) -> np.ndarray:
-        """The 3x4 projection matrix ``K [R | t]``."""
-        return self.intrinsic @ self.extrinsic[:3, :]
-
-    def to_camera(self, xyz_world: np.ndarray) -> np.ndarray:
-        """World points (N, 3) to camera coordinates (N, 3)."""
-        xyz = np.asarray(xyz_world, dtype=np.float64).reshape(-1, 3)
-        return xyz @ self.R.T + self.t
-
-    def project(self, xyz_world: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """World points (N, 3) -> pixel coordinates ``uv`` (N, 2) (col, row) and depth ``z_cam`` (N,)."""
-        xc = self.to_camera(xyz_world)
-        depth = xc[:, 2]
-        proj = xc @ self.intrinsic.T
-        with np.errstate(divide="ignore", invalid="ignore"):
-            uv = proj[:, :2] / proj[:, 2:3]
-        return uv, depth
-
-    def unproject(self, uv: np.ndarray, depth: np.ndarray) -> np.ndarray:
-        """Pixels (N, 2) at depths ``z_cam`` (N,) -> world points (N, 3)."""
-        uv = np.asarray(uv, dtype=np.float64).reshape(-1, 2)
-        depth = np.asarray(depth, dtype=np.float64).reshape(-1)
-        homo = np.concatenate([uv, np.ones((len(uv), 1))], axis=1)
-        rays = homo @ np.linalg.inv(self.intrinsic).T
-        xc = rays * depth[:, None]
-        return (xc - self.t) @ self.R  # R.T @ (xc - t)
-
-    def with_origin(self, origin: Iterable[float]) -> "PinholeCamera":
-        """The same camera for world coordinates expressed relative to ``origin``: ``t' = t + R @ origin``."""
-        origin = np.asarray(origin, dtype=np.float64).reshape(3)
-        ext = self.extrinsic.copy()
-        ext[:3, 3] = self.t + self.R @ origin
-        return replace(self, extrinsic=ext)
-
-    def scaled(self, factor: float) -> "PinholeCamera":
-        """The camera of the image resized by ``factor`` (pixel-centre convention: ``u' = (u + .5) f - .5``)."""
-        f = float(factor)
-        K = self.intrinsic.copy()
-        K[0, 0] *= f
-        K[0, 1] *= f
-        K[1, 1] *= f
-        K[0, 2] = (K[0, 2] + 0.5) * f - 0.5
-        K[1, 2] = (K[1, 2] + 0.5) * f - 0.5
-        w = None if self.width is None else max(1, int(round(self.width * f)))
-        h = None if self.height is None else max(1, int(round(self.height * f)))
-        return replace(self, intrinsic=K, width=w, height=h)
-
-    def cropped(self, col_off: float, row_off: float, width: int, height: int) -> "PinholeCamera":
-        """The camera of the sub-image starting at pixel (col_off, row_off)."""
-        K = self.intrinsic.copy()
-        K[0, 2] -= col_off
-        K[1, 2] -= row_off
-        return replace(self, intrinsic=K, width=int(width), height=int(height))
 
 
 def _numbers(text: str) -> list[str]:
@@ -276,6 +176,21 @@ def write_camera(path: str | os.PathLike, cam: PinholeCamera, *, overwrite: bool
     return path
 
 
+def write_cameras_dir(folder: str | os.PathLike, cameras: dict[str, PinholeCamera], *,
+                      overwrite: bool = False) -> Path:
+    """Write ``cameras`` (id -> camera, world coordinates) as a LEVIR-NVS ``Cams`` folder ``folder/<id>.txt``
+    (what :func:`read_cameras_dir` and ``ViewSet.load`` read back), atomically: the folder appears complete or
+    not at all; an existing folder is replaced only with ``overwrite``."""
+    from geoimplicit.outputs import atomic_output
+
+    folder = Path(folder)
+    with atomic_output(folder, overwrite) as tmp:
+        tmp.mkdir(parents=True)
+        for vid, cam in cameras.items():
+            (tmp / f"{vid}.txt").write_text(format_camera(cam), encoding="utf-8")
+    return folder
+
+
 def read_cameras_dir(folder: str | os.PathLike) -> dict[str, PinholeCamera]:
     """Every ``*.txt`` camera of a folder, keyed by file stem, sorted."""
     folder = Path(folder)
@@ -288,57 +203,8 @@ def read_cameras_dir(folder: str | os.PathLike) -> dict[str, PinholeCamera]:
 
 
 # --------------------------------------------------------------------------------------------------------------
-# Affine camera
+# Affine cameras (JSON)
 # --------------------------------------------------------------------------------------------------------------
-@dataclass
-class AffineCamera:
-    """An affine (2, 4) satellite camera: ``[col, row] = P @ [E, N, h, 1]``.
-
-    ``depth`` for compositing is the distance along the viewing direction (the null vector of ``P[:, :3]``,
-    oriented from the sky down), so larger depth = further from the sensor.
-    """
-
-    P: np.ndarray
-    width: int | None = None
-    height: int | None = None
-    crs: str | None = None
-    name: str | None = None
-
-    def __post_init__(self):
-        self.P = np.array(self.P, dtype=np.float64).reshape(2, 4)
-        self.width = None if self.width is None else int(self.width)
-        self.height = None if self.height is None else int(self.height)
-
-    @property
-    def view_direction(self) -> np.ndarray:
-        """Unit world direction (3,) along which points project to the same pixel, pointing downwards."""
-        d = np.cross(self.P[0, :3], self.P[1, :3])
-        d = d / np.linalg.norm(d)
-        return -d if d[2] > 0 else d
-
-    def project(self, xyz_world: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """World points (N, 3) -> ``uv`` (N, 2) and a depth along the view direction (N,)."""
-        xyz = np.asarray(xyz_world, dtype=np.float64).reshape(-1, 3)
-        uv = xyz @ self.P[:, :3].T + self.P[:, 3]
-        depth = xyz @ self.view_direction
-        return uv, depth
-
-    def with_origin(self, origin: Iterable[float]) -> "AffineCamera":
-        """The same camera for world coordinates relative to ``origin``."""
-        origin = np.asarray(origin, dtype=np.float64).reshape(3)
-        P = self.P.copy()
-        P[:, 3] = P[:, 3] + P[:, :3] @ origin
-        return replace(self, P=P)
-
-    def scaled(self, factor: float) -> "AffineCamera":
-        f = float(factor)
-        P = self.P * f
-        P[:, 3] += 0.5 * f - 0.5
-        w = None if self.width is None else max(1, int(round(self.width * f)))
-        h = None if self.height is None else max(1, int(round(self.height * f)))
-        return replace(self, P=P, width=w, height=h)
-
-
 def read_affine_cameras(json_path: str | os.PathLike) -> dict[str, AffineCamera]:
     """Read affine cameras from JSON: ``{"sets": {name: {"crs", "images": {img: {"P_affine_2x4", ...}}}}}``.
 

@@ -12,7 +12,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from geoimplicit.mpi.warp import PlaneWarp, RenderCamera, pixel_grid, plane_homographies
+from geoimplicit.geometry.rays import pixel_grid
+from geoimplicit.geometry.tensors import CameraTensors
+from geoimplicit.mpi.warp import PlaneWarp, plane_homographies
 
 __all__ = ["LAST_SPACING", "sample_planes", "composite", "render_mpi"]
 
@@ -78,7 +80,7 @@ def composite(
     return {"rgb": out_rgb, "depth": exp_depth, "opacity": opacity, "weights": weights}
 
 
-def render_mpi(mpi: torch.Tensor, A, cam: RenderCamera) -> dict[str, torch.Tensor]:
+def render_mpi(mpi: torch.Tensor, A, cam: CameraTensors) -> dict[str, torch.Tensor]:
     """Render an MPI (D, 4, h, w) (rgb in [0, 1] + density) with plane geometry ``A`` (D, 3, 3) into ``cam``."""
     warp = plane_homographies(A, cam)
     samples, depth, ray = sample_planes(mpi, warp)

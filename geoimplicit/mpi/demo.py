@@ -13,10 +13,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from geoimplicit.io.cameras import PinholeCamera, write_camera
+from geoimplicit.geometry.cameras import PinholeCamera, look_at
+from geoimplicit.geometry.tensors import camera_tensors
+from geoimplicit.io.cameras import write_camera
 from geoimplicit.mpi.composite import render_mpi
 from geoimplicit.mpi.planes import geo_planes
-from geoimplicit.mpi.warp import render_camera
 
 __all__ = ["make_analytic_views", "look_at_camera", "DEMO_ORIGIN"]
 
@@ -26,13 +27,7 @@ DEMO_ORIGIN = np.array([770000.0, 6277000.0, 50.0])
 def look_at_camera(center, target, f: float, width: int, height: int, depth_range) -> PinholeCamera:
     """OpenCV camera at ``center`` looking at ``target`` (world, float64), image-up roughly towards north."""
     center = np.asarray(center, float)
-    z = np.asarray(target, float) - center
-    z /= np.linalg.norm(z)
-    north = np.array([0.0, 1.0, 0.0])
-    x = np.cross(-north, z) if abs(z @ north) < 0.99 else np.array([1.0, 0, 0])
-    x /= np.linalg.norm(x)
-    y = np.cross(z, x)
-    R = np.stack([x, y, z])
+    R = look_at(center, target, up=(0.0, 1.0, 0.0))
     ext = np.eye(4)
     ext[:3, :3] = R
     ext[:3, 3] = -R @ center
@@ -103,7 +98,7 @@ def make_analytic_views(
 
     for i in range(n_views):
         cam = cam_at(rng.uniform(-spread_m, spread_m, 2))
-        out_r = render_mpi(mpi, planes.A, render_camera(cam, planes.origin))
+        out_r = render_mpi(mpi, planes.A, camera_tensors(cam, planes.origin))
         rgb = (out_r["rgb"].clamp(0, 1).permute(1, 2, 0).numpy() * 255 + 0.5).astype(np.uint8)
         Image.fromarray(rgb).save(out / "Images" / f"{i:03d}.png")
         Image.fromarray(out_r["depth"].numpy().astype(np.float32), mode="F").save(out / "Depths" / f"{i:03d}.tiff")

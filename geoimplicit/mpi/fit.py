@@ -24,18 +24,44 @@ import torch.nn.functional as F
 
 from geoimplicit.device import resolve_device
 from geoimplicit.errors import CameraFileError, ConfigError, OutputExistsError
-from geoimplicit.io.cameras import PinholeCamera, ViewSet, write_camera
+from geoimplicit.geometry.cameras import PinholeCamera
+from geoimplicit.geometry.pose import CameraOptimizer, CameraOptimizerConfig
+from geoimplicit.geometry.tensors import CameraTensors, camera_tensors
+from geoimplicit.io.cameras import ViewSet, write_cameras_dir
 from geoimplicit.mpi.composite import render_mpi
 from geoimplicit.mpi.metrics import edge_aware_smoothness, psnr, ray_entropy, ssim
 from geoimplicit.mpi.model import build_model
 from geoimplicit.mpi.planes import PlaneSet, fronto_planes, geo_planes
 from geoimplicit.mpi.scene import MPIScene
-from geoimplicit.mpi.warp import plane_homographies, render_camera, so3_exp
+from geoimplicit.mpi.warp import plane_homographies
 from geoimplicit.progress import check_cancel
 
 log = logging.getLogger(__name__)
 
-__all__ = ["FitConfig", "FitResult", "fit_mpi", "scene_geometry"]
+__all__ = ["FitConfig", "FitResult", "fit_mpi", "scene_geometry", "FIT_PRESETS", "preset_settings"]
+
+FIT_PRESETS = {
+    "best": {"layout": "geo", "planes": 96, "extent": "union", "colour_share": 0.8, "steps": 1500},
+    "fast": {"layout": "geo", "planes": 32, "extent": "union", "colour_share": 0.8, "steps": 500},
+    "cpu": {"layout": "geo", "planes": 24, "extent": "nadir", "colour_share": 0.8, "steps": 300},
+}
+"""``nvs fit --preset``: ``best`` = the best measured fit (generated city, 384x384, 7 train views, H200: 32.5 dB
+held out in 50 s, against 30.1 dB for the fronto defaults of :class:`FitConfig`); ``fast`` = 32 planes, a third of
+the steps; ``cpu`` = 24 planes, 300 steps, images at most :data:`CPU_IMAGE_SIDE` pixels (minutes on a CPU)."""
+CPU_IMAGE_SIDE = 192
+
+
+def preset_settings(name: str, device, image_side: int | None = None) -> tuple[str, dict]:
+    """(preset name, FitConfig settings) of ``name``: ``auto`` is ``best`` on a CUDA device and ``cpu`` otherwise;
+    ``cpu`` scales images of ``image_side`` pixels (their larger side) down to :data:`CPU_IMAGE_SIDE`."""
+    if name == "auto":
+        name = "best" if resolve_device(device).type == "cuda" else "cpu"
+    if name not in FIT_PRESETS:
+        raise ConfigError(f"unknown fit preset {name!r}", hint=f"choose one of auto, {', '.join(FIT_PRESETS)}")
+    out = dict(FIT_PRESETS[name])
+    if name == "cpu" and image_side and image_side > CPU_IMAGE_SIDE:
+        out["image_scale"] = CPU_IMAGE_SIDE / image_side
+    return name, out
 
 
 @dataclass
@@ -101,8 +127,16 @@ class FitConfig:
     entropy_weight: float = 0.0
     """Entropy of each rendered ray's compositing weights (normalised by log D): > 0 pushes every ray towards
     one nearly opaque plane."""
+    prior: str = "none"
+    """Start from the across-scene prior (:mod:`geoimplicit.mpi.prior`) instead of the plane sweep: ``none``,
+    ``default`` (the shipped weights) or a weights path. Geo layout and ``direct`` generator; with
+    ``plane_placement adaptive`` the planes go to the quantiles of the prior's surface heights."""
     refine_cameras: bool = False
-    pose_lr: float = 1e-3
+    """Learn a pose correction per train view (``pose``) with the MPI; the corrected cameras go to
+    ``MODEL_DIR/cameras/``."""
+    pose: CameraOptimizerConfig = field(default_factory=lambda: CameraOptimizerConfig(mode="SO3xR3", gauge="first"))
+    """Pose corrections of ``refine_cameras`` (mode, learning rate in pixels per step, regularisation, gauge:
+    :mod:`geoimplicit.geometry.pose`)."""
     amp: bool = True
     device: str = "auto"
     seed: int = 0
@@ -119,6 +153,13 @@ class FitConfig:
         bad = sorted(set(d) - known)
         if bad:
             raise ConfigError(f"unknown MPI fit settings: {', '.join(bad)}", hint=f"known: {', '.join(sorted(known))}")
+        d = dict(d)
+        if isinstance(d.get("pose"), dict):
+            pose_known = set(CameraOptimizerConfig.__dataclass_fields__)
+            bad = sorted(set(d["pose"]) - pose_known)
+            if bad:
+                raise ConfigError(f"unknown pose settings: {', '.join(bad)}", hint=f"known: {', '.join(sorted(pose_known))}")
+            d["pose"] = CameraOptimizerConfig(**d["pose"])
         return cls(**d)
 
     def validate(self) -> None:
@@ -134,6 +175,12 @@ class FitConfig:
             raise ConfigError(f"extent must be 'nadir' or 'union', not {self.extent!r}")
         if not 0.0 <= self.adaptive_mix <= 1.0:
             raise ConfigError("adaptive_mix must be in [0, 1]")
+        if self.prior != "none" and (self.layout != "geo" or self.model != "direct"):
+            raise ConfigError("the MPI prior needs the geo layout and the direct generator",
+                              hint="pass --layout geo --model direct, or --prior none")
+        self.pose.validate()
+        if self.refine_cameras and self.pose.mode == "off":
+            raise ConfigError("refine_cameras needs a pose mode (SO3xR3 or SE3), not 'off'")
 
 
 @dataclass
@@ -185,12 +232,10 @@ def scene_geometry(views: ViewSet, cfg: FitConfig, ids: list[str]) -> PlaneSet:
         lc = c.with_origin(origin)
         lo, w1, h1 = (-0.5, c.width - 0.5, c.height - 0.5) if union else (0, c.width - 1, c.height - 1)
         uv = np.array([[lo, lo], [w1, lo], [lo, h1], [w1, h1]], float)
-        for hz in (h_lo, h_hi):
-            # intersect the corner rays with the plane z = hz
-            rays = np.concatenate([uv, np.ones((4, 1))], 1) @ np.linalg.inv(lc.K).T @ lc.R  # world directions
-            cen = lc.center
-            s = (hz - cen[2]) / rays[:, 2]
-            corners.append(cen + s[:, None] * rays)
+        origins, dirs = lc.rays(uv)
+        for hz in (h_lo, h_hi):  # intersect the corner rays with the plane z = hz
+            s = (hz - origins[:, 2]) / dirs[:, 2]
+            corners.append(origins + s[:, None] * dirs)
     corners = np.concatenate(corners)
     res = 0.5 * (nadir.depth_min + nadir.depth_max) / nadir.K[0, 0] / cfg.texture_scale
     left, right = corners[:, 0].min(), corners[:, 0].max()
@@ -322,25 +367,20 @@ def adaptive_geo_planes(planes: PlaneSet, rcs: list, images: list[torch.Tensor],
                       crs=planes.crs, heights=heights)
 
 
-def _pose_cameras(cams_local, deltas, scales, device):
-    out = []
-    for i, c in enumerate(cams_local):
-        d = None
-        if deltas is not None:
-            d = torch.cat([deltas[i, :3] * scales[0], deltas[i, 3:] * scales[1]])
-        out.append(render_camera(c, None, device=device, pose_delta=d))
-    return out
+def _render_cameras(cams_local: list[PinholeCamera], device) -> list[CameraTensors]:
+    """The train cameras as tensors (local coordinates), before any pose correction."""
+    return [camera_tensors(c, None, device=device) for c in cams_local]
 
 
-def _corrected_camera(cam_local: PinholeCamera, delta: np.ndarray, origin: np.ndarray) -> PinholeCamera:
-    d = torch.as_tensor(delta, dtype=torch.float64)
-    corr = np.eye(4)
-    corr[:3, :3] = so3_exp(d[:3]).numpy()
-    corr[:3, 3] = d[3:].numpy()
-    ext = corr @ cam_local.extrinsic
-    out = PinholeCamera(ext, cam_local.intrinsic, cam_local.depth_min, cam_local.depth_max, cam_local.width,
-                        cam_local.height)
-    return out.with_origin(-np.asarray(origin))
+def camera_optimizer(cfg: FitConfig, cams_local: list[PinholeCamera]) -> CameraOptimizer:
+    """The pose corrections of the train cameras: pivots at their centres, learned in pixels (rotation
+    ``1 / f`` radians, translation ``depth / f`` world units at the middle of each camera's depth range)."""
+    mode = cfg.pose.mode if cfg.refine_cameras else "off"
+    pose_cfg = CameraOptimizerConfig(**{**asdict(cfg.pose), "mode": mode})
+    f = np.array([c.K[0, 0] for c in cams_local])
+    depth = np.array([0.5 * (c.depth_min + c.depth_max) for c in cams_local])
+    centres = np.array([c.center for c in cams_local])
+    return CameraOptimizer(pose_cfg, centres, 1.0 / f, depth / f)
 
 
 def fit_mpi(
@@ -373,11 +413,21 @@ def fit_mpi(
     planes = scene_geometry(views, cfg, ids)
     cams = [views.cameras[i].scaled(cfg.image_scale) if cfg.image_scale != 1 else views.cameras[i] for i in ids]
     cams_local = [c.with_origin(planes.origin) for c in cams]
+    base_cams = _render_cameras(cams_local, device)
     images = _load_images(views, ids, cfg.image_scale, device)
     img_list = [images[i] for i in ids]
+    surface = None
+    if cfg.prior != "none":  # the across-scene prior's surface: where the fit starts and the planes go
+        from geoimplicit.mpi.prior import predict_surface
+
+        surface = predict_surface(cfg.prior, planes, base_cams, img_list, device)
     if cfg.plane_placement == "adaptive" and planes.layout == "geo":  # deterministic: a resume gets the same planes
-        planes = adaptive_geo_planes(planes, _pose_cameras(cams_local, None, None, device), img_list, device,
-                                     cfg.adaptive_mix, cfg.sweep_window)
+        if surface is not None:
+            from geoimplicit.mpi.prior.surface import planes_at_surface
+
+            planes = planes_at_surface(planes, surface["height"], cfg.adaptive_mix, surface["seen"])
+        else:
+            planes = adaptive_geo_planes(planes, base_cams, img_list, device, cfg.adaptive_mix, cfg.sweep_window)
         log.info("adaptive plane heights: %s", np.round(planes.values + planes.origin[2], 2).tolist())
     density_scale = 1.0 / planes.spacing
     model = build_model(cfg.model, planes.num_planes, planes.height, planes.width, density_scale).to(device)
@@ -385,62 +435,95 @@ def fit_mpi(
         if not hasattr(model, "bake_colour_share"):
             raise ConfigError(f"colour_share needs the direct generator, not {cfg.model!r}")
         model.colour_share = float(cfg.colour_share)
-    depth_span = float(np.ptp(planes.values)) or 1.0
-
-    deltas = None
+    poses = camera_optimizer(cfg, cams_local).to(device)
     if cfg.lr is None:
         cfg.lr = 0.03 if cfg.model == "direct" else 0.003
     params = [{"params": list(model.parameters()), "lr": cfg.lr}]
-    if cfg.refine_cameras:
-        deltas = torch.nn.Parameter(torch.zeros(len(ids), 6, device=device, dtype=torch.float64))
-        params.append({"params": [deltas], "lr": cfg.pose_lr})
-    pose_scales = (0.01, planes.spacing)  # radians, world units per unit of the learned delta
-    # one fused kernel for all parameters on CUDA (float32 only: the camera deltas are float64)
+    if poses.enabled:
+        params.append({"params": [poses.pose_adjustment], "lr": cfg.pose.lr})
+    # one fused kernel for all parameters on CUDA (float32 only: the pose corrections are float64)
     fused = device.type == "cuda" and all(p.dtype == torch.float32 for g in params for p in g["params"])
     opt = torch.optim.Adam(params, fused=fused or None)
 
     start = 0
     model_dir.mkdir(parents=True, exist_ok=True)
     if resume and ckpt_path.exists():
-        blob = torch.load(ckpt_path, map_location=device, weights_only=False)
-        model.load_state_dict(blob["model"])
-        opt.load_state_dict(blob["optim"])
-        if deltas is not None and blob.get("deltas") is not None:
-            with torch.no_grad():
-                deltas.copy_(blob["deltas"])
-        start = int(blob["step"])
+        start = _load_checkpoint(ckpt_path, model, opt, poses, device)
         log.info("resuming from step %d", start)
     elif resume and (model_dir / "model.pt").exists():
         log.info("%s is already fitted; nothing to resume", model_dir)
-        scene = MPIScene.load(model_dir, device)
         return FitResult(model_dir, 0, 0.0, float("nan"), float("nan"), {"model": model_dir / "model.pt"})
-    elif cfg.init_from_views and cfg.model == "direct":
-        rcs = _pose_cameras(cams_local, None, pose_scales, device)
-        mean, var, cnt = plane_sweep_mean(planes, rcs, img_list, device, return_variance=True)
-        gaps = np.abs(np.diff(planes.values))
-        ratio = torch.as_tensor(np.append(gaps, planes.spacing) / planes.spacing, dtype=torch.float32)
-        dens = sweep_density(var, cnt, cfg.sweep_window, spacing_ratio=ratio) if cfg.init_density else None
-        if cfg.colour_share > 0 and dens is not None:
-            # start every plane from the colour of its texel's plane-sweep winner
-            best = dens.argmax(0)[None, None].expand(1, 3, -1, -1)
-            mean = torch.gather(mean, 0, best).expand_as(mean).contiguous()
-        model.init_colour(mean)
-        if dens is not None:
-            model.init_density(dens)
+    elif surface is not None:
+        from geoimplicit.mpi.prior.surface import init_from_surface
 
-    plane_gaps = torch.as_tensor(np.append(np.abs(np.diff(planes.values)), planes.spacing), dtype=torch.float32,
-                                 device=device)
+        init_from_surface(model, planes, surface["height"], surface["colour"])
+    elif cfg.init_from_views and cfg.model == "direct":
+        _init_from_views(model, planes, base_cams, img_list, cfg, device)
+
     cfg_dict = asdict(cfg)
     (model_dir / "config.json").write_text(json.dumps(cfg_dict, indent=2))
+    t0 = time.perf_counter()
+    loss_val = _optimise(model, poses, opt, planes, base_cams, img_list, cfg, rng, device, start, ckpt_path,
+                         progress, cancel)
+    seconds = time.perf_counter() - t0
+
+    if cfg.colour_share:
+        model.bake_colour_share()
+    scene = MPIScene(model, planes, (cams[0].width, cams[0].height), cfg_dict)
+    train_psnr = _train_psnr(model, poses, planes, base_cams, img_list)
+    outputs = {"model": scene.save(model_dir / "model.pt", {"train_ids": ids, "fit_seconds": seconds,
+                                                             "steps": cfg.steps}),
+               "config": model_dir / "config.json"}
+    if poses.enabled:
+        outputs["cameras"] = write_cameras_dir(model_dir / "cameras",
+                                               corrected_cameras(poses, cams_local, planes.origin, ids, cfg.image_scale),
+                                               overwrite=True)
+    if ckpt_path.exists():
+        ckpt_path.unlink()
+    log.info("fitted %s MPI: %d steps in %.1f s, train PSNR %.2f dB", cfg.model, cfg.steps, seconds, train_psnr)
+    return FitResult(model_dir, cfg.steps, seconds, loss_val, train_psnr, outputs)
+
+
+def _init_from_views(model, planes: PlaneSet, base_cams, img_list, cfg: FitConfig, device) -> None:
+    """Plane colours from the plane-sweep mean of the train views, densities from plane-sweep stereo."""
+    mean, var, cnt = plane_sweep_mean(planes, base_cams, img_list, device, return_variance=True)
+    gaps = np.abs(np.diff(planes.values))
+    ratio = torch.as_tensor(np.append(gaps, planes.spacing) / planes.spacing, dtype=torch.float32)
+    dens = sweep_density(var, cnt, cfg.sweep_window, spacing_ratio=ratio) if cfg.init_density else None
+    if cfg.colour_share > 0 and dens is not None:
+        # start every plane from the colour of its texel's plane-sweep winner
+        best = dens.argmax(0)[None, None].expand(1, 3, -1, -1)
+        mean = torch.gather(mean, 0, best).expand_as(mean).contiguous()
+    model.init_colour(mean)
+    if dens is not None:
+        model.init_density(dens)
+
+
+def _view_loss(out: dict, target: torch.Tensor, cfg: FitConfig, depth_span: float) -> torch.Tensor:
+    loss = cfg.l1_weight * (out["rgb"] - target).abs().mean()
+    if cfg.ssim_weight:
+        loss = loss + cfg.ssim_weight * (1 - ssim(out["rgb"], target))
+    if cfg.smooth_weight:
+        loss = loss + cfg.smooth_weight * edge_aware_smoothness(out["depth"] / depth_span, target)
+    if cfg.entropy_weight:
+        loss = loss + cfg.entropy_weight * ray_entropy(out["weights"], out["opacity"])
+    return loss
+
+
+def _optimise(model, poses: CameraOptimizer, opt, planes: PlaneSet, base_cams, img_list, cfg: FitConfig, rng,
+              device, start: int, ckpt_path: Path, progress, cancel) -> float:
+    """The optimisation loop from step ``start``; returns the last loss."""
+    plane_gaps = torch.as_tensor(np.append(np.abs(np.diff(planes.values)), planes.spacing), dtype=torch.float32,
+                                 device=device)
+    depth_span = float(np.ptp(planes.values)) or 1.0
     use_amp = cfg.amp and device.type == "cuda"
-    t0 = last_checkpoint = time.perf_counter()
+    last_checkpoint = time.perf_counter()
     loss_val = float("nan")
-    n_views = len(ids)
+    n_views = len(base_cams)
     for step in range(start, cfg.steps):
         check_cancel(cancel)
         frac = step / max(1, cfg.steps)
-        lr_f = 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * frac))
-        opt.param_groups[0]["lr"] = cfg.lr * lr_f
+        opt.param_groups[0]["lr"] = cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * frac)))
         pick = rng.choice(n_views, size=min(cfg.views_per_step, n_views), replace=False)
         with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_amp):
             mpi = model()
@@ -448,24 +531,14 @@ def fit_mpi(
         if cfg.tv_weight:
             loss = cfg.tv_weight * opacity_tv(mpi[:, 3].float(), plane_gaps)
         for k in pick:
-            if deltas is not None and k != 0:
-                d = torch.cat([deltas[k, :3] * pose_scales[0], deltas[k, 3:] * pose_scales[1]])
-            else:
-                d = None
-            rc = render_camera(cams_local[k], None, device=device, pose_delta=d)
-            out = render_mpi(mpi.float(), planes.A, rc)
-            target = img_list[k]
-            l = cfg.l1_weight * (out["rgb"] - target).abs().mean()
-            if cfg.ssim_weight:
-                l = l + cfg.ssim_weight * (1 - ssim(out["rgb"], target))
-            if cfg.smooth_weight:
-                l = l + cfg.smooth_weight * edge_aware_smoothness(out["depth"] / depth_span, target)
-            if cfg.entropy_weight:
-                l = l + cfg.entropy_weight * ray_entropy(out["weights"], out["opacity"])
-            loss = loss + l / len(pick)
+            out = render_mpi(mpi.float(), planes.A, poses.apply(base_cams[k], int(k)))
+            loss = loss + _view_loss(out, img_list[k], cfg, depth_span) / len(pick)
+        if poses.enabled:
+            loss = loss + poses.regularisation()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+        poses.project_gauge_()
         loss_val = float(loss.detach())
         done = step + 1
         if progress is not None and (done % cfg.progress_every == 0 or done == cfg.steps):
@@ -475,47 +548,43 @@ def fit_mpi(
         else:
             due = bool(cfg.checkpoint_seconds) and time.perf_counter() - last_checkpoint >= cfg.checkpoint_seconds
         if due and done < cfg.steps:
-            _save_checkpoint(ckpt_path, model, opt, deltas, done)
+            _save_checkpoint(ckpt_path, model, opt, poses, done)
             last_checkpoint = time.perf_counter()
-    seconds = time.perf_counter() - t0
-
-    if cfg.colour_share:
-        model.bake_colour_share()
-    scene = MPIScene(model, planes, (cams[0].width, cams[0].height), cfg_dict)
-    # train PSNR of the final model (no pose corrections for views other than through `deltas`)
-    with torch.no_grad():
-        mpi = model().float()
-        ps = []
-        for k in range(n_views):
-            d = None
-            if deltas is not None and k != 0:
-                d = torch.cat([deltas[k, :3] * pose_scales[0], deltas[k, 3:] * pose_scales[1]])
-            rc = render_camera(cams_local[k], None, device=device, pose_delta=d)
-            ps.append(psnr(render_mpi(mpi, planes.A, rc)["rgb"].clamp(0, 1), img_list[k]))
-    train_psnr = float(np.mean(ps))
-    outputs = {"model": scene.save(model_dir / "model.pt", {"train_ids": ids, "fit_seconds": seconds,
-                                                             "steps": cfg.steps}),
-               "config": model_dir / "config.json"}
-    if deltas is not None:
-        cam_dir = model_dir / "cameras"
-        cam_dir.mkdir(exist_ok=True)
-        scale_back = 1.0 / cfg.image_scale
-        for k, vid in enumerate(ids):
-            dk = np.zeros(6) if k == 0 else np.concatenate(
-                [deltas[k, :3].detach().cpu().numpy() * pose_scales[0], deltas[k, 3:].detach().cpu().numpy() * pose_scales[1]])
-            cam = _corrected_camera(cams_local[k], dk, planes.origin)
-            if cfg.image_scale != 1:
-                cam = cam.scaled(scale_back)
-            write_camera(cam_dir / f"{vid}.txt", cam)
-        outputs["cameras"] = cam_dir
-    if ckpt_path.exists():
-        ckpt_path.unlink()
-    log.info("fitted %s MPI: %d steps in %.1f s, train PSNR %.2f dB", cfg.model, cfg.steps, seconds, train_psnr)
-    return FitResult(model_dir, cfg.steps, seconds, loss_val, train_psnr, outputs)
+    return loss_val
 
 
-def _save_checkpoint(path: Path, model, opt, deltas, step: int) -> None:
+@torch.no_grad()
+def _train_psnr(model, poses: CameraOptimizer, planes: PlaneSet, base_cams, img_list) -> float:
+    """Mean PSNR of the final model on the train views, through their corrected cameras."""
+    mpi = model().float()
+    ps = [psnr(render_mpi(mpi, planes.A, poses.apply(rc, k))["rgb"].clamp(0, 1), img)
+          for k, (rc, img) in enumerate(zip(base_cams, img_list))]
+    return float(np.mean(ps))
+
+
+def corrected_cameras(poses: CameraOptimizer, cams_local: list[PinholeCamera], origin, ids: list[str],
+                      image_scale: float = 1.0) -> dict[str, PinholeCamera]:
+    """The train cameras with their learned corrections, in world coordinates and at the input images' scale
+    (id -> camera), ready for :func:`geoimplicit.io.cameras.write_cameras_dir`."""
+    m_inv = poses.motion_inverses_numpy()
+    out = {}
+    for k, vid in enumerate(ids):
+        cam = cams_local[k].moved(m_inv[k]).with_origin(-np.asarray(origin))
+        out[vid] = cam.scaled(1.0 / image_scale) if image_scale != 1 else cam
+    return out
+
+
+def _save_checkpoint(path: Path, model, opt, poses: CameraOptimizer, step: int) -> None:
     tmp = path.with_name(f".{path.name}.partial")
-    torch.save({"model": model.state_dict(), "optim": opt.state_dict(),
-                "deltas": None if deltas is None else deltas.detach(), "step": step}, tmp)
+    torch.save({"model": model.state_dict(), "optim": opt.state_dict(), "poses": poses.state_dict(),
+                "step": step}, tmp)
     os.replace(tmp, path)
+
+
+def _load_checkpoint(path: Path, model, opt, poses: CameraOptimizer, device) -> int:
+    blob = torch.load(path, map_location=device, weights_only=False)
+    model.load_state_dict(blob["model"])
+    opt.load_state_dict(blob["optim"])
+    if blob.get("poses") is not None:
+        poses.load_state_dict(blob["poses"])
+    return int(blob["step"])

@@ -17,7 +17,8 @@ import functools
 import torch
 
 from geoimplicit.mpi.composite import LAST_SPACING
-from geoimplicit.mpi.warp import PlaneWarp, RenderCamera, plane_homographies
+from geoimplicit.geometry.tensors import CameraTensors
+from geoimplicit.mpi.warp import PlaneWarp, plane_homographies
 
 __all__ = ["fused_available", "render_fused", "render_fused_batch", "pack_warps"]
 
@@ -96,7 +97,7 @@ def render_fused_batch(mpi_cl: torch.Tensor, packed: dict, height: int, width: i
     return {"rgb": rgb, "depth": depth, "opacity": opac}
 
 
-def render_fused(mpi: torch.Tensor, A, cam: RenderCamera) -> dict:
+def render_fused(mpi: torch.Tensor, A, cam: CameraTensors) -> dict:
     """Drop-in for :func:`render_mpi` (forward only): MPI (D, 4, h, w) -> rgb (3, H, W), depth, opacity."""
     mpi_cl = mpi.permute(0, 2, 3, 1).contiguous()
     warp = plane_homographies(A, cam)

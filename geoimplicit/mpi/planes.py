@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from geoimplicit.io.cameras import PinholeCamera
+from geoimplicit.geometry.cameras import PinholeCamera
 
 __all__ = ["PlaneSet", "fronto_planes", "geo_planes"]
 

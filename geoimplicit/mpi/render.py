@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 
 from geoimplicit.errors import CameraFileError, GeoImplicitError, InputError
-from geoimplicit.io.cameras import AffineCamera, read_cameras_dir
+from geoimplicit.geometry.cameras import nadir_camera  # re-exported: mpi/tiled.py imports it from here
+from geoimplicit.io.cameras import read_cameras_dir
 from geoimplicit.outputs import atomic_output
 from geoimplicit.progress import check_cancel
 
@@ -103,13 +104,6 @@ def render_views(
         outputs["video"] = out_dir / "track.mp4"
         outputs["gif"] = out_dir / "track.gif"
     return outputs
-
-
-def nadir_camera(left: float, top: float, resolution: float, width: int, height: int, crs=None) -> AffineCamera:
-    """Orthographic camera looking straight down onto the map grid (world coordinates, pixel-is-area)."""
-    r = float(resolution)
-    P = np.array([[1 / r, 0, 0, -left / r - 0.5], [0, -1 / r, 0, top / r - 0.5]])
-    return AffineCamera(P, width, height, crs)
 
 
 def render_geo_products(model_dir, out_dir, *, device="auto", overwrite=False, nodata=-9999.0) -> dict[str, Path]:

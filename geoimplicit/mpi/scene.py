@@ -11,11 +11,11 @@ import numpy as np
 import torch
 
 from geoimplicit.errors import InputFileNotFoundError, WeightsError
-from geoimplicit.io.cameras import AffineCamera, PinholeCamera
+from geoimplicit.geometry.cameras import AffineCamera, PinholeCamera
+from geoimplicit.geometry.tensors import camera_tensors
 from geoimplicit.mpi.composite import render_mpi
 from geoimplicit.mpi.model import MPIGenerator, build_model
 from geoimplicit.mpi.planes import PlaneSet
-from geoimplicit.mpi.warp import render_camera
 
 __all__ = ["MPIScene", "MODEL_FORMAT"]
 
@@ -58,7 +58,7 @@ class MPIScene:
         """Render a WORLD-coordinate camera; returns numpy ``rgb`` (H, W, 3), ``depth`` (H, W), ``opacity``."""
         w = width or camera.width or self.image_size[0]
         h = height or camera.height or self.image_size[1]
-        rc = render_camera(camera, self.origin, device=self.device, width=w, height=h)
+        rc = camera_tensors(camera, self.origin, device=self.device, width=w, height=h)
         mpi = self.mpi()
         out = None
         if fused:

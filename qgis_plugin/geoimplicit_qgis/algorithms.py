@@ -552,3 +552,7 @@ def _first_existing(folder, names):
 
 
 ALGORITHMS = [ReconstructDsm, AccuracyReport, TileIndex, Mosaic, NovelViewsFit, NovelViewsRender, NovelViewsEval]
+
+from .surface_algorithms import SURFACE_ALGORITHMS  # noqa: E402 - neural surfaces live in their own module
+
+ALGORITHMS += SURFACE_ALGORITHMS
