@@ -9,7 +9,8 @@ the same input for all three (the generator's photogrammetric cloud, the scene's
 and of the occupancy DSM, each against the generator's true surface (walls included): Chamfer-L1, accuracy,
 completeness, normal consistency, F-score at 0.1 / 0.25 / 0.5 m, in metres. The occupancy mesh re-rasterized
 is also scored as a DSM against the truth DSM. Speed: a generated area of ``--speed-size`` m with 128 m tiles:
-seconds per tile and per km2, triangles per km2, peak memory. Marching cubes: the same dense grid through
+seconds per tile and per km2 (in memory, and through the command's path: LAZ in, PLY out), triangles per km2,
+peak memory. Marching cubes: the same dense grid through
 ``geoimplicit.mesh.marching.marching_cubes`` (CPU, and CUDA when present) and ``skimage.measure.marching_cubes``
 (when installed): time, vertex and triangle counts, boundary edges. Results: OUT/mesh_bench.json and .md.
 """
@@ -94,11 +95,14 @@ def quality(predictor, seeds, size_m: float, samples: int) -> dict:
     return {"scenes": rows, "mean": mean}
 
 
-def speed(predictor, size_m: float, device: str) -> dict:
-    """A generated area of size_m x size_m metres at 0.5 m, 128 m tiles, through the tile extraction."""
+def speed(predictor, size_m: float, device: str, out: Path) -> dict:
+    """A generated area of size_m x size_m metres at 0.5 m, 128 m tiles: through the tile extraction in memory,
+    and through ``geoimplicit mesh``'s path (LAZ and ortho GeoTIFF in, PLY out, the job layer)."""
     import torch
 
     from geoimplicit.mesh.occupancy import mesh_from_points
+    from geoimplicit.mesh.run import run_mesh
+    from geoimplicit.synthetic import write_city
 
     scene, pts, _ = _scene(7, "EPSG:2154", size_m)
     if device.startswith("cuda"):
@@ -117,13 +121,23 @@ def speed(predictor, size_m: float, device: str) -> dict:
     total = time.perf_counter() - t0
     km2 = (size_m / 1000.0) ** 2
     tiles = np.diff([t0] + times)
-    out = {"size_m": size_m, "tiles": len(tiles), "seconds": total, "seconds_per_tile": float(np.mean(tiles)),
+    res = {"size_m": size_m, "tiles": len(tiles), "seconds": total, "seconds_per_tile": float(np.mean(tiles)),
            "seconds_per_km2": total / km2, "km2_per_hour": km2 / total * 3600, "triangles": mesh.n_faces,
-           "triangles_per_km2": mesh.n_faces / km2, "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6,
+           "triangles_per_km2": mesh.n_faces / km2,
            "stitch_seconds": float(total - (times[-1] - t0)) if times else None}
     if device.startswith("cuda"):
-        out["peak_cuda_gb"] = torch.cuda.max_memory_allocated() / 1e9
-    return out
+        res["peak_cuda_gb"] = torch.cuda.max_memory_allocated() / 1e9
+    city = out / "speed_city"
+    if not city.exists():
+        write_city(scene, city, seed=7, density=8.0)
+    t0 = time.perf_counter()
+    run_mesh([city / "points.laz"], out / "speed_mesh.ply", resolution=0.5, aoi=city / "aoi.geojson",
+             ortho=[city / "ortho.tif"], method_options={"device": device.split(":")[0], "true_ortho": True},
+             overwrite=True)
+    run_s = time.perf_counter() - t0
+    res["command_path"] = {"seconds": run_s, "seconds_per_km2": run_s / km2, "km2_per_hour": km2 / run_s * 3600}
+    res["peak_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
+    return res
 
 
 def marching(size: int, devices) -> dict:
@@ -207,7 +221,7 @@ def main(argv=None) -> dict:
     if seeds:
         results["quality"] = quality(predictor, seeds, args.size, args.samples)
     if args.speed_size:
-        results["speed"] = speed(predictor, args.speed_size, str(predictor.device))
+        results["speed"] = speed(predictor, args.speed_size, str(predictor.device), out)
     if args.mc_size:
         devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
         results["marching_cubes"] = marching(args.mc_size, devices)
