@@ -102,7 +102,6 @@ def speed(predictor, size_m: float, device: str, out: Path) -> dict:
 
     from geoimplicit.mesh.occupancy import mesh_from_points
     from geoimplicit.mesh.run import run_mesh
-    from geoimplicit.synthetic import write_city
 
     scene, pts, _ = _scene(7, "EPSG:2154", size_m)
     if device.startswith("cuda"):
@@ -127,17 +126,30 @@ def speed(predictor, size_m: float, device: str, out: Path) -> dict:
            "stitch_seconds": float(total - (times[-1] - t0)) if times else None}
     if device.startswith("cuda"):
         res["peak_cuda_gb"] = torch.cuda.max_memory_allocated() / 1e9
-    city = out / "speed_city"
-    if not city.exists():
-        write_city(scene, city, seed=7, density=8.0)
+    laz, ortho = _write_inputs(scene, out / "speed_city")
     t0 = time.perf_counter()
-    run_mesh([city / "points.laz"], out / "speed_mesh.ply", resolution=0.5, aoi=city / "aoi.geojson",
-             ortho=[city / "ortho.tif"], method_options={"device": device.split(":")[0], "true_ortho": True},
-             overwrite=True)
+    run_mesh([laz], out / "speed_mesh.ply", resolution=0.5, bbox=scene.bounds, ortho=[ortho],
+             method_options={"device": device.split(":")[0], "true_ortho": True}, overwrite=True)
     run_s = time.perf_counter() - t0
     res["command_path"] = {"seconds": run_s, "seconds_per_km2": run_s / km2, "km2_per_hour": km2 / run_s * 3600}
     res["peak_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
     return res
+
+
+def _write_inputs(scene, folder: Path):
+    """The scene's cloud as LAZ and its ortho as a GeoTIFF (no geopandas: the GPU machine has none)."""
+    from geoimplicit.dsm.occupancy.train import VAL_GENERATOR
+    from geoimplicit.io.raster import write_geotiff
+    from geoimplicit.synthetic.points import iter_point_chunks, write_points
+
+    folder.mkdir(parents=True, exist_ok=True)
+    laz, ortho = folder / "points.laz", folder / "ortho.tif"
+    if not laz.exists():
+        left, bottom, _, _ = scene.bounds
+        chunks = iter_point_chunks(scene, 7, **VAL_GENERATOR)
+        write_points(laz, chunks, scene.crs, bounds_xyz=(left, bottom, float(scene.dsm.min()) - 40.0))
+        write_geotiff(ortho, scene.ortho, scene.transform, scene.crs, nodata=None, overwrite=True)
+    return laz, ortho
 
 
 def marching(size: int, devices) -> dict:
