@@ -25,8 +25,8 @@ def run(city, tmp_path_factory):
     from tests.conftest import run_cli
 
     out = tmp_path_factory.mktemp("mesh_out")
-    args = ["--progress", "json", "mesh", "--points", city / "points.laz", "--ortho", city / "ortho.tif", "--true-ortho", "--aoi",
-            city / "aoi.geojson", "--resolution", 0.5, "--tile-size", 20, "--device", "cpu", "-o",
+    args = ["--progress", "json", "mesh", "--points", city / "points.laz", "--ortho", city / "ortho.tif",
+            "--true-ortho", "--aoi", city / "aoi.geojson", "--resolution", 0.5, "--tile-size", 20, "--device", "cpu", "-o",
             out / "city.glb", "--dsm-output", out / "city_dsm.tif"]
     r = run_cli(*args)
     assert r.exit_code == 0, r.output

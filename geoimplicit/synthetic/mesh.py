@@ -205,7 +205,8 @@ def _wall_strip(pts, z_left, z_right, n_left) -> list:
         t = diff[i] / (diff[i] - diff[i + 1])
         m = pts[i] + t * (pts[i + 1] - pts[i])
         zm = z_left[i] + t * (z_left[i + 1] - z_left[i])
-        left = _wall_strip(np.vstack([pts[: i + 1], m]), np.r_[z_left[: i + 1], zm], np.r_[z_right[: i + 1], zm], n_left)
+        left = _wall_strip(np.vstack([pts[: i + 1], m]), np.r_[z_left[: i + 1], zm], np.r_[z_right[: i + 1], zm],
+                           n_left)
         return left + _wall_strip(np.vstack([m, pts[i + 1:]]), np.r_[zm, z_left[i + 1:]], np.r_[zm, z_right[i + 1:]],
                                   n_left)
     if np.abs(diff).max() < 1e-7:
