@@ -28,6 +28,7 @@ COMMANDS = {
     "nvs": "cli.nvs:nvs",
     "generate": "cli.generate:generate",
     "info": "cli.info:info",
+    "mesh": "cli.mesh:mesh",
     "surface": "cli.surface:surface",
 }
 

@@ -361,6 +361,11 @@ def qgis_runs(tmp_path_factory):
                      "params": {"POINTS": [str(city / "points.laz")], "AOI": str(city / "aoi.geojson"),
                                 "METHOD": 1, "RESOLUTION": 0.5, "TILE_SIZE": 32, "OVERLAP": 4,
                                 "OUTPUT": {"load": str(out / "dsm_raster.tif")}}})
+    if _cli_has("mesh"):
+        jobs.append({"id": "mesh", "alg": "geoimplicit:mesh",
+                     "params": {"POINTS": [str(city / "points.laz")], "AOI": str(city / "aoi.geojson"),
+                                "RESOLUTION": 0.5, "TILE_SIZE": 24, "FORMAT": 0, "DEVICE": 1,
+                                "OUTPUT": str(out / "mesh.ply"), "DSM": str(out / "mesh_dsm.tif")}})
     if _cli_has("dsm") and _cli_has("mosaic"):  # the tiles of the DSM run above, mosaicked again
         jobs.append({"id": "mosaic", "alg": "geoimplicit:mosaic",
                      "params": {"TILE_SOURCE": str(out / "dsm_raster_work" / "tiles.gpkg"),
@@ -412,7 +417,8 @@ def test_provider_offers_every_algorithm_with_help(qgis_runs):
     algs = runs["algorithms"]
     assert set(algs) == {"geoimplicit:dsm", "geoimplicit:eval", "geoimplicit:tile", "geoimplicit:mosaic",
                          "geoimplicit:nvs_fit", "geoimplicit:nvs_render", "geoimplicit:nvs_eval",
-                         "geoimplicit:surface_fit", "geoimplicit:surface_dsm", "geoimplicit:surface_render"}
+                         "geoimplicit:surface_fit", "geoimplicit:surface_dsm", "geoimplicit:surface_render",
+                         "geoimplicit:mesh"}
     for alg_id, alg in algs.items():
         assert len(alg["help"]) > 200 and "geoimplicit" in alg["help"], alg_id
     dsm = algs["geoimplicit:dsm"]["params"]
@@ -558,6 +564,24 @@ def test_dsm_raster_in_qgis_matches_cli_and_is_styled(qgis_runs):
     assert low < high
     assert job["progress"] and job["progress"][-1] == 100.0
     assert Path(job["results"]["FILLED"]).is_file() and Path(job["results"]["TILES"]).is_file()
+
+
+@pytest.mark.qgis
+@needs_qgis
+@_skip_unless_cli("mesh")
+def test_mesh_in_qgis_matches_cli(qgis_runs):
+    job = qgis_runs["runs"]["jobs"]["mesh"]
+    assert job["ok"], job.get("error")
+    city = qgis_runs["city"]
+    path = Path(job["results"]["OUTPUT"])
+    cli_out = qgis_runs["root"] / "cli_mesh.ply"
+    done = _geoimplicit("mesh", "--points", city / "points.laz", "--aoi", city / "aoi.geojson", "--resolution",
+                        "0.5", "--tile-size", 24, "--device", "cpu", "-o", cli_out)
+    assert done.returncode == 0, done.stderr
+    assert path.read_bytes() == cli_out.read_bytes()  # the same command, the same mesh
+    assert b"comment crs EPSG:" in path.read_bytes()[:2000]
+    assert Path(job["results"]["DSM"]).is_file() and Path(job["results"]["TILES"]).is_file()
+    assert job["progress"] and job["progress"][-1] == 100.0
 
 
 @pytest.mark.qgis

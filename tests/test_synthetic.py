@@ -43,7 +43,7 @@ def test_same_seed_same_files_different_seed_different(tmp_path):
         write_city(scene, tmp_path / name, seed=seed, **kw)
         outs.append(tmp_path / name)
     a, b, c = ([p.relative_to(o) for p in _files(o)] for o in outs)
-    assert a == b == c and len(a) == 7
+    assert a == b == c and len(a) == 8  # + truth_mesh.ply
     for rel in a:
         assert (outs[0] / rel).read_bytes() == (outs[1] / rel).read_bytes(), rel
     for rel in ("truth_dsm.tif", "points.laz", "ortho.tif"):

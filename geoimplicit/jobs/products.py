@@ -8,7 +8,8 @@ per-tile model) is a new kind, not a new loop. Kinds register by name, also from
 (:meth:`ProductKind.to_dict`), so that :func:`product_from_dict` rebuilds it from the index alone.
 
 Built in: ``raster`` (:class:`geoimplicit.jobs.raster.RasterProduct`: GeoTIFF bands per tile, merged by the
-feathered mosaic into COGs).
+feathered mosaic into COGs) and ``mesh`` (:class:`geoimplicit.mesh.product.MeshProduct`: a surface per tile,
+stitched into one mesh file).
 """
 
 from __future__ import annotations
@@ -45,7 +46,8 @@ class ProductKind(Protocol):
 
 
 PRODUCT_KINDS = Registry("product kind", "geoimplicit.product_kinds",
-                         {"raster": "geoimplicit.jobs.raster:RasterProduct"})
+                         {"raster": "geoimplicit.jobs.raster:RasterProduct",
+                          "mesh": "geoimplicit.mesh.product:MeshProduct"})
 
 
 def register_product_kind(name: str, target) -> None:

@@ -52,7 +52,8 @@ def write_city(
 
     Files: ``truth_dsm.tif``, ``dtm.tif`` (float32, nodata -9999), ``classes.tif`` (uint8 LAS codes),
     ``ortho.tif`` (RGB uint8), ``points.laz`` (LAS 1.4 point format 7 with a ``defect`` extra byte),
-    ``aoi.geojson`` (the scene's outline), ``scene.json`` (seed, parameters, buildings, timings), and with
+    ``aoi.geojson`` (the scene's outline), ``truth_mesh.ply`` (the true surface with walls, CRS coordinates),
+    ``scene.json`` (seed, parameters, buildings, timings), and with
     ``views`` a LEVIR-NVS view set in ``views/``.
 
     Args:
@@ -86,6 +87,9 @@ def write_city(
         write_geotiff(tmp / "ortho.tif", scene.ortho, nodata=None, tags=tags,
                       band_descriptions=("red", "green", "blue"), **common)
         write_aoi(tmp / "aoi.geojson", box(*scene.bounds), scene.crs)
+        from geoimplicit.synthetic.mesh import write_truth_mesh  # the true surface, walls included
+
+        write_truth_mesh(scene, tmp / "truth_mesh.ply")
         timings["rasters_s"] = time.perf_counter() - t0
         n_points = 0
         if points:
@@ -118,7 +122,7 @@ def write_city(
         }
         (tmp / "scene.json").write_text(json.dumps(meta, indent=1, default=_json_default), encoding="utf-8")
         log.info("wrote %s (%s)", out_dir, ", ".join(f"{k} {v:.1f}" for k, v in timings.items()))
-    names = ["truth_dsm.tif", "dtm.tif", "classes.tif", "ortho.tif", "aoi.geojson", "scene.json"]
+    names = ["truth_dsm.tif", "dtm.tif", "classes.tif", "ortho.tif", "aoi.geojson", "scene.json", "truth_mesh.ply"]
     out = {Path(n).stem: out_dir / n for n in names}
     if points:
         out["points"] = out_dir / "points.laz"

@@ -66,3 +66,6 @@ class GeoImplicitProvider(QgsProcessingProvider):
     def loadAlgorithms(self):  # noqa: N802
         for cls in ALGORITHMS:
             self.addAlgorithm(cls())
+        from .mesh_algorithm import ReconstructMesh
+
+        self.addAlgorithm(ReconstructMesh())

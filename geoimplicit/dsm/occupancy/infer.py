@@ -94,7 +94,6 @@ class OccupancyPredictor:
         from scipy import ndimage
 
         from geoimplicit.dsm.occupancy.extract import search_model
-        from geoimplicit.dsm.occupancy.normalize import PatchFrame, resample_image_to_frame
 
         cfg, mc, ec = self.cfg, self.cfg.model, self.cfg.extract
         t0 = time.perf_counter()
@@ -105,17 +104,7 @@ class OccupancyPredictor:
         out = np.full((rows, cols), NODATA, np.float32)
         if len(x) == 0:
             return out, np.zeros((rows, cols), bool)
-        frame = PatchFrame.from_bounds(context_bounds, PatchFrame.reference_height(z), metres_per_unit=metres_per_unit,
-                                       cell_m=mc.feature_cell_m, height_scale_m=mc.height_scale_m,
-                                       multiple=self.model.grid_multiple)
-        pts = frame.points_to_local(x, y, z)
-        imgs = flags = None
-        if self.n_images and images:
-            arr = np.zeros((1, self.n_images, 4) + frame.shape, np.float32)
-            for k, (a, tr) in enumerate(list(images)[: self.n_images]):
-                arr[0, k] = resample_image_to_frame(a, tr, frame)
-            imgs = torch.from_numpy(arr).to(self.device)
-            flags = torch.full((1, self.n_images), float(bool(true_ortho)), device=self.device)
+        frame, pts, imgs, flags = self.tile_inputs(x, y, z, context_bounds, metres_per_unit, images, true_ortho)
         # output cell centres (CRS, float64) -> local metres
         cx = left + (np.arange(cols) + 0.5) * resolution
         cy = top - (np.arange(rows) + 0.5) * resolution
@@ -141,11 +130,7 @@ class OccupancyPredictor:
         t1 = time.perf_counter()
         dev = self.device
         with torch.inference_mode():
-            p = torch.from_numpy(pts).to(dev)
-            b = torch.zeros(len(pts), dtype=torch.int64, device=dev)
-            with torch.autocast(dev.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
-                enc = self.model.encode(p, b, 1, frame.shape, imgs, flags)
-            enc = {k: v.float() for k, v in enc.items()}
+            enc = self.encode_local(pts, frame, imgs, flags)
             if dev.type == "cuda":
                 torch.cuda.synchronize()
             t2 = time.perf_counter()
@@ -177,6 +162,37 @@ class OccupancyPredictor:
         valid = found.reshape(rows, cols) & (supported | (ec.fill == "prior"))
         out[valid] = heights[valid].astype(np.float32)
         return out, valid
+
+    def tile_inputs(self, x, y, z, context_bounds, metres_per_unit: float = 1.0, images=(), true_ortho=False):
+        """A tile's local frame, its points in it (N, 3) and its orthos on the feature grid (or None)."""
+        import torch
+
+        from geoimplicit.dsm.occupancy.normalize import PatchFrame, resample_image_to_frame
+
+        mc = self.cfg.model
+        frame = PatchFrame.from_bounds(context_bounds, PatchFrame.reference_height(z), metres_per_unit=metres_per_unit,
+                                       cell_m=mc.feature_cell_m, height_scale_m=mc.height_scale_m,
+                                       multiple=self.model.grid_multiple)
+        pts = frame.points_to_local(x, y, z)
+        imgs = flags = None
+        if self.n_images and images:
+            arr = np.zeros((1, self.n_images, 4) + frame.shape, np.float32)
+            for k, (a, tr) in enumerate(list(images)[: self.n_images]):
+                arr[0, k] = resample_image_to_frame(a, tr, frame)
+            imgs = torch.from_numpy(arr).to(self.device)
+            flags = torch.full((1, self.n_images), float(bool(true_ortho)), device=self.device)
+        return frame, pts, imgs, flags
+
+    def encode_local(self, pts: np.ndarray, frame, imgs=None, flags=None) -> dict:
+        """Encode a tile's local points (and orthos) once: the feature plane the decoder samples (float32)."""
+        import torch
+
+        dev = self.device
+        p = torch.from_numpy(pts).to(dev)
+        b = torch.zeros(len(pts), dtype=torch.int64, device=dev)
+        with torch.autocast(dev.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
+            enc = self.model.encode(p, b, 1, frame.shape, imgs, flags)
+        return {k: v.float() for k, v in enc.items()}
 
 
 def _column_progress(progress):

@@ -1,0 +1,181 @@
+"""Tiles into one mesh without cracks: the seams are made to agree, then vertices weld by lattice key.
+
+Each tile extracted its core cells on the run's global lattice with its own field (:func:`.extract.extract_box`).
+Neighbouring tiles' fields differ a little (each encodes its own context), so on a seam plane the two may
+disagree about which lattice edges the surface crosses, which would leave cracks. Marching cubes draws the
+surface on a cell face from the face's four corner values alone; so the seam is made to agree by giving every
+node on a seam one value, the mean of the values the tiles that share it found there. The ring cells of
+every tile (the cells touching its core's border, whose corners the tile kept) are then marched again with
+those values. Vertices on seam edges take the mean of the tiles' refined positions (a linear estimate from
+the shared values where the crossing is new); every other vertex keeps its tile's. The result is marching
+cubes on one consistent set of node values: no cracks, no duplicate walls, and, where the tiles' fields agree
+(an analytic field), exactly the mesh of one piece.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from geoimplicit.mesh.core import Mesh, concatenate, weld
+from geoimplicit.mesh.extract import TileSurface, ring_cells, vertex_normals_from_faces
+from geoimplicit.mesh.lattice import Lattice, key_to_ijk
+from geoimplicit.mesh.marching import cell_corners, crossing_t, march_cells, straddles
+from geoimplicit.progress import check_cancel
+
+
+def _ijk(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    ijk, axis = key_to_ijk(torch.as_tensor(keys, dtype=torch.int64))
+    return ijk.numpy(), axis.numpy()
+
+
+def _on_seam(ijk: np.ndarray, box) -> np.ndarray:
+    i0, j0, _, i1, j1, _ = box
+    return (ijk[:, 0] == i0) | (ijk[:, 0] == i1) | (ijk[:, 1] == j0) | (ijk[:, 1] == j1)
+
+
+def _mean_by_key(keys: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    uniq, inverse = np.unique(keys, return_inverse=True)
+    values = values.reshape(len(keys), -1).astype(np.float64)
+    total = np.zeros((len(uniq), values.shape[1]))
+    np.add.at(total, inverse, values)
+    count = np.bincount(inverse, minlength=len(uniq))[:, None]
+    return uniq, total / count
+
+
+def _lookup(keys: np.ndarray, table_keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Positions of ``keys`` in the sorted ``table_keys`` and whether each is there."""
+    if not len(table_keys):
+        return np.zeros(len(keys), np.int64), np.zeros(len(keys), bool)
+    pos = np.searchsorted(table_keys, keys).clip(max=len(table_keys) - 1)
+    return pos, table_keys[pos] == keys
+
+
+def _seam_edges(tile: TileSurface) -> np.ndarray:
+    """Mask of the tile's vertices lying on a lattice edge inside a seam plane (both ends on the border)."""
+    ijk, axis = _ijk(tile.mesh.keys)
+    other = ijk + np.eye(3, dtype=np.int64)[axis]
+    return _on_seam(ijk, tile.box) & _on_seam(other, tile.box)
+
+
+def seam_consensus(tiles) -> dict:
+    """Shared seam node values and seam vertices (position, normal, colour) over all tiles."""
+    nk, nv, vk, vp, vn, vc = [], [], [], [], [], []
+    for t in tiles:
+        ijk, _ = _ijk(t.ring_keys)
+        on = _on_seam(ijk, t.box)
+        nk.append(t.ring_keys[on])
+        nv.append(t.ring_values[on])
+        sel = _seam_edges(t)
+        vk.append(t.mesh.keys[sel])
+        vp.append(t.mesh.vertices[sel])
+        vn.append(t.mesh.normals[sel] if t.mesh.normals is not None else np.full((sel.sum(), 3), np.nan))
+        vc.append(t.mesh.colours[sel] if t.mesh.colours is not None else np.full((sel.sum(), 3), np.nan))
+    node_keys, node_values = _mean_by_key(np.concatenate(nk), np.concatenate(nv))
+    vkeys = np.concatenate(vk)
+    attrs = np.concatenate([np.concatenate(vp), np.concatenate(vn), np.concatenate(vc).astype(np.float64)], 1)
+    vert_keys, vert_attrs = _mean_by_key(vkeys, attrs) if len(vkeys) else (vkeys, attrs)
+    return {"node_keys": node_keys, "node_values": node_values[:, 0], "vertex_keys": vert_keys,
+            "vertex_attrs": vert_attrs}
+
+
+def _ring_values(tile: TileSurface, consensus: dict) -> np.ndarray:
+    pos, found = _lookup(tile.ring_keys, consensus["node_keys"])
+    return np.where(found, consensus["node_values"][pos], tile.ring_values)
+
+
+def remake_ring(tile: TileSurface, consensus: dict, lattice: Lattice, cell_filter=None) -> Mesh:
+    """The tile's ring cells marched again with the shared seam values (vertex attributes NaN where unknown)."""
+    lo, hi = np.asarray(tile.box[:3]), np.asarray(tile.box[3:])
+    cells = ring_cells(lo, hi, "cpu")
+    corners = cell_corners(cells)
+    from geoimplicit.mesh.lattice import node_key
+
+    values = _ring_values(tile, consensus)
+    pos, found = _lookup(node_key(corners.reshape(-1, 3)).numpy(), tile.ring_keys)
+    assert found.all(), "ring cell corners outside the stored ring"
+    g = torch.as_tensor(values[pos].reshape(-1, 8), dtype=torch.float32)
+    keep = straddles(g)
+    cells, g = cells[keep], g[keep]
+    if cell_filter is not None and len(cells):
+        centre = lattice.position(cells.numpy() + 0.5)
+        inside = torch.as_tensor(np.asarray(cell_filter(centre[:, 0], centre[:, 1]), bool))
+        cells, g = cells[inside], g[inside]
+    tri_keys, _ = march_cells(cells, g)
+    keys, inverse = np.unique(tri_keys.numpy().reshape(-1), return_inverse=True)
+    attrs = _vertex_attrs(keys, tile, consensus, values, lattice)
+    faces = inverse.reshape(-1, 3).astype(np.int64)
+    return Mesh(attrs[:, :3], faces, attrs[:, 3:6].astype(np.float32), attrs[:, 6:9], tile.mesh.crs_wkt, keys)
+
+
+def _vertex_attrs(keys, tile: TileSurface, consensus: dict, ring_values, lattice: Lattice) -> np.ndarray:
+    """(V, 9) position, normal, colour for ring-cell vertices: the shared seam vertex, else the tile's own,
+    else the linear crossing of the shared values (normal and colour NaN: filled after welding)."""
+    out = np.full((len(keys), 9), np.nan)
+    pos, found = _lookup(keys, consensus["vertex_keys"])
+    out[found] = consensus["vertex_attrs"][pos[found]]
+    own_pos, own = _lookup(keys, tile.mesh.keys)
+    own &= ~found
+    m = tile.mesh
+    out[own, :3] = m.vertices[own_pos[own]]
+    if m.normals is not None:
+        out[own, 3:6] = m.normals[own_pos[own]]
+    if m.colours is not None:
+        out[own, 6:9] = m.colours[own_pos[own]]
+    rest = ~(found | own)
+    if rest.any():
+        from geoimplicit.mesh.lattice import node_key
+
+        ijk, axis = _ijk(keys[rest])
+        unit = np.eye(3, dtype=np.int64)[axis]
+        va = ring_values[_lookup(node_key(torch.as_tensor(ijk)).numpy(), tile.ring_keys)[0]]
+        vb = ring_values[_lookup(node_key(torch.as_tensor(ijk + unit)).numpy(), tile.ring_keys)[0]]
+        t = crossing_t(torch.as_tensor(va), torch.as_tensor(vb)).numpy()
+        out[rest, :3] = lattice.position(ijk + t[:, None] * unit)
+    return out
+
+
+def stitch_tiles(tiles, lattice: Lattice, *, cell_filter=None, crs_wkt=None, cancel=None) -> Mesh:
+    """One welded mesh of the tiles (:class:`.extract.TileSurface` objects) of one lattice."""
+    tiles = list(tiles)
+    consensus = seam_consensus(tiles)
+    parts = []
+    for t in tiles:
+        check_cancel(cancel)
+        inner = t.mesh.subset(~t.boundary_face)
+        inner = _with_float_attrs(inner)
+        parts.append(inner)
+        parts.append(remake_ring(t, consensus, lattice, cell_filter))
+    mesh = weld(concatenate(parts))
+    mesh.crs_wkt = crs_wkt or (tiles[0].mesh.crs_wkt if tiles else None)
+    return _fill_attributes(mesh, has_colour=all(t.mesh.colours is not None for t in tiles))
+
+
+def _with_float_attrs(m: Mesh) -> Mesh:
+    n = m.normals if m.normals is not None else np.full((m.n_vertices, 3), np.nan, np.float32)
+    c = m.colours.astype(np.float64) if m.colours is not None else np.full((m.n_vertices, 3), np.nan)
+    return Mesh(m.vertices, m.faces, n, c, m.crs_wkt, m.keys)
+
+
+def _fill_attributes(mesh: Mesh, has_colour: bool) -> Mesh:
+    """Normals missing after stitching from the faces; colours from a neighbour along the faces."""
+    n = mesh.normals.astype(np.float64)
+    bad = ~np.isfinite(n).all(1)
+    if bad.any():
+        n[bad] = vertex_normals_from_faces(mesh)[bad]
+    mesh.normals = n.astype(np.float32)
+    if not has_colour:
+        mesh.colours = None
+        return mesh
+    c = mesh.colours
+    for _ in range(8):  # spread known colours into the few unknown vertices
+        bad = ~np.isfinite(c).all(1)
+        if not bad.any():
+            break
+        for a, b in ((0, 1), (1, 2), (2, 0), (1, 0), (2, 1), (0, 2)):
+            fa, fb = mesh.faces[:, a], mesh.faces[:, b]
+            take = bad[fa] & np.isfinite(c[fb]).all(1)
+            c[fa[take]] = c[fb[take]]
+            bad = ~np.isfinite(c).all(1)
+    mesh.colours = np.nan_to_num(c, nan=128.0).round().clip(0, 255).astype(np.uint8)
+    return mesh
