@@ -180,11 +180,14 @@ def write_cameras_dir(folder: str | os.PathLike, cameras: dict[str, PinholeCamer
                       overwrite: bool = False) -> Path:
     """Write ``cameras`` (id -> camera, world coordinates) as a LEVIR-NVS ``Cams`` folder ``folder/<id>.txt``
     (what :func:`read_cameras_dir` and ``ViewSet.load`` read back), atomically: the folder appears complete or
-    not at all; an existing folder is replaced only with ``overwrite``."""
+    not at all; an existing folder is replaced only with ``overwrite``, and then its old camera files go too
+    (a stale ``NNN.txt`` would be read back as a camera) while any other file stays."""
     from geoimplicit.outputs import atomic_output
 
     folder = Path(folder)
-    with atomic_output(folder, overwrite) as tmp:
+    old_cameras = sorted(p.name for p in folder.glob("*.txt")) if folder.is_dir() else []
+    products = old_cameras + [f"{vid}.txt" for vid in cameras]
+    with atomic_output(folder, overwrite, products=products) as tmp:
         tmp.mkdir(parents=True)
         for vid, cam in cameras.items():
             (tmp / f"{vid}.txt").write_text(format_camera(cam), encoding="utf-8")
