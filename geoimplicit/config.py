@@ -148,6 +148,13 @@ class ExtractConfig:
     """Columns with no occupied height and no input support nearby: ``nodata`` or ``prior`` (the filled raster)."""
     max_hole_m: float = 8.0
     """Output columns farther than this (metres) from any input point are nodata unless ``fill: prior``."""
+    readout: str = "surface"
+    """Height read from each column's field: ``surface`` (the highest 0.5 crossing) or ``expected`` (the expected
+    height under the occupancy probability: the mean of roof and ground where the field cannot tell; extract.py)."""
+    readout_subcells: int = 1
+    """Sample the field at an n x n lattice inside each output cell (1: the centre only) and reduce per cell."""
+    readout_reduce: str = "mean"
+    """How sub-cell heights make the cell's: ``mean`` (area-weighted: a wall cell gets the mix) or ``max``."""
 
 
 @dataclass
@@ -298,6 +305,13 @@ def _validate(cfg: Config, source) -> None:
         )
     if cfg.data.truth not in TRUTHS:
         raise ConfigError(f"data.truth must be one of {', '.join(TRUTHS)}, got {cfg.data.truth!r}", path=source)
+    if cfg.extract.readout not in ("surface", "expected"):
+        raise ConfigError(f"extract.readout must be surface or expected, got {cfg.extract.readout!r}", path=source)
+    if cfg.extract.readout_reduce not in ("mean", "max"):
+        raise ConfigError(f"extract.readout_reduce must be mean or max, got {cfg.extract.readout_reduce!r}",
+                          path=source)
+    if not 1 <= cfg.extract.readout_subcells <= 8:
+        raise ConfigError(f"extract.readout_subcells must be 1 to 8, got {cfg.extract.readout_subcells!r}", path=source)
     if cfg.extract.fill not in ("nodata", "prior"):
         raise ConfigError(f"extract.fill must be nodata or prior, got {cfg.extract.fill!r}", path=source)
     bad = [k for k in cfg.data.second_images if k not in SECOND_IMAGES]
