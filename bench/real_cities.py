@@ -148,7 +148,7 @@ def parse_readout(spec: str) -> dict:
     """``MODE[/SUBCELLS[/REDUCE]]`` -> extract settings (``expected/2/mean``)."""
     parts = spec.split("/")
     if parts[0] not in ("surface", "expected") or len(parts) > 3:
-        raise SystemExit(f"--readout {spec!r}: use MODE[/SUBCELLS[/REDUCE]], MODE surface|expected, REDUCE mean|max")
+        raise SystemExit(f"--readout {spec!r}: use MODE[/SUBCELLS[/REDUCE]], MODE surface|expected, REDUCE mean|max|min")
     return {"readout": parts[0], "readout_subcells": int(parts[1]) if len(parts) > 1 else 1,
             "readout_reduce": parts[2] if len(parts) > 2 else "mean"}
 

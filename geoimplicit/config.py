@@ -170,7 +170,8 @@ class ExtractConfig:
     readout_subcells: int = 1
     """Sample the field at an n x n lattice inside each output cell (1: the centre only) and reduce per cell."""
     readout_reduce: str = "mean"
-    """How sub-cell heights make the cell's: ``mean`` (area-weighted: a wall cell gets the mix) or ``max``."""
+    """How sub-cell heights make the cell's: ``mean`` (area-weighted: a wall cell gets the mix), ``max`` or ``min``
+    (the lower side of a wall: against a field that bleeds roofs past their walls)."""
 
 
 @dataclass
@@ -323,8 +324,8 @@ def _validate(cfg: Config, source) -> None:
         raise ConfigError(f"data.truth must be one of {', '.join(TRUTHS)}, got {cfg.data.truth!r}", path=source)
     if cfg.extract.readout not in ("surface", "expected"):
         raise ConfigError(f"extract.readout must be surface or expected, got {cfg.extract.readout!r}", path=source)
-    if cfg.extract.readout_reduce not in ("mean", "max"):
-        raise ConfigError(f"extract.readout_reduce must be mean or max, got {cfg.extract.readout_reduce!r}",
+    if cfg.extract.readout_reduce not in ("mean", "max", "min"):
+        raise ConfigError(f"extract.readout_reduce must be mean, max or min, got {cfg.extract.readout_reduce!r}",
                           path=source)
     if not 1 <= cfg.extract.readout_subcells <= 8:
         raise ConfigError(f"extract.readout_subcells must be 1 to 8, got {cfg.extract.readout_subcells!r}", path=source)

@@ -99,7 +99,7 @@ def test_expected_readout_gives_the_probability_weighted_height():
 
 def test_subcell_mean_at_a_box_wall_is_the_area_weighted_height():
     """A box building (roof 12 m) on ground at 2 m whose wall crosses an output cell a quarter of the way in: the
-    4 x 4 sub-cell mean read-out is 0.25 * 12 + 0.75 * 2, the max read-out the roof."""
+    4 x 4 sub-cell mean read-out is 0.25 * 12 + 0.75 * 2, the max read-out the roof, the min the ground."""
     cell, n = 0.5, 4
     centres = np.array([[0.25, 0.25], [-2.25, 0.25], [5.25, 0.25]])  # wall cell, roof cell, ground cell
     wall_x = 0.125  # the roof covers x < 0.125 of the cell [0, 0.5)
@@ -114,6 +114,8 @@ def test_subcell_mean_at_a_box_wall_is_the_area_weighted_height():
     np.testing.assert_allclose(mean.numpy(), [0.25 * 12 + 0.75 * 2, 12.0, 2.0], atol=1e-2)
     mx, _ = reduce_subcells(h, found, n * n, "max")
     np.testing.assert_allclose(mx.numpy(), [12.0, 12.0, 2.0], atol=1e-2)
+    mn, _ = reduce_subcells(h, found, n * n, "min")
+    np.testing.assert_allclose(mn.numpy(), [2.0, 12.0, 2.0], atol=1e-2)
 
 
 @needs_amsterdam

@@ -22,7 +22,7 @@ import torch
 
 
 READOUTS = ("surface", "expected")
-REDUCES = ("mean", "max")
+REDUCES = ("mean", "max", "min")
 
 
 def search_columns(field: Callable, z_lo: torch.Tensor, z_hi: torch.Tensor, *, coarse_steps: int = 16,
@@ -81,13 +81,15 @@ def subcell_offsets(n: int, cell: float):
 
 
 def reduce_subcells(height, found, n_sub: int, reduce: str = "mean"):
-    """Per-cell height from (M * n_sub) sub-cell heights (cell-major): mean or max over the found ones."""
+    """Per-cell height from (M * n_sub) sub-cell heights (cell-major): mean, max or min over the found ones."""
     h = height.reshape(-1, n_sub)
     f = found.reshape(-1, n_sub)
     if reduce == "mean":
         out = torch.where(f, h, torch.zeros_like(h)).sum(1) / f.sum(1).clamp_min(1)
     elif reduce == "max":
         out = torch.where(f, h, torch.full_like(h, -torch.inf)).max(1).values
+    elif reduce == "min":
+        out = torch.where(f, h, torch.full_like(h, torch.inf)).min(1).values
     else:
         raise ValueError(f"unknown readout_reduce {reduce!r}; one of {REDUCES}")
     any_f = f.any(1)
