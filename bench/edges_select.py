@@ -12,7 +12,7 @@ The rule, fixed before any result was seen (issue 17):
 3. From the winning recipe, ship the seed whose RMSE ratio is the median of its seeds (the lower middle one for
    an even count): a typical run, not the luckiest.
 4. With ``--test``, the shipped choice and the shipped default weights are then run ONCE on the test cities
-   (Montpellier, ign_crop2); their numbers are reported, never used to choose.
+   (Montpellier, ign_crop1); their numbers are reported, never used to choose.
 Every seed's pass/fail against the issue's targets (median <= 0.5x, RMSE <= 0.85x and below gdal_grid's,
 building RMSE <= 0.8x) and each recipe's mean and spread over seeds are reported alongside.
 Writes SEL/edges_select.json and SEL/edges_select.md.

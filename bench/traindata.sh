@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Copy the real training sets into .traindata/ (ignored by git; the lead carries it to the GPU machine).
-# Training only: ahn_amsterdam is validation and ign_montpellier and ign_lidarhd_extra/crop_2.laz are test
-# sets of bench/real_cities.py, so they are never copied. About 13 MB in all.
+# Training only: ahn_amsterdam is validation and ign_montpellier and ign_lidarhd_extra/crop_1.laz are test
+# sets of bench/real_cities.py (crop_1 holds classified buildings; crop_2 none), so they are never copied. 11 MB.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SRC=${GEOIMPLICIT_SHARED_DATA:-../shared/data}
@@ -10,7 +10,7 @@ mkdir -p "$DST/ign_vienne_rgb" "$DST/autzen" "$DST/ahn_delft" "$DST/ign_lidarhd_
 cp "$SRC"/ign_vienne_rgb/*.laz "$DST/ign_vienne_rgb/"
 cp "$SRC/autzen/autzen_trim.laz" "$SRC/autzen/autzen-srs.wkt" "$DST/autzen/"
 cp "$SRC"/ahn_delft/ahn3_cropped_1.laz "$SRC"/ahn_delft/ahn3_cropped_2.laz "$DST/ahn_delft/"
-for f in bat.laz crop_1.laz 870000_6618000.subset.postValidation.laz; do
+for f in bat.laz crop_2.laz 870000_6618000.subset.postValidation.laz; do
   cp "$SRC/ign_lidarhd_extra/$f" "$DST/ign_lidarhd_extra/"
 done
 chmod -R u+w "$DST"

@@ -161,7 +161,7 @@ def test_real_edges_config_and_bad_keys(tmp_path):
     assert cfg.data.truth == "surface" and cfg.data.wall_weight == 3.0 and cfg.data.neighbour_fraction == 0.3
     names = [Path(p).name for p in cfg.data.real]
     assert "ahn3_cropped_1.laz" in names and "bat.laz" in names
-    assert not any("amsterdam" in p or "montpellier" in p or p.endswith("crop_2.laz") for p in cfg.data.real)
+    assert not any("amsterdam" in p or "montpellier" in p or p.endswith("crop_1.laz") for p in cfg.data.real)
     assert all(Path(p).parent.parent.name == ".traindata" for p in cfg.data.real)
     nowall = load_config(packaged_config("real-edges-nowall.yaml"))
     assert nowall.data.wall_weight == 1.0 and nowall.data.neighbour_fraction == 0.0 and nowall.data.real == cfg.data.real
@@ -216,3 +216,33 @@ def test_selection_takes_the_best_worst_seed_and_ships_the_median_seed():
     # a recipe with a seed that did not finish cannot win
     sel = choose(methods, recipes, {"steady_s1": "partial"}, ["surface"])
     assert sel["winner"]["recipe"] == "lucky"
+
+
+# ------------------------------------------------------------------------------------------ bench truth
+def test_real_cities_truth_is_the_cell_max_and_buildings_the_top_class():
+    from bench.real_cities import crop_grid, edge_mask, truth_grid
+
+    rng = np.random.default_rng(0)
+    n = 20000
+    x, y = rng.uniform(0.1, 9.9, n), rng.uniform(0.1, 9.9, n)
+    roof = (x < 5.0)
+    z = np.where(roof, 10.0, 1.0) + rng.uniform(0, 0.2, n)
+    z[:500] -= 3.0  # lower returns under the top: never the cell max
+    c = np.where(roof, 6, 2).astype(np.uint8)
+    pts = {"x": x, "y": y, "z": z, "classification": c}
+    b = crop_grid(pts)
+    assert b == (0.5, 0.5, 9.5, 9.5)  # inward to whole 0.5 m cells
+    truth, bldg = truth_grid(pts, b)
+    col = np.floor((x - 0.5) / 0.5).astype(int)
+    row = np.floor((9.5 - y) / 0.5).astype(int)
+    ok = (col >= 0) & (col < 18) & (row >= 0) & (row < 18)
+    expect = np.full((18, 18), -np.inf)
+    np.maximum.at(expect, (row[ok], col[ok]), z[ok])
+    np.testing.assert_array_equal(truth, expect)
+    assert bldg[:, :9].all() and not bldg[:, 9:].any()
+    edge = edge_mask(truth)
+    assert edge[:, 7:11].all() and not edge[:, :6].any() and not edge[:, 12:].any()  # 1 m either side of x = 5
+    # no class 6 in the cloud: buildings are the high cells whose top is not ground or vegetation
+    pts["classification"] = np.where(roof, 1, 2).astype(np.uint8)
+    _, bldg2 = truth_grid(pts, b)
+    np.testing.assert_array_equal(bldg2, bldg)
