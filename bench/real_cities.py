@@ -199,7 +199,6 @@ def city_rows(city: str, weights: dict, readouts: list[str], device: str) -> dic
         pts = degraded_input(dense, seed=1000 + i)
         out = {"raster": run_raster(pts, bounds, crs)}
         with tempfile.TemporaryDirectory(prefix="real_cities_") as tmp:
-            t0 = time.perf_counter()
             g = run_gdal(pts, bounds, crs, Path(tmp))
             if g is not None:
                 out["gdal_grid invdistnn"] = g
