@@ -25,6 +25,7 @@ CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 VARIANT_IMAGES = {"points": 0, "mono": 1, "stereo": 2}
 SECOND_IMAGES = ("sun", "irc")  # kinds of second ortho in stereo training (data.second_images)
 TRUTHS = ("surface", "lidar_tin", "lidar_tin_trees")  # data.truth: docs/occupancy.md
+REAL_DEGRADATIONS = ("simple", "photogrammetric", "sparse_lidar")  # data.real_degradations
 
 
 @dataclass
@@ -108,6 +109,21 @@ class DataConfig:
     """Range of the fraction of the area cut out of the input as holes."""
     outlier_fraction: list = field(default_factory=lambda: [0.0, 0.01])
     """Range of the fraction of gross outliers added to the input."""
+    real_degradations: list = field(default_factory=lambda: ["simple"])
+    """How a real training patch's input is made from its dense cloud, one kind drawn per patch: ``simple``
+    (thin, noise, round holes, outliers), ``photogrammetric`` (top surface only, edge noise and smear, shadow and
+    facade holes: :func:`geoimplicit.synthetic.points.photogrammetric_points`), ``sparse_lidar`` (every return,
+    thinned to ``sparse_density_m2``). A kind listed twice is drawn twice as often."""
+    photo_density_m2: list = field(default_factory=lambda: [2.0, 10.0])
+    """Range of the points per square metre of a ``photogrammetric`` input."""
+    photo_noise_m: list = field(default_factory=lambda: [0.03, 0.2])
+    """Range of the flat-surface height noise (metres) of a ``photogrammetric`` input (it grows at edges)."""
+    sparse_density_m2: list = field(default_factory=lambda: [0.5, 4.0])
+    """Range of the points per square metre of a ``sparse_lidar`` input."""
+    wall_weight: float = 1.0
+    """Loss weight of the queries in columns beside a truth height step of more than ``wall_step_m`` (1: none)."""
+    wall_step_m: float = 1.0
+    """Height difference (metres) between a column and one 0.5 m away that marks it as beside a wall."""
     workers: int = 0
     """Data-loader worker processes (0: in the training process)."""
 
@@ -148,6 +164,13 @@ class ExtractConfig:
     """Columns with no occupied height and no input support nearby: ``nodata`` or ``prior`` (the filled raster)."""
     max_hole_m: float = 8.0
     """Output columns farther than this (metres) from any input point are nodata unless ``fill: prior``."""
+    readout: str = "surface"
+    """Height read from each column's field: ``surface`` (the highest 0.5 crossing) or ``expected`` (the expected
+    height under the occupancy probability: the mean of roof and ground where the field cannot tell; extract.py)."""
+    readout_subcells: int = 1
+    """Sample the field at an n x n lattice inside each output cell (1: the centre only) and reduce per cell."""
+    readout_reduce: str = "mean"
+    """How sub-cell heights make the cell's: ``mean`` (area-weighted: a wall cell gets the mix) or ``max``."""
 
 
 @dataclass
@@ -298,6 +321,13 @@ def _validate(cfg: Config, source) -> None:
         )
     if cfg.data.truth not in TRUTHS:
         raise ConfigError(f"data.truth must be one of {', '.join(TRUTHS)}, got {cfg.data.truth!r}", path=source)
+    if cfg.extract.readout not in ("surface", "expected"):
+        raise ConfigError(f"extract.readout must be surface or expected, got {cfg.extract.readout!r}", path=source)
+    if cfg.extract.readout_reduce not in ("mean", "max"):
+        raise ConfigError(f"extract.readout_reduce must be mean or max, got {cfg.extract.readout_reduce!r}",
+                          path=source)
+    if not 1 <= cfg.extract.readout_subcells <= 8:
+        raise ConfigError(f"extract.readout_subcells must be 1 to 8, got {cfg.extract.readout_subcells!r}", path=source)
     if cfg.extract.fill not in ("nodata", "prior"):
         raise ConfigError(f"extract.fill must be nodata or prior, got {cfg.extract.fill!r}", path=source)
     bad = [k for k in cfg.data.second_images if k not in SECOND_IMAGES]
@@ -314,6 +344,17 @@ def _validate(cfg: Config, source) -> None:
     if not cfg.data.neighbour_radius_m > 0:
         raise ConfigError(f"data.neighbour_radius_m must be above 0 (metres), got {cfg.data.neighbour_radius_m!r}",
                           path=source)
+    bad = [k for k in cfg.data.real_degradations if k not in REAL_DEGRADATIONS]
+    if bad or not cfg.data.real_degradations:
+        raise ConfigError(f"data.real_degradations must be a non-empty list of {', '.join(REAL_DEGRADATIONS)}, got "
+                          f"{cfg.data.real_degradations!r}", path=source)
+    for name in ("photo_density_m2", "photo_noise_m", "sparse_density_m2"):
+        v = getattr(cfg.data, name)
+        if len(v) != 2 or not all(isinstance(x, (int, float)) and x >= 0 for x in v) or v[0] > v[1]:
+            raise ConfigError(f"data.{name} must be a range [low, high] of non-negative numbers, got {v!r}",
+                              path=source)
+    if not cfg.data.wall_weight > 0:
+        raise ConfigError(f"data.wall_weight must be above 0, got {cfg.data.wall_weight!r}", path=source)
     for name in ("synthetic_train_seeds", "synthetic_val_seeds"):
         v = getattr(cfg.data, name)
         if len(v) != 2 or not all(isinstance(x, int) for x in v):

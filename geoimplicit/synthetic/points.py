@@ -210,6 +210,94 @@ def degrade_points(
     return out
 
 
+def _cell_top(x, y, z, cell: float):
+    """Cell max of a cloud on a ``cell`` grid from its bounding box: (top (rows, cols) NaN where empty, row, col)."""
+    x0, y0 = x.min(), y.max()
+    col = ((x - x0) // cell).astype(np.int64)
+    row = ((y0 - y) // cell).astype(np.int64)
+    shape = (int(row.max()) + 1, int(col.max()) + 1)
+    top = np.full(shape[0] * shape[1], -np.inf)
+    np.maximum.at(top, row * shape[1] + col, z)
+    top = top.reshape(shape)
+    return np.where(np.isfinite(top), top, np.nan), row, col
+
+
+def photogrammetric_points(points: dict, seed: int, *, density_m2: float = 4.5, noise_m: float = 0.08,
+                           edge_gain: float = 4.0, edge_xy_m: float = 0.3, hole_fraction: float = 0.08,
+                           hole_size_m: float = 6.0, outlier_fraction: float = 0.005,
+                           outlier_range_m: tuple[float, float] = (1.5, 20.0), surface_tolerance_m: float = 0.5,
+                           units_per_m: float = 1.0, cell_m: float = 0.5) -> dict:
+    """A photogrammetric-like cloud (what dense image matching gives) made from a dense real LiDAR cloud.
+
+    Defects, as :func:`iter_point_chunks` makes them on generated scenes: only the top surface is seen (points
+    more than ``surface_tolerance_m`` below their ``cell_m`` cell's top go: no ground under trees, no walls);
+    holes (blobs of ``hole_size_m``) prefer cast shadows (a random sun) and height edges (facades); at height
+    edges the heights are smeared towards the smoothed surface, the noise grows by ``1 + edge_gain * w`` and
+    points shift up to ``edge_xy_m`` sideways; outliers; then thinning to ``density_m2`` points per square metre
+    of the area outside holes (footprint = ``cell_m`` cells that hold a dense point).
+
+    Returns:
+        a new dict with the carried fields plus ``defect`` (0 clean, 1 edge-affected, 2 outlier).
+    """
+    from geoimplicit.synthetic.ortho import cast_shadows
+
+    rng = np.random.default_rng([seed, 13])
+    upm = units_per_m
+    x, y, z = (np.asarray(points[k], np.float64) for k in ("x", "y", "z"))
+    cell = cell_m * upm
+    top, row, col = _cell_top(x, y, z, cell)
+    has = np.isfinite(top)
+    idx = ndimage.distance_transform_edt(~has, return_distances=False, return_indices=True)
+    top_f = top[idx[0], idx[1]]
+    gx, gy = _minmod_gradients(top_f, cell)
+    rng_3 = ndimage.maximum_filter(top_f, size=3) - ndimage.minimum_filter(top_f, size=3)
+    slope = ndimage.maximum_filter(np.abs(gx) + np.abs(gy), size=3)
+    edge = np.clip((rng_3 - 2.0 * cell * slope) / upm, 0.0, 1.0)
+    edge[edge < 0.1] = 0.0
+    smooth = ndimage.gaussian_filter(top_f, max(0.75 / cell_m, 0.5), mode="nearest")
+    hole = np.zeros(top.shape, bool)
+    if hole_fraction > 0:
+        shadow = cast_shadows(top_f, cell, rng.uniform(0, 360), rng.uniform(30, 60))
+        score = smooth_noise(rng, top.shape, max(hole_size_m / cell_m, 2.0)) + 0.8 * shadow + 0.6 * edge
+        score = score + 1e-9 * rng.random(top.shape)
+        hole = has & (score > np.quantile(score[has], 1.0 - hole_fraction))
+    keep = (z >= top_f[row, col] - surface_tolerance_m * upm) & ~hole[row, col]
+    area_m2 = float((has & ~hole).sum()) * cell_m * cell_m
+    p = min(1.0, density_m2 * area_m2 / max(int(keep.sum()), 1))
+    keep &= rng.random(len(x)) < p
+    out = {k: np.asarray(v)[keep] for k, v in points.items()}
+    r, c = row[keep], col[keep]
+    n = len(r)
+    w = edge[r, c]
+    zk = z[keep]
+    z_new = zk + w * rng.random(n) * (smooth[r, c] - zk) + rng.normal(0.0, 1.0, n) * noise_m * upm * (1 + edge_gain * w)
+    out["x"] = x[keep] + rng.normal(0.0, 1.0, n) * edge_xy_m * upm * w
+    out["y"] = y[keep] + rng.normal(0.0, 1.0, n) * edge_xy_m * upm * w
+    defect = np.where(w > 0, EDGE, CLEAN).astype(np.uint8)
+    n_out = int(round(outlier_fraction * n))
+    if n_out:
+        i = rng.choice(n, n_out, replace=False)
+        z_new[i] = zk[i] + np.where(rng.random(n_out) < 0.5, -1.0, 1.0) * rng.uniform(*outlier_range_m, n_out) * upm
+        defect[i] = OUTLIER
+    out["z"] = z_new
+    out["defect"] = defect
+    return out
+
+
+def sparse_lidar_points(points: dict, seed: int, *, density_m2: float = 2.0, noise_m: float = 0.05,
+                        units_per_m: float = 1.0, cell_m: float = 1.0) -> dict:
+    """A sparse airborne LiDAR survey made from a dense one: every return kind kept (ground under trees, some
+    walls), uniformly thinned to ``density_m2`` points per square metre of footprint, ``noise_m`` height noise."""
+    rng = np.random.default_rng([seed, 17])
+    x, y = np.asarray(points["x"], np.float64), np.asarray(points["y"], np.float64)
+    top, _, _ = _cell_top(x, y, np.zeros(len(x)), cell_m * units_per_m)
+    area_m2 = float(np.isfinite(top).sum()) * cell_m * cell_m
+    keep = rng.random(len(x)) < min(1.0, density_m2 * area_m2 / max(len(x), 1))
+    out = {k: np.asarray(v)[keep] for k, v in points.items()}
+    out["z"] = np.asarray(out["z"], np.float64) + rng.normal(0.0, noise_m * units_per_m, int(keep.sum()))
+    return out
+
+
 # --------------------------------------------------------------------------------------------- LAS/LAZ
 def write_points(path, chunks, crs, *, bounds_xyz=None, scale: float = 0.01, overwrite: bool = False,
                  progress: Optional[ProgressCallback] = None) -> tuple[Path, int]:

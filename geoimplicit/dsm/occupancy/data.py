@@ -286,6 +286,33 @@ def degrade(x, y, z, rng, *, keep_fraction, noise, hole_fraction, outlier_fracti
     return x, y, z
 
 
+def real_input(kind: str, x, y, z, rng, d, upm: float = 1.0):
+    """A real dense patch made into a ``photogrammetric`` or ``sparse_lidar`` input (``data.real_degradations``)."""
+    from geoimplicit.synthetic.points import photogrammetric_points, sparse_lidar_points
+
+    pts = {"x": x, "y": y, "z": z}
+    seed = int(rng.integers(2**31))
+    if kind == "photogrammetric":
+        out = photogrammetric_points(pts, seed, density_m2=rng.uniform(*d.photo_density_m2),
+                                     noise_m=rng.uniform(*d.photo_noise_m), hole_fraction=rng.uniform(*d.hole_fraction),
+                                     outlier_fraction=rng.uniform(*d.outlier_fraction), units_per_m=upm)
+    elif kind == "sparse_lidar":
+        out = sparse_lidar_points(pts, seed, density_m2=rng.uniform(*d.sparse_density_m2),
+                                  noise_m=rng.uniform(0.02, 0.1), units_per_m=upm)
+    else:
+        raise ValueError(f"unknown real degradation {kind!r}")
+    return out["x"], out["y"], out["z"]
+
+
+def wall_columns(scene: TrainScene, qx, qy, h, step: float, offset: float) -> np.ndarray:
+    """True for query columns whose truth differs by more than ``step`` from a column ``offset`` away (walls)."""
+    out = np.zeros(len(qx), bool)
+    for dx, dy in ((offset, 0), (-offset, 0), (0, offset), (0, -offset)):
+        hn = scene.truth_at(qx + dx, qy + dy)
+        out |= np.isfinite(hn) & (np.abs(hn - h) > step)
+    return out
+
+
 def sample_scene_points(scene: TrainScene, bounds, rng, density_m2: float):
     """LiDAR-like points of a generated scene within bounds: top surface, and through tree crowns."""
     left, bottom, right, top = bounds
@@ -332,6 +359,12 @@ class PatchSampler:
             p = scene.points
             m = (p["x"] >= bounds[0]) & (p["x"] < bounds[2]) & (p["y"] >= bounds[1]) & (p["y"] < bounds[3])
             x, y, z = p["x"][m], p["y"][m], p["z"][m]
+            kind = d.real_degradations[rng.integers(len(d.real_degradations))]
+            if kind != "simple" and len(x) >= 10:
+                x, y, z = real_input(kind, x, y, z, rng, d, upm)
+                if len(x) < 10:
+                    return self.sample(rng, training)
+                return self.make_patch(scene, bounds, x, y, z, rng, training)
         elif scene.clouds and rng.random() < 0.5:  # a generator cloud, mildly thinned further
             p = scene.clouds[rng.integers(len(scene.clouds))]
             m = (p["x"] >= bounds[0]) & (p["x"] < bounds[2]) & (p["y"] >= bounds[1]) & (p["y"] < bounds[3])
@@ -386,6 +419,9 @@ class PatchSampler:
             centre = np.where(nb & np.isfinite(h_nb), h_nb, h)
         qz = np.where(near, centre + rng.normal(0, 1, Q) * sigma, rng.uniform(zlo, zhi, Q))
         label = (qz < h).astype(np.float32)
+        if d.wall_weight != 1.0:  # the loss concentrated beside walls, where a cell-off outline costs metres
+            wall = wall_columns(scene, qx, qy, h, d.wall_step_m * upm, 0.5 * upm)
+            weight = weight * np.where(wall, d.wall_weight, 1.0).astype(np.float32)
         images = np.zeros((self.n_images, 4) + frame.shape, np.float32)
         true_ortho = np.zeros(self.n_images, np.float32)
         chosen = self.choose_images(scene, rng) if training else [(a, t, True) for a, t in scene.images]

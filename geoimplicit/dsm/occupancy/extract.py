@@ -6,6 +6,12 @@ occupied one (logit > 0), then bisects between it and the next height up for ``r
 result is within ``(z_hi - z_lo) / (coarse_steps - 1) / 2**refine_steps`` of the 0.5 crossing (the highest one,
 when the field has several). Columns with no occupied height are reported as not found (nodata or filled by
 the caller, never invented here); a column occupied all the way up returns z_hi and is flagged.
+
+``readout="expected"`` returns instead the expected surface height under the field's occupancy probability
+p(z) = sigmoid(logit): the height found above plus the occupancy mass that disagrees with it farther than one
+coarse step away, ``sum((p(z_k) - [z_k < h]) * dz)``. A confident column gives the same height; a column torn
+between roof and ground (a wall cell) gives the mean of the two weighted by p, which is what minimises the
+squared error when the field cannot tell (inverse-distance gridding wins its RMSE that way).
 """
 
 from __future__ import annotations
@@ -15,14 +21,18 @@ from typing import Callable
 import torch
 
 
+READOUTS = ("surface", "expected")
+REDUCES = ("mean", "max")
+
+
 def search_columns(field: Callable, z_lo: torch.Tensor, z_hi: torch.Tensor, *, coarse_steps: int = 16,
-                   refine_steps: int = 10) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                   refine_steps: int = 10, readout: str = "surface") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Search M columns of ``field``.
 
     Args:
         field: ``field(z (M, K)) -> logits (M, K)`` for the M columns (any K).
         z_lo, z_hi: (M,) search range per column (same units as the field's heights).
-        coarse_steps, refine_steps: see the module docstring.
+        coarse_steps, refine_steps, readout: see the module docstring.
 
     Returns:
         height (M,), found (M,) bool (some height is occupied), saturated (M,) bool (z_hi is occupied).
@@ -30,7 +40,8 @@ def search_columns(field: Callable, z_lo: torch.Tensor, z_hi: torch.Tensor, *, c
     M = z_lo.shape[0]
     t = torch.linspace(0.0, 1.0, coarse_steps, device=z_lo.device, dtype=torch.float32)
     zs = z_lo[:, None] + (z_hi - z_lo)[:, None] * t[None]
-    occ = field(zs).float() > 0
+    logits = field(zs).float()
+    occ = logits > 0
     k = coarse_steps - 1 - torch.flip(occ, [1]).float().argmax(1)  # highest occupied index
     found = occ.any(1)
     saturated = occ[:, -1]
@@ -44,13 +55,48 @@ def search_columns(field: Callable, z_lo: torch.Tensor, z_hi: torch.Tensor, *, c
         lo = torch.where(o, mid, lo)
         hi = torch.where(o, hi, mid)
     height = torch.where(saturated, z_hi, 0.5 * (lo + hi))
+    if readout == "expected":
+        height = height + _far_mass(logits, zs, height, (z_hi - z_lo) / max(coarse_steps - 1, 1))
+    elif readout != "surface":
+        raise ValueError(f"unknown readout {readout!r}; one of {READOUTS}")
     del M
     return height, found, saturated
 
 
+def _far_mass(logits, zs, height, dz):
+    """Occupancy mass (height units) off the step at ``height``, counted only farther than ``dz`` from it (the
+    step itself is resolved by the bisection, finer than the coarse samples)."""
+    below = (zs < height[:, None]).float()
+    far = (zs - height[:, None]).abs() > dz[:, None]
+    return ((torch.sigmoid(logits) - below) * far).sum(1) * dz
+
+
+def subcell_offsets(n: int, cell: float):
+    """(n*n, 2) offsets (x, y) of an n x n lattice of sample points inside a cell of side ``cell``, centred."""
+    import numpy as np
+
+    t = ((np.arange(n) + 0.5) / n - 0.5) * cell
+    ox, oy = np.meshgrid(t, t)
+    return np.stack([ox.ravel(), oy.ravel()], 1)
+
+
+def reduce_subcells(height, found, n_sub: int, reduce: str = "mean"):
+    """Per-cell height from (M * n_sub) sub-cell heights (cell-major): mean or max over the found ones."""
+    h = height.reshape(-1, n_sub)
+    f = found.reshape(-1, n_sub)
+    if reduce == "mean":
+        out = torch.where(f, h, torch.zeros_like(h)).sum(1) / f.sum(1).clamp_min(1)
+    elif reduce == "max":
+        out = torch.where(f, h, torch.full_like(h, -torch.inf)).max(1).values
+    else:
+        raise ValueError(f"unknown readout_reduce {reduce!r}; one of {REDUCES}")
+    any_f = f.any(1)
+    return torch.where(any_f, out, torch.zeros_like(out)), any_f
+
+
 def search_model(model, enc: dict, xy: torch.Tensor, z_lo: torch.Tensor, z_hi: torch.Tensor, *,
                  coarse_steps: int = 16, refine_steps: int = 10, batch_columns: int = 262144,
-                 amp_dtype=None, progress=None) -> tuple[torch.Tensor, torch.Tensor]:
+                 amp_dtype=None, progress=None, readout: str = "surface") -> tuple[torch.Tensor, torch.Tensor]:
     """Surface height of the columns at local metres ``xy`` (M, 2) of a patch encoded as ``enc`` (batch of 1).
 
     The per-column feature projections are computed once; each height then costs only the height part of
@@ -69,7 +115,8 @@ def search_model(model, enc: dict, xy: torch.Tensor, z_lo: torch.Tensor, z_hi: t
             def field(z, ctx=ctx, pr=pr):
                 return model.decoder.decode(ctx, z, pr)
 
-            h, f, _ = search_columns(field, z_lo[sl], z_hi[sl], coarse_steps=coarse_steps, refine_steps=refine_steps)
+            h, f, _ = search_columns(field, z_lo[sl], z_hi[sl], coarse_steps=coarse_steps, refine_steps=refine_steps,
+                                     readout=readout)
         heights.append(h)
         founds.append(f)
         if progress is not None:

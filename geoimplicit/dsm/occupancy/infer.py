@@ -93,7 +93,7 @@ class OccupancyPredictor:
         import torch
         from scipy import ndimage
 
-        from geoimplicit.dsm.occupancy.extract import search_model
+        from geoimplicit.dsm.occupancy.extract import reduce_subcells, search_model, subcell_offsets
 
         cfg, mc, ec = self.cfg, self.cfg.model, self.cfg.extract
         t0 = time.perf_counter()
@@ -109,7 +109,10 @@ class OccupancyPredictor:
         cx = left + (np.arange(cols) + 0.5) * resolution
         cy = top - (np.arange(rows) + 0.5) * resolution
         X, Y = np.meshgrid(cx, cy)
-        xy = frame.xy_to_local(X.ravel(), Y.ravel())
+        n_sub = ec.readout_subcells ** 2  # sub-cell sample points per output cell (cell-major order)
+        off = subcell_offsets(ec.readout_subcells, resolution)
+        xy = frame.xy_to_local((X.ravel()[:, None] + off[None, :, 0]).ravel(),
+                               (Y.ravel()[:, None] + off[None, :, 1]).ravel())
         # support: distance from each output cell to the nearest cell holding an input point
         inv_col = np.floor((x - left) / resolution).astype(np.int64)
         inv_row = np.floor((top - y) / resolution).astype(np.int64)
@@ -146,16 +149,19 @@ class OccupancyPredictor:
                     batch = min(batch, max(4096, -(-M // 10)))
             zn, found = search_model(self.model, enc, q, lo, hi, coarse_steps=ec.coarse_steps,
                                      refine_steps=ec.refine_steps, batch_columns=batch, amp_dtype=self.amp_dtype,
-                                     progress=None if progress is None else _column_progress(progress))
+                                     progress=None if progress is None else _column_progress(progress),
+                                     readout=ec.readout)
             if ec.fill == "prior":
                 _, prior = self.model.sample(enc, q[None])
                 zn = torch.where(found, zn, prior[0].float())
                 found = torch.ones_like(found)
+            if n_sub > 1:
+                zn, found = reduce_subcells(zn, found, n_sub, ec.readout_reduce)
             zn, found = zn.float().cpu().numpy(), found.cpu().numpy()
             if dev.type == "cuda":
                 torch.cuda.synchronize()
             self.timings.search += time.perf_counter() - t2
-        self.timings.columns += M
+        self.timings.columns += M // n_sub
         self.timings.queries += M * (ec.coarse_steps + ec.refine_steps)
         self.timings.tiles += 1
         heights = frame.z_from_local(zn).reshape(rows, cols)

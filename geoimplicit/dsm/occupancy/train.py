@@ -148,7 +148,7 @@ def _batches(sampler, batch_size: int, seed: int, workers: int):
 
 
 def train(cfg: Config, run_dir, *, device: str = "auto", resume=None, progress=None, cancel=None,
-          scenes=None, val_scenes=None, real_scenes=None) -> dict:
+          scenes=None, val_scenes=None, real_scenes=None, init_weights=None) -> dict:
     """Train a model as ``cfg`` says; write checkpoints, the resolved config and metrics into ``run_dir``.
 
     Args:
@@ -158,6 +158,8 @@ def train(cfg: Config, run_dir, *, device: str = "auto", resume=None, progress=N
         resume: a ``last.pt`` to continue from (weights, optimizer, step).
         progress, cancel: callbacks; progress gets (step, steps, "train", "loss ...").
         scenes, val_scenes, real_scenes: prebuilt scenes (tests); default: built from the config.
+        init_weights: a checkpoint (e.g. the shipped weights) whose model weights start the training (fine-tuning:
+            the same architecture as ``cfg.model``; a fresh optimizer and schedule). Ignored when resuming.
 
     Returns:
         a summary dict (steps, seconds, final loss, last validation metrics, paths).
@@ -188,6 +190,15 @@ def train(cfg: Config, run_dir, *, device: str = "auto", resume=None, progress=N
     model = OccupancyNet(cfg.model).to(dev)
     opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
     step = 0
+    if init_weights is not None and resume is None:
+        from geoimplicit.errors import WeightsError
+
+        try:
+            model.load_state_dict(load_checkpoint(init_weights)["model"])
+        except RuntimeError as exc:
+            raise WeightsError(f"init weights do not fit the config's model: {str(exc)[:160]}", path=init_weights,
+                               hint="use a config whose model section matches the checkpoint's") from None
+        log.info("initialised from %s", init_weights)
     if resume is not None:
         ckpt = load_checkpoint(resume)
         model.load_state_dict(ckpt["model"])
