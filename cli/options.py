@@ -7,11 +7,12 @@ import sys
 
 import click
 
-PROGRESS_MODES = ("auto", "bar", "json", "none")
+PROGRESS_MODES = ("auto", "bar", "log", "json", "none")
 VERBOSE_HELP = "More log output; -v also shows tracebacks on errors."
 QUIET_HELP = "Only errors."
-PROGRESS_HELP = ("Progress display: a bar on a terminal (auto), or one JSON object a line on stdout (json, for the "
-                 "QGIS plugin).")
+PROGRESS_HELP = ("Progress display: auto = a bar on a terminal, otherwise log = a line on stderr every 10 s "
+                 "(GEOIMPLICIT_PROGRESS_SECONDS) with the time left; json = one JSON object a line on stdout (for "
+                 "the QGIS plugin); none.")
 
 
 def configure_logging(verbose: int, quiet: bool) -> None:

@@ -39,9 +39,9 @@ _LAZY = {
     "CameraTensors": "tensors", "camera_tensors": "tensors",
     "CameraOptimizerConfig": "pose", "CameraOptimizer": "pose", "POSE_MODES": "pose", "GAUGES": "pose",
     "so3_exp": "pose", "so3_log": "pose", "se3_exp": "pose", "skew": "pose", "invert_rigid": "pose",
-    "rigid_motion": "pose",
+    "rigid_motion": "pose", "camera_optimizer": "pose", "PIVOTS": "pose",
     "Similarity": "align", "align_points": "align", "transform_camera": "align", "pose_errors": "align",
-    "rotation_angle_deg": "align",
+    "rotation_angle_deg": "align", "align_cameras": "align", "camera_errors": "align", "perturb_camera": "align",
 }
 
 __all__ = ["Camera", "ProjectiveCamera", "PinholeCamera", "AffineCamera", "LocalFrame", "look_at", "nadir_camera",

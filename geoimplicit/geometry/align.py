@@ -14,7 +14,8 @@ import numpy as np
 from geoimplicit.geometry.cameras import PinholeCamera
 from geoimplicit.geometry.checks import check_shape
 
-__all__ = ["Similarity", "align_points", "transform_camera", "pose_errors", "rotation_angle_deg"]
+__all__ = ["Similarity", "align_points", "transform_camera", "pose_errors", "rotation_angle_deg", "align_cameras",
+           "camera_errors", "perturb_camera"]
 
 
 @dataclass
@@ -96,3 +97,45 @@ def pose_errors(estimated: list[PinholeCamera], truth: list[PinholeCamera], *, a
     cen = [float(np.linalg.norm(e.center - t.center)) for e, t in zip(estimated, truth)]
     return {"rotation_deg": rot, "centre": cen, "mean_rotation_deg": float(np.mean(rot)),
             "mean_centre": float(np.mean(cen)), "similarity": sim}
+
+
+def align_cameras(estimated: list[PinholeCamera], truth: list[PinholeCamera], *,
+                  with_scale: bool = True) -> Similarity:
+    """The similarity (or rigid motion) taking the ``estimated`` cameras closest to ``truth``: their centres and
+    the points at the true cameras' mid depth on their axes, aligned in least squares (removes the gauge)."""
+    if len(estimated) != len(truth) or len(truth) < 2:
+        raise ValueError("align_cameras: need as many estimated as true cameras, at least 2")
+    src, dst = [], []
+    for e, t in zip(estimated, truth):
+        depth = 0.5 * (t.depth_min + t.depth_max)
+        src.append([e.center, e.center + depth * e.R[2]])
+        dst.append([t.center, t.center + depth * t.R[2]])
+    return align_points(np.reshape(src, (-1, 3)), np.reshape(dst, (-1, 3)), with_scale=with_scale)
+
+
+def camera_errors(estimated: list[PinholeCamera], truth: list[PinholeCamera], sim: Similarity | None = None) -> dict:
+    """Mean and max rotation (degrees) and centre (world units) errors of ``estimated`` against ``truth`` after
+    moving them by ``sim`` (e.g. :func:`align_cameras`; None: as they are)."""
+    cams = estimated if sim is None else [transform_camera(c, sim) for c in estimated]
+    rot = [rotation_angle_deg(e.R, t.R) for e, t in zip(cams, truth)]
+    cen = [float(np.linalg.norm(e.center - t.center)) for e, t in zip(cams, truth)]
+    return {"mean_rotation_deg": float(np.mean(rot)), "max_rotation_deg": float(np.max(rot)),
+            "mean_centre": float(np.mean(cen)), "max_centre": float(np.max(cen))}
+
+
+def perturb_camera(cam: PinholeCamera, rng: np.random.Generator, angle_deg: float, shift: float) -> PinholeCamera:
+    """``cam`` turned by exactly ``angle_deg`` about a random axis through its centre and its centre moved by
+    exactly ``shift`` (world units) in a random direction (a known error for refinement benchmarks)."""
+    from dataclasses import replace
+
+    axis = rng.normal(size=3)
+    axis /= np.linalg.norm(axis)
+    a = np.radians(angle_deg)
+    K = np.array([[0, -axis[2], axis[1]], [axis[2], 0, -axis[0]], [-axis[1], axis[0], 0]])
+    R_err = np.eye(3) + np.sin(a) * K + (1 - np.cos(a)) * K @ K
+    step = rng.normal(size=3)
+    c = cam.center + shift * step / np.linalg.norm(step)
+    R = cam.R @ R_err.T
+    ext = np.eye(4)
+    ext[:3, :3], ext[:3, 3] = R, -R @ c
+    return replace(cam, extrinsic=ext)

@@ -5,25 +5,33 @@ rate, regularisation, gauge) and a :class:`CameraOptimizer` holding one 6-vector
 world motions ``M_i`` that are applied to the cameras before rays or homographies are made
 (``P_i' = P_i @ M_i^-1``, :meth:`CameraTensors.moved`).
 
-Parametrisation: each correction is a small rotation ``omega`` (world axes) about the camera's **pivot** (its
-centre for a pinhole camera) and a displacement of the pivot ``delta`` (world axes):
-``M X = exp(omega) (X - c) + c + delta`` (``SO3xR3``), or the twist ``(omega, delta)`` about the pivot
-(``SE3``: ``M = T(c) exp([omega, delta]^) T(-c)``). So a rotation never moves the camera centre and a
-translation is a centre displacement in world units. The learned 6-vectors are in **pixels**: ``omega =
-rotation_scale * p[:3]`` and ``delta = translation_scale * p[3:]`` with ``rotation_scale = 1 / f`` (radians per
-pixel) and ``translation_scale = depth / f`` (world units per pixel of image motion at the scene's depth), so one
-learning rate moves rotations and translations alike on the image, in metres or feet.
+Parametrisation: each correction is a small rotation ``omega`` (world axes) about the camera's **pivot** and a
+displacement of the pivot ``delta`` (world axes): ``M X = exp(omega) (X - p) + p + delta`` (``SO3xR3``), or the
+twist ``(omega, delta)`` about the pivot (``SE3``: ``M = T(p) exp([omega, delta]^) T(-p)``). The pivot
+(``pivot``) is ``scene`` (default): the point at the camera's mid depth on its optical axis, i.e. what it looks
+at; or ``camera``: its centre. The learned 6-vectors are in **pixels**: ``omega = rotation_scale * p[:3]`` and
+``delta = translation_scale * p[3:]`` with ``rotation_scale = 1 / f`` (radians per pixel) and
+``translation_scale = depth / f`` (world units per pixel of image motion at the scene's depth), so one learning
+rate moves rotations and translations alike, in metres or feet.
+
+Why the scene pivot: a narrow aerial view sees a turn about its centre and a sideways shift of it almost alike
+(both slide the footprint; at 114 m a 0.5 degree turn looks like a 1 m shift), so about the centre the two
+corrections are strongly coupled and a first-order optimiser trades one for the other: measured, rotations got
+worse while centres barely improved. About the scene point the two separate: ``delta`` slides the footprint
+(what the images see most), ``omega`` changes the viewing direction with the footprint held (seen through
+parallax and perspective), and Adam's per-parameter steps move each on its own scale.
 
 Gauge: photometric losses cannot see a motion of the whole scene with all its cameras (a similarity: 7 degrees
 of freedom). ``gauge="mean"`` (default) removes, after each optimiser step, the part of the corrections that is
-such a motion to first order (a common rotation ``theta`` about the centroid of the pivots, a common
-translation ``tau`` and, with ``gauge_scale``, a scaling ``s`` about the centroid: ``omega_i = theta``,
-``delta_i = theta x r_i + tau + s r_i`` with ``r_i = c_i - c_mean``, fitted by least squares, rotations weighted
-by the RMS spread ``L`` of the pivots, and subtracted). What is left is orthogonal to the gauge: the mean centre
-displacement is zero, ``sum(L^2 omega_i + r_i x delta_i) = 0`` (no net rotation) and ``sum(r_i . delta_i) = 0``
-(no net scaling). The refined cameras keep the input cameras' mean position, orientation and spread: with
-independent errors the scene stays where the input cameras put it on average. ``gauge="first"``: camera 0 is held fixed (the others move relative to
-it; its own error stays in the solution). ``gauge="none"``: nothing is constrained but the regularisation.
+such a motion to first order (a common rotation ``theta`` about the centroid ``m`` of the pivots, a common
+translation ``tau`` and, with ``gauge_scale``, a scaling ``s`` about ``m``: ``omega_i = theta``,
+``delta_i = theta x (p_i - m) + tau + s (c_i - m)`` (a scaling moves each camera centre ``c_i`` away from ``m``;
+its rotation and its distance to its pivot stay), fitted by least squares, rotations weighted by the RMS spread
+``L`` of the centres, and subtracted). The refined cameras keep the input cameras' mean position, orientation
+and spread: with independent errors the scene stays where the input cameras put it on average.
+``gauge="first"``: camera 0 is held fixed (the others move relative to it; its own error stays in the
+solution). ``gauge="none"``: nothing is constrained but the regularisation. ``warmup``: steps before the
+corrections learn (the scene first takes a rough shape); :meth:`CameraOptimizer.lr_at` gives the schedule.
 """
 
 from __future__ import annotations
@@ -48,10 +56,13 @@ __all__ = [
     "se3_exp",
     "invert_rigid",
     "rigid_motion",
+    "PIVOTS",
+    "camera_optimizer",
 ]
 
 POSE_MODES = ("off", "SO3xR3", "SE3")
 GAUGES = ("mean", "first", "none")
+PIVOTS = ("scene", "camera")
 
 
 @dataclass
@@ -71,10 +82,19 @@ class CameraOptimizerConfig:
     ``none``: only the regularisation holds the scene in place."""
     gauge_scale: bool = True
     """``gauge mean``: also remove a common scaling about the centroid of the cameras."""
+    pivot: str = "scene"
+    """What the rotations turn about: ``scene`` (the point at mid depth on the optical axis) or ``camera``
+    (the centre; strongly coupled with the translations for narrow aerial views)."""
+    warmup: int = 0
+    """Steps before the corrections learn (learning rate 0 until then)."""
 
     def validate(self) -> None:
         if self.mode not in POSE_MODES:
             raise ConfigError(f"pose mode must be one of {', '.join(POSE_MODES)}, not {self.mode!r}")
+        if self.pivot not in PIVOTS:
+            raise ConfigError(f"pose pivot must be one of {', '.join(PIVOTS)}, not {self.pivot!r}")
+        if self.warmup < 0:
+            raise ConfigError("pose warmup must be >= 0 steps")
         if self.gauge not in GAUGES:
             raise ConfigError(f"pose gauge must be one of {', '.join(GAUGES)}, not {self.gauge!r}")
         if self.lr < 0 or self.rot_weight < 0 or self.trans_weight < 0:
@@ -168,23 +188,28 @@ class CameraOptimizer(nn.Module):
 
     Args:
         config: the settings; ``mode off`` gives identity motions and no parameters.
-        pivots: (N, 3) the cameras' pivots in local coordinates (pinhole: the centres).
+        pivots: (N, 3) the cameras' pivots in local coordinates (see :func:`camera_optimizer`).
         rotation_scale: radians per learned unit (scalar or (N,)), typically ``1 / focal_px``.
         translation_scale: world units per learned unit (scalar or (N,)), typically ``depth / focal_px``.
+        centres: (N, 3) the camera centres (default: the pivots), for the gauge's scaling.
 
     >>> opt = CameraOptimizer(CameraOptimizerConfig(mode="SO3xR3"), np.zeros((2, 3)), 0.01, 0.5)
     >>> opt.motions().shape, bool((opt.motions() == torch.eye(4, dtype=torch.float64)).all())
     (torch.Size([2, 4, 4]), True)
     """
 
-    def __init__(self, config: CameraOptimizerConfig, pivots, rotation_scale=1.0, translation_scale=1.0):
+    def __init__(self, config: CameraOptimizerConfig, pivots, rotation_scale=1.0, translation_scale=1.0,
+                 centres=None):
         super().__init__()
         config.validate()
         self.config = config
         piv = torch.as_tensor(np.asarray(pivots, dtype=np.float64))
         check_shape(piv, ["N", 3], "pivots")
         n = piv.shape[0]
+        cen = piv if centres is None else torch.as_tensor(np.asarray(centres, dtype=np.float64))
+        check_shape(cen, [n, 3], "centres")
         self.register_buffer("pivots", piv.clone())
+        self.register_buffer("centres", cen.clone())
         self.register_buffer("rotation_scale", _per_camera(rotation_scale, n))
         self.register_buffer("translation_scale", _per_camera(translation_scale, n))
         mask = torch.ones(n, 1, dtype=torch.float64)
@@ -240,10 +265,15 @@ class CameraOptimizer(nn.Module):
         if self.config.gauge != "mean" or not self.enabled or self.num_cameras < 2:
             return
         xi = self.corrections()
-        fit = _similarity_component(xi, self.pivots, self.config.gauge_scale)
+        fit = _similarity_component(xi, self.pivots, self.centres, self.config.gauge_scale)
         p = self.pose_adjustment
         p[:, :3] -= fit[:, :3] / self.rotation_scale[:, None]
         p[:, 3:] -= fit[:, 3:] / self.translation_scale[:, None]
+
+    def lr_at(self, step: int, decay: float = 1.0) -> float:
+        """The corrections' learning rate at ``step``: 0 during ``warmup``, then ``lr * decay`` (pass the
+        scene's schedule factor: Adam's steps on noisy pose gradients would otherwise keep them jittering)."""
+        return 0.0 if step < self.config.warmup else self.config.lr * decay
 
     @torch.no_grad()
     def motion_inverses_numpy(self) -> np.ndarray:
@@ -257,13 +287,16 @@ def _about(M: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
     return rigid_motion(R, t + c - (R @ c[..., None])[..., 0])
 
 
-def _similarity_component(xi: torch.Tensor, pivots: torch.Tensor, with_scale: bool) -> torch.Tensor:
+def _similarity_component(xi: torch.Tensor, pivots: torch.Tensor, centres: torch.Tensor,
+                          with_scale: bool) -> torch.Tensor:
     """Least-squares fit (n, 6) of corrections ``xi`` (n, 6) by a common first-order similarity about the
-    centroid of ``pivots``: ``omega_i = theta``, ``delta_i = theta x r_i + tau + s r_i`` (``r_i = c_i - c_mean``).
-    Rotations are weighted by the pivots' RMS spread so that both parts count in world units."""
+    centroid ``m`` of ``pivots``: ``omega_i = theta``, ``delta_i = theta x (p_i - m) + tau + s (c_i - m)``.
+    Rotations are weighted by the centres' RMS spread so that both parts count in world units."""
     n = xi.shape[0]
-    r = pivots - pivots.mean(0)
-    L = float(torch.sqrt((r**2).sum(1).mean())) or 1.0
+    m = pivots.mean(0)
+    r = pivots - m
+    rc = centres - m
+    L = float(torch.sqrt(((centres - centres.mean(0)) ** 2).sum(1).mean())) or 1.0
     eye = torch.eye(3, dtype=xi.dtype, device=xi.device)
     cols = 7 if with_scale else 6
     A = torch.zeros(n, 6, cols, dtype=xi.dtype, device=xi.device)
@@ -271,9 +304,27 @@ def _similarity_component(xi: torch.Tensor, pivots: torch.Tensor, with_scale: bo
     A[:, 3:, :3] = -skew(r)  # theta x r = -r x theta
     A[:, 3:, 3:6] = eye
     if with_scale:
-        A[:, 3:, 6] = r
+        A[:, 3:, 6] = rc
     b = torch.cat([L * xi[:, :3], xi[:, 3:]], 1)
     sol = torch.linalg.lstsq(A.reshape(-1, cols), b.reshape(-1, 1)).solution
     fit = (A.reshape(-1, cols) @ sol).reshape(n, 6)
     fit[:, :3] /= L
     return fit
+
+
+def camera_optimizer(config: CameraOptimizerConfig, cameras, depths=None, enabled: bool = True) -> CameraOptimizer:
+    """The pose corrections of pinhole ``cameras`` (local coordinates), learned in pixels: rotation ``1 / f``
+    radians and translation ``depth / f`` world units per unit, pivots at ``depth`` on each optical axis
+    (``pivot scene``) or at the centres. ``depths`` (N,): default the middle of each camera's depth range.
+    ``enabled`` False: mode ``off`` (identity motions, no parameters). Every fit that refines cameras uses it."""
+    from dataclasses import asdict
+
+    cfg = CameraOptimizerConfig(**{**asdict(config), "mode": config.mode if enabled else "off"})
+    f = np.array([c.K[0, 0] for c in cameras], dtype=np.float64)
+    if depths is None:
+        depths = [0.5 * (c.depth_min + c.depth_max) for c in cameras]
+    depth = np.asarray(depths, dtype=np.float64).reshape(-1)
+    centres = np.array([c.center for c in cameras], dtype=np.float64)
+    axes = np.array([c.R[2] for c in cameras], dtype=np.float64)
+    pivots = centres + depth[:, None] * axes if cfg.pivot == "scene" else centres
+    return CameraOptimizer(cfg, pivots, 1.0 / f, depth / f, centres=centres)

@@ -4,8 +4,9 @@ Loss: ``l1 * |I - I*| + ssim * (1 - SSIM) + smooth * edge-aware depth smoothness
 random train view, or a few, per step). Mixed precision (bfloat16 autocast) on CUDA; progress through the
 ``progress`` callback; a checkpoint every ``checkpoint_seconds`` (or ``checkpoint_every`` steps) for ``resume``;
 ``config.json`` (the resolved :class:`FitConfig`) beside ``model.pt``. With ``refine_cameras`` a small pose
-correction per train view is learned (the first train view is held fixed: it sets the gauge) and the corrected
-cameras go to ``MODEL_DIR/cameras/``.
+correction per train view is learned (:mod:`geoimplicit.geometry.pose`: about the scene point each view looks at,
+the corrections' common similarity removed after each step) and the corrected cameras go to
+``MODEL_DIR/cameras/``.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from geoimplicit.device import resolve_device
 from geoimplicit.errors import CameraFileError, ConfigError, OutputExistsError
 from geoimplicit.geometry.cameras import PinholeCamera
 from geoimplicit.geometry.pose import CameraOptimizer, CameraOptimizerConfig
+from geoimplicit.geometry.pose import camera_optimizer as shared_camera_optimizer
 from geoimplicit.geometry.tensors import CameraTensors, camera_tensors
 from geoimplicit.io.cameras import ViewSet, write_cameras_dir
 from geoimplicit.mpi.composite import render_mpi
@@ -134,7 +136,7 @@ class FitConfig:
     refine_cameras: bool = False
     """Learn a pose correction per train view (``pose``) with the MPI; the corrected cameras go to
     ``MODEL_DIR/cameras/``."""
-    pose: CameraOptimizerConfig = field(default_factory=lambda: CameraOptimizerConfig(mode="SO3xR3", gauge="first"))
+    pose: CameraOptimizerConfig = field(default_factory=lambda: CameraOptimizerConfig(mode="SO3xR3", gauge="mean"))
     """Pose corrections of ``refine_cameras`` (mode, learning rate in pixels per step, regularisation, gauge:
     :mod:`geoimplicit.geometry.pose`)."""
     amp: bool = True
@@ -373,14 +375,9 @@ def _render_cameras(cams_local: list[PinholeCamera], device) -> list[CameraTenso
 
 
 def camera_optimizer(cfg: FitConfig, cams_local: list[PinholeCamera]) -> CameraOptimizer:
-    """The pose corrections of the train cameras: pivots at their centres, learned in pixels (rotation
-    ``1 / f`` radians, translation ``depth / f`` world units at the middle of each camera's depth range)."""
-    mode = cfg.pose.mode if cfg.refine_cameras else "off"
-    pose_cfg = CameraOptimizerConfig(**{**asdict(cfg.pose), "mode": mode})
-    f = np.array([c.K[0, 0] for c in cams_local])
-    depth = np.array([0.5 * (c.depth_min + c.depth_max) for c in cams_local])
-    centres = np.array([c.center for c in cams_local])
-    return CameraOptimizer(pose_cfg, centres, 1.0 / f, depth / f)
+    """The pose corrections of the train cameras (:func:`geoimplicit.geometry.pose.camera_optimizer`: learned
+    in pixels, pivots at the middle of each camera's depth range on its axis)."""
+    return shared_camera_optimizer(cfg.pose, cams_local, enabled=cfg.refine_cameras)
 
 
 def fit_mpi(
@@ -520,10 +517,14 @@ def _optimise(model, poses: CameraOptimizer, opt, planes: PlaneSet, base_cams, i
     last_checkpoint = time.perf_counter()
     loss_val = float("nan")
     n_views = len(base_cams)
+    timer = _StepTimer(start, cfg.steps, device)
     for step in range(start, cfg.steps):
         check_cancel(cancel)
         frac = step / max(1, cfg.steps)
-        opt.param_groups[0]["lr"] = cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * frac)))
+        decay = 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * frac))
+        opt.param_groups[0]["lr"] = cfg.lr * decay
+        if poses.enabled:
+            opt.param_groups[1]["lr"] = poses.lr_at(step, decay)
         pick = rng.choice(n_views, size=min(cfg.views_per_step, n_views), replace=False)
         with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_amp):
             mpi = model()
@@ -541,6 +542,7 @@ def _optimise(model, poses: CameraOptimizer, opt, planes: PlaneSet, base_cams, i
         poses.project_gauge_()
         loss_val = float(loss.detach())
         done = step + 1
+        timer.step_done(done)
         if progress is not None and (done % cfg.progress_every == 0 or done == cfg.steps):
             progress(done, cfg.steps, "fit", f"loss {loss_val:.4f}")
         if cfg.checkpoint_every:
@@ -551,6 +553,32 @@ def _optimise(model, poses: CameraOptimizer, opt, planes: PlaneSet, base_cams, i
             _save_checkpoint(ckpt_path, model, opt, poses, done)
             last_checkpoint = time.perf_counter()
     return loss_val
+
+
+LONG_FIT_SECONDS = 300.0
+"""A fit estimated longer than this (after its first timed steps) is announced with a warning."""
+
+
+class _StepTimer:
+    """Times the steps after the first (which pays for warm-up) and, after ``probe`` of them, logs the fit's
+    estimated duration: a warning, with what makes it shorter, when it exceeds :data:`LONG_FIT_SECONDS`."""
+
+    def __init__(self, start: int, steps: int, device, probe: int = 5):
+        self.first, self.steps, self.device, self.probe = start + 1, steps, device, probe
+        self.t0 = None
+
+    def step_done(self, done: int) -> None:
+        if done == self.first:
+            self.t0 = time.perf_counter()
+        elif self.t0 is not None and done == self.first + self.probe:
+            per_step = (time.perf_counter() - self.t0) / self.probe
+            left = per_step * (self.steps - done)
+            msg = "MPI fit: %.2f s a step on %s, about %.1f min for the %d steps left"
+            if left > LONG_FIT_SECONDS:
+                log.warning(msg + "; fewer --steps or --planes, a smaller --image-scale or --preset cpu/fast are "
+                            "faster", per_step, self.device, left / 60, self.steps - done)
+            else:
+                log.info(msg, per_step, self.device, left / 60, self.steps - done)
 
 
 @torch.no_grad()

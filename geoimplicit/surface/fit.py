@@ -25,7 +25,7 @@ import logging
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from geoimplicit.device import resolve_device
 from geoimplicit.errors import OutputExistsError, WeightsError
 from geoimplicit.geometry.pose import CameraOptimizer, CameraOptimizerConfig
+from geoimplicit.geometry.pose import camera_optimizer as shared_camera_optimizer
 from geoimplicit.geometry.tensors import camera_tensors
 from geoimplicit.progress import check_cancel
 from geoimplicit.surface.box import ray_box
@@ -60,14 +61,11 @@ class SurfaceFitResult:
 
 
 def camera_optimizer(cfg: SurfaceConfig, cams_local) -> CameraOptimizer:
-    """Pose corrections of the train cameras, learned in pixels: pivots at their centres, rotation ``1 / f``
-    radians and translation ``depth / f`` CRS units per unit, ``depth`` the camera's distance to the box."""
-    mode = cfg.pose.mode if cfg.refine_cameras else "off"
-    pose_cfg = CameraOptimizerConfig(**{**asdict(cfg.pose), "mode": mode})
-    f = np.array([c.K[0, 0] for c in cams_local])
-    centres = np.array([c.center for c in cams_local])
-    depth = np.linalg.norm(centres, axis=1)  # local origin = the box's centre
-    return CameraOptimizer(pose_cfg, centres, 1.0 / f, depth / f)
+    """Pose corrections of the train cameras (:func:`geoimplicit.geometry.pose.camera_optimizer`), ``depth`` the
+    camera's distance to the box's centre (the local origin); ``pose_warmup`` steps before they learn."""
+    depth = np.linalg.norm(np.array([c.center for c in cams_local]), axis=1)
+    pose = replace(cfg.pose, warmup=max(cfg.pose.warmup, cfg.pose_warmup))
+    return shared_camera_optimizer(pose, cams_local, depth, enabled=cfg.refine_cameras)
 
 
 def corrected_cameras(poses: CameraOptimizer, inputs: SurfaceInputs, image_scale: float) -> dict:
@@ -247,7 +245,7 @@ class Trainer:
         decay = 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * frac))
         self.opt.param_groups[0]["lr"] = cfg.lr * decay
         if self.poses.enabled:  # the same decay: Adam's steps on noisy pose gradients would otherwise drift
-            self.opt.param_groups[1]["lr"] = cfg.pose.lr * decay if self.step >= cfg.pose_warmup else 0.0
+            self.opt.param_groups[1]["lr"] = self.poses.lr_at(self.step, decay)
         if self.iso is not None and self.step >= cfg.iso_start and (self.step - cfg.iso_start) % cfg.iso_every == 0:
             self.iso.update(self.model.sdf_net, cfg.iso_upsample)
         terms = self.losses()
