@@ -6,7 +6,7 @@ The small area: one generated city of ``--side-m`` x ``--side-m`` (seed ``--seed
 The large area: ``--copies-side``² copies of that file side by side, shifted by rewriting only the header
 offsets (tiles of a survey, like IGN's 1 km² LiDAR HD tiles; the content repeats, the work per km² does not
 change). Per run: wall time, km²/h, the stages (from the run's progress: read points, tiles, mosaic; the
-occupancy model's own timings), peak RSS of this process and its children, peak GPU memory, and the ratio to
+occupancy model's own timings), peak memory (PSS) of this process and its workers, peak GPU memory, and the ratio to
 the surface-search-only ceiling of the same run. LAZ decoding: points/s of laspy's single-threaded read
 against this package's reader (parallel) in the same run. Runs that would not fit ``--budget-s`` are skipped
 (and said to be). Writes OUT/speed_bench.json and OUT/speed_bench.md; the LAZ and COGs go to ``--work``.
@@ -28,8 +28,11 @@ from pathlib import Path
 
 import numpy as np
 
+from geoimplicit.tiling.route import route_workers
+
 log = logging.getLogger("bench.speed")
 RESOLUTION = 0.5
+CHUNK = 1_000_000  # the routing's default chunk
 
 
 # --------------------------------------------------------------------------------------------- inputs
@@ -79,8 +82,20 @@ def tiled_area(area: dict, work: Path, n_side: int) -> dict:
 
 
 # --------------------------------------------------------------------------------------------- memory
+def _pss_bytes(pid: int, rss_pages: int) -> int:
+    """Proportional set size (shared pages split between the forked workers that share them), else RSS."""
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as fh:
+            for line in fh:
+                if line.startswith("Pss:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return rss_pages * os.sysconf("SC_PAGE_SIZE")
+
+
 def _tree_rss_bytes(root: int) -> int:
-    """Resident memory of ``root`` and all its descendants (Linux /proc)."""
+    """Memory (PSS) of ``root`` and all its descendants (Linux /proc)."""
     parent, rss = {}, {}
     for d in os.listdir("/proc"):
         if not d.isdigit():
@@ -88,7 +103,7 @@ def _tree_rss_bytes(root: int) -> int:
         try:
             with open(f"/proc/{d}/stat") as fh:
                 fields = fh.read().rsplit(")", 1)[1].split()
-            parent[int(d)], rss[int(d)] = int(fields[1]), int(fields[21]) * os.sysconf("SC_PAGE_SIZE")
+            parent[int(d)], rss[int(d)] = int(fields[1]), int(fields[21])
         except (OSError, IndexError, ValueError):
             continue
     keep, todo = set(), [root]
@@ -96,7 +111,7 @@ def _tree_rss_bytes(root: int) -> int:
         p = todo.pop()
         keep.add(p)
         todo += [c for c, pp in parent.items() if pp == p and c not in keep]
-    return sum(rss.get(p, 0) for p in keep)
+    return sum(_pss_bytes(p, rss[p]) for p in keep if p in rss)
 
 
 class PeakRss:
@@ -189,7 +204,7 @@ def timed_run(paths, out_tif: Path, bounds, method: str, options: dict) -> dict:
 
 def decode_rates(paths: list[str]) -> dict:
     """LAZ decoding, x y z: laspy's single-threaded read of the first file against this package's reader
-    (its default: parallel) on ``paths``; points/s and points/s per core."""
+    (one chunk per worker process, as the routing reads) on ``paths``; points/s, per core."""
     import laspy
 
     from geoimplicit.io.pointcloud import PointCloudDataset
@@ -202,12 +217,37 @@ def decode_rates(paths: list[str]) -> dict:
     del las, _
     ds = PointCloudDataset(paths)
     t0 = time.perf_counter()
-    n = sum(len(c["x"]) for c in ds.iter_chunks(fields=("x", "y", "z")))
+    n = sum(_map_decode(ds))
     ours = n / (time.perf_counter() - t0)
-    cores = os.cpu_count() or 1
+    cores = route_workers(ds.point_count, CHUNK)
     return {"files": len(paths), "points": int(n), "cores": cores, "laspy_single_thread_points_per_s": single,
             "ours_points_per_s": ours, "ours_points_per_s_per_core": ours / cores,
             "speedup_vs_laspy_single": ours / single}
+
+
+def _decode_piece(piece) -> int:
+    return sum(len(c["x"]) for c in _DS[0].file_chunks(*piece, serial=len(_DS) > 1))
+
+
+_DS: list = []
+
+
+def _map_decode(ds) -> list[int]:
+    """Points decoded per chunk, the way the routing reads them (one chunk per worker process)."""
+    import concurrent.futures as cf
+    import multiprocessing
+
+    from geoimplicit.tiling.route import _pieces
+
+    workers = route_workers(ds.point_count, CHUNK)
+    _DS[:] = [ds] * (1 + (workers > 1))
+    try:
+        if workers == 1:
+            return [_decode_piece(p) for p in _pieces(ds, CHUNK)]
+        with cf.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
+            return list(pool.map(_decode_piece, _pieces(ds, CHUNK)))
+    finally:
+        _DS.clear()
 
 
 # --------------------------------------------------------------------------------------------- driver
@@ -292,7 +332,7 @@ def main(argv=None):
 
 def markdown(results: dict) -> str:
     lines = [f"device: {results['device']}, {results['cpu_count']} CPUs, {results['date']}, torch {results['torch']}",
-             "", "| run | km² | wall s | km²/h | stages s | peak RSS GB | peak GPU GB | search ceiling km²/h | ratio |",
+             "", "| run | km² | wall s | km²/h | stages s | peak PSS GB | peak GPU GB | search ceiling km²/h | ratio |",
              "|---|---|---|---|---|---|---|---|---|"]
     for name, r in results.get("runs", {}).items():
         if "skipped" in r:
