@@ -61,6 +61,11 @@ class TileJob:
     def tile_id(self) -> str:
         return self.tile.id
 
+    @property
+    def cpu_parallel(self) -> bool:
+        """Tiles of this method may run in worker processes (CPU work, no threads or device of its own)."""
+        return bool(getattr(method_class(self.method), "parallel_tiles", False))
+
     def load(self) -> tuple[dict, list]:
         """The tile's points (routed) and ortho crops; what the local executor prefetches in a thread."""
         from geoimplicit.tiling.route import load_tile_points

@@ -1,4 +1,5 @@
-"""The parallel run path (routing in worker processes, mosaic in threads) gives the serial path's bytes."""
+"""The parallel run path (routing and raster tiles in worker processes, mosaic in threads) gives the serial
+path's bytes."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import numpy as np
 import pytest
 
 from geoimplicit import mosaic as mosaic_module
+from geoimplicit.jobs.executors import LocalExecutor
 from geoimplicit.io.pointcloud import PointCloudDataset, write_las
 from geoimplicit.run import run_dsm
 from geoimplicit.tiling import route as route_module
@@ -22,7 +24,8 @@ def _dsm(tmp_path, name, workers, threads, monkeypatch):
     monkeypatch.setattr(route_module, "route_workers", lambda total, chunk, w=None: workers)
     monkeypatch.setattr(mosaic_module, "mosaic_threads", lambda: threads)
     out = tmp_path / f"{name}.tif"
-    run_dsm(str(SAMPLE), out, resolution=0.5, method="raster", tile_size=40.0, workdir=tmp_path / f"{name}_work")
+    run_dsm(str(SAMPLE), out, resolution=0.5, method="raster", tile_size=40.0, workdir=tmp_path / f"{name}_work",
+            executor=LocalExecutor(processes=workers))
     return out.read_bytes(), out.with_name(f"{name}_filled.tif").read_bytes()
 
 
