@@ -28,11 +28,10 @@ from pathlib import Path
 
 import numpy as np
 
-from geoimplicit.tiling.route import route_workers
+from geoimplicit.tiling.route import route_chunk, route_workers
 
 log = logging.getLogger("bench.speed")
 RESOLUTION = 0.5
-CHUNK = 1_000_000  # the routing's default chunk
 
 
 # --------------------------------------------------------------------------------------------- inputs
@@ -219,7 +218,8 @@ def decode_rates(paths: list[str]) -> dict:
     t0 = time.perf_counter()
     n = sum(_map_decode(ds))
     ours = n / (time.perf_counter() - t0)
-    cores = route_workers(ds.point_count, CHUNK)
+    workers = route_workers(ds.point_count, route_chunk(ds.point_count))
+    cores = workers if workers > 1 else os.cpu_count() or 1  # one worker: lazrs' threads on every core
     return {"files": len(paths), "points": int(n), "cores": cores, "laspy_single_thread_points_per_s": single,
             "ours_points_per_s": ours, "ours_points_per_s_per_core": ours / cores,
             "speedup_vs_laspy_single": ours / single}
@@ -239,13 +239,14 @@ def _map_decode(ds) -> list[int]:
 
     from geoimplicit.tiling.route import _pieces
 
-    workers = route_workers(ds.point_count, CHUNK)
+    chunk = route_chunk(ds.point_count)
+    workers = route_workers(ds.point_count, chunk)
     _DS[:] = [ds] * (1 + (workers > 1))
     try:
         if workers == 1:
-            return [_decode_piece(p) for p in _pieces(ds, CHUNK)]
+            return [_decode_piece(p) for p in _pieces(ds, chunk)]
         with cf.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
-            return list(pool.map(_decode_piece, _pieces(ds, CHUNK)))
+            return list(pool.map(_decode_piece, _pieces(ds, chunk)))
     finally:
         _DS.clear()
 

@@ -97,6 +97,14 @@ def assign_to_tiles(x: np.ndarray, y: np.ndarray, tiles: Sequence) -> tuple[np.n
     return np.concatenate([p for p, _ in pairs]), np.concatenate([t for _, t in pairs])
 
 
+def route_chunk(total_points: int, workers: int | None = None) -> int:
+    """Points per chunk: about two chunks per worker (they finish together), 200 000 to 1 000 000, a multiple of
+    LAZ's 50 000-point chunks (a worker seeks to its first point without decoding the chunks before)."""
+    workers = workers or os.cpu_count() or 1
+    n = min(1_000_000, max(200_000, -(-int(total_points) // (2 * workers))))
+    return -(-n // 50_000) * 50_000
+
+
 def route_workers(total_points: int, chunk_size: int, workers: int | None = None) -> int:
     """Worker processes for the routing: one per core (``os.cpu_count()``), no more than there are chunks;
     1 (in this process) for a small input or where processes cannot fork."""
@@ -168,7 +176,7 @@ def route_points(
     route_dir: str | os.PathLike,
     *,
     fields: Sequence[str] = ("x", "y", "z"),
-    chunk_size: int = 1_000_000,
+    chunk_size: int | None = None,
     workers: int | None = None,
     progress: ProgressCallback | None = None,
     cancel: CancelCallback | None = None,
@@ -177,8 +185,9 @@ def route_points(
 
     Returns ``route_dir``; each tile's points are in ``route_dir/<tile id>/*.npy`` (read them with
     :func:`load_tile_points`, in the order of the inputs). Only points inside the union of the tiles' context
-    bounds are kept. Chunks of ``chunk_size`` points are read and routed by ``workers`` processes (default:
-    :func:`route_workers`), each decoding on one core; one worker decodes in this process with lazrs' threads.
+    bounds are kept. Chunks of ``chunk_size`` points (default :func:`route_chunk`) are read and routed by
+    ``workers`` processes (default :func:`route_workers`), each decoding on one core; one worker: in this
+    process, decoding with lazrs' threads.
     """
     route_dir = Path(route_dir)
     tiles = list(tiles)
@@ -200,6 +209,7 @@ def route_points(
         next(iter(dataset.iter_chunks(bounds)), None)  # raises the AOIError that names the files
     fields = tuple(fields)
     total = int(dataset.point_count)
+    chunk_size = chunk_size or route_chunk(total, workers)
     workers = route_workers(total, chunk_size, workers)
     pieces = [p for p in _pieces(dataset, int(chunk_size)) if id(dataset.files[p[0]]) in inside]
     dtype = np.dtype([(f, np.float64 if f in ("x", "y", "z") else np.float32) for f in fields])
