@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
+from geoimplicit.cores import usable_cores
 from geoimplicit.tiling.route import route_chunk, route_workers
 
 log = logging.getLogger("bench.speed")
@@ -219,7 +220,7 @@ def decode_rates(paths: list[str]) -> dict:
     n = sum(_map_decode(ds))
     ours = n / (time.perf_counter() - t0)
     workers = route_workers(ds.point_count, route_chunk(ds.point_count))
-    cores = workers if workers > 1 else os.cpu_count() or 1  # one worker: lazrs' threads on every core
+    cores = workers if workers > 1 else usable_cores()  # one worker: lazrs' threads on every core
     return {"files": len(paths), "points": int(n), "cores": cores, "laspy_single_thread_points_per_s": single,
             "ours_points_per_s": ours, "ours_points_per_s_per_core": ours / cores,
             "speedup_vs_laspy_single": ours / single}
@@ -311,7 +312,7 @@ def main(argv=None):
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     results = {"device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
-               "cpu_count": os.cpu_count(), "date": time.strftime("%Y-%m-%d %H:%M"), "torch": torch.__version__,
+               "cpu_count": os.cpu_count(), "usable_cores": usable_cores(), "date": time.strftime("%Y-%m-%d %H:%M"), "torch": torch.__version__,
                "args": vars(args)}
 
     def dump():
@@ -332,7 +333,7 @@ def main(argv=None):
 
 
 def markdown(results: dict) -> str:
-    lines = [f"device: {results['device']}, {results['cpu_count']} CPUs, {results['date']}, torch {results['torch']}",
+    lines = [f"device: {results['device']}, {results['usable_cores']} of {results['cpu_count']} CPUs usable, {results['date']}, torch {results['torch']}",
              "", "| run | km² | wall s | km²/h | stages s | peak PSS GB | peak GPU GB | search ceiling km²/h | ratio |",
              "|---|---|---|---|---|---|---|---|---|"]
     for name, r in results.get("runs", {}).items():

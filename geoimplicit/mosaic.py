@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -375,8 +374,10 @@ def mosaic(
 
 
 def mosaic_threads() -> int:
-    """Threads that blend mosaic blocks (and compress the COG): the cores, at most 8 (memory: a few blocks each)."""
-    return max(1, min(8, os.cpu_count() or 1))
+    """Threads that blend mosaic blocks and compress the COG (:func:`geoimplicit.cores.thread_workers`)."""
+    from geoimplicit.cores import thread_workers
+
+    return thread_workers()
 
 
 def _ordered_map(fn, items, cancel, threads: int | None = None):

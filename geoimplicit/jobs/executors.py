@@ -50,7 +50,9 @@ class LocalExecutor:
     name = "local"
 
     def __init__(self, lookahead: int | None = None, threads: int | None = None, processes: int | None = None):
-        cores = os.cpu_count() or 1
+        from geoimplicit.cores import usable_cores
+
+        cores = usable_cores()
         self.threads = max(1, threads if threads is not None else min(4, max(2, cores // 2)))
         self.lookahead = max(0, lookahead if lookahead is not None else 2 * self.threads)
         self.processes = max(1, processes if processes is not None else cores)
