@@ -76,3 +76,18 @@ def test_an_error_in_a_worker_keeps_its_file_and_hint(tmp_path):
     with pytest.raises(CorruptInputError) as err:
         route_points(ds, grid.tiles, tmp_path / "route", chunk_size=5_000, workers=2)
     assert err.value.path == str(p) and err.value.hint
+
+
+def test_occupancy_framing_ahead_in_threads_gives_the_same_dsm(tmp_path, monkeypatch):
+    """The occupancy tiles framed ahead in the prefetch threads give the bytes of tiles framed in turn."""
+    from geoimplicit.dsm.occupancy.method import OccupancyMethod
+
+    city = SAMPLE.parent
+    kw = dict(resolution=0.5, bbox=(770000.0, 6277000.0, 770064.0, 6277032.0), method="occupancy", tile_size=32.0,
+              ortho=[str(city / "ortho.tif")], method_options={"device": "cpu", "true_ortho": True})
+    ahead = tmp_path / "ahead.tif"
+    run_dsm(str(SAMPLE), ahead, executor=LocalExecutor(threads=4, lookahead=4), **kw)
+    monkeypatch.delattr(OccupancyMethod, "prepare_tile")  # run_tile frames each tile itself, in turn
+    inline = tmp_path / "inline.tif"
+    run_dsm(str(SAMPLE), inline, executor=LocalExecutor(lookahead=0), **kw)
+    assert ahead.read_bytes() == inline.read_bytes()
