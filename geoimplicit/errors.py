@@ -26,11 +26,21 @@ class GeoImplicitError(Exception):
         self.hint = hint
         super().__init__(str(self))
 
+    def __reduce__(self):  # raised in a worker process, re-raised here with its path and hint
+        return _rebuild, (type(self), self.message, self.path, self.hint, dict(self.__dict__))
+
     def __str__(self) -> str:
         text = f"{self.path}: {self.message}" if self.path else self.message
         if self.hint:
             text = f"{text.rstrip('.')}. {self.hint}"
         return text
+
+
+def _rebuild(cls, message, path, hint, state):
+    err = GeoImplicitError.__new__(cls)
+    GeoImplicitError.__init__(err, message, path=path, hint=hint)
+    err.__dict__.update(state)
+    return err
 
 
 class InputError(GeoImplicitError, ValueError):

@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import shutil
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -43,6 +44,7 @@ MAX_PIXELS = 2**31  # pixels of one DSM (8.6 GB of float32): beyond, the resolut
 
 _METHODS: dict[str, DsmMethod] = {}  # run key -> the method of this process (the driver's is the plan's)
 _STATES: dict[str, Any] = {}  # run key -> its prepared state, once per process
+_LOCK = threading.RLock()  # builds the method and its state once, whichever thread asks first
 
 
 @dataclass
@@ -61,8 +63,14 @@ class TileJob:
     def tile_id(self) -> str:
         return self.tile.id
 
-    def load(self) -> tuple[dict, list]:
-        """The tile's points (routed) and ortho crops; what the local executor prefetches in a thread."""
+    @property
+    def cpu_parallel(self) -> bool:
+        """Tiles of this method may run in worker processes (CPU work, no threads or device of its own)."""
+        return bool(getattr(method_class(self.method), "parallel_tiles", False))
+
+    def load(self) -> tuple[dict, list, Any]:
+        """The tile's points (routed), ortho crops and the method's ``prepare_tile`` work (where it has one);
+        what the local executor prefetches in threads, ahead of the device."""
         from geoimplicit.tiling.route import load_tile_points
 
         points = load_tile_points(Path(self.workdir) / "points", self.tile.id)
@@ -76,17 +84,18 @@ class TileJob:
                                              dst_crs=self.inputs.crs_wkt))
                 except AOIError:
                     log.info("tile %s: %s does not cover it", self.tile.id, path)
-        return points, ortho
+        prepare = getattr(self._method(), "prepare_tile", None)
+        prepared = prepare(self.tile, points, ortho, self._state()) if prepare and len(points["x"]) else None
+        return points, ortho, prepared
 
-    def compute(self, loaded: tuple[dict, list], progress=None) -> TileOutcome:
+    def compute(self, loaded: tuple[dict, list, Any], progress=None) -> TileOutcome:
         """Heights of the tile; a tile without points or without any valid cell is empty (nothing invented)."""
-        points, ortho = loaded
+        points, ortho, prepared = loaded
         n = len(points["x"])
         if n == 0:
             return TileOutcome(None, {"points": 0}, message="no points")
-        if self.run_key not in _STATES:
-            _STATES[self.run_key] = self._method().prepare(self.inputs)
-        out: TileOutput = self._method().run_tile(self.tile, points, ortho, _STATES[self.run_key], progress=progress)
+        kw = {} if prepared is None else {"prepared": prepared}
+        out: TileOutput = self._method().run_tile(self.tile, points, ortho, self._state(), progress=progress, **kw)
         shape = self.tile.grid.shape
         if out.height.shape != shape or out.valid.shape != shape:
             raise RunError(f"the {self.method} method returned a {out.height.shape} tile, expected the tile grid's "
@@ -98,9 +107,17 @@ class TileJob:
         return TileOutcome({"dsm": bands}, stats, tags={"method": self.method})
 
     def _method(self) -> DsmMethod:
-        if self.run_key not in _METHODS:  # a worker process: build it once (this reads a model's checkpoint)
-            _METHODS[self.run_key] = get_method(self.method, **self.options)
-        return _METHODS[self.run_key]
+        with _LOCK:  # the prefetch threads ask too
+            if self.run_key not in _METHODS:  # a worker process: build it once (this reads a model's checkpoint)
+                _METHODS[self.run_key] = get_method(self.method, **self.options)
+            return _METHODS[self.run_key]
+
+    def _state(self) -> Any:
+        method = self._method()
+        with _LOCK:
+            if self.run_key not in _STATES:
+                _STATES[self.run_key] = method.prepare(self.inputs)
+            return _STATES[self.run_key]
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -107,7 +107,10 @@ class DsmMethod(Protocol):
     def run_tile(self, tile, points: dict, ortho: list, state: Any, progress=None) -> TileOutput:
         """Heights on ``tile.grid`` from the points inside ``tile.bounds`` and the ortho crops (RasterData
         on the tile's bounds, or an empty list). A long tile reports ``progress(fraction, message)`` (may be
-        None; it raises CancelledError when the user cancels)."""
+        None; it raises CancelledError when the user cancels).
+
+        Optional: a method with ``prepare_tile(tile, points, ortho, state) -> prepared`` (thread-safe CPU work)
+        has it run ahead in the tiled run's prefetch threads; its ``run_tile`` then gets ``prepared=``."""
 
     def tags(self) -> dict:
         """Metadata tags for the mosaic (method name, options)."""

@@ -642,6 +642,7 @@ class RasterMethod:
     point_fields = ("x", "y", "z", "classification")
     needs_ortho = False
     needs_gpu = False
+    parallel_tiles = True  # numpy on one core per tile: the local executor runs tiles in worker processes
 
     def __init__(self, **options):
         self.config = RasterizeConfig(**{k: v for k, v in options.items() if v is not None})

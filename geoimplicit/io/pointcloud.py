@@ -396,14 +396,25 @@ class PointCloudDataset:
         for f in files:
             yield from self._iter_file(f, bounds, chunk_size, wanted, classes_arr)
 
-    def _iter_file(self, f, bounds, chunk_size, fields, classes_arr):
+    def __getstate__(self):  # the reprojectors are keyed by id(): rebuilt in a worker process
+        return {**self.__dict__, "_reproj": {}}
+
+    def file_chunks(self, file_no: int, start: int, count: int, bounds=None, *, fields=("x", "y", "z"),
+                    serial: bool = True) -> Iterator[dict[str, np.ndarray]]:
+        """Points ``start`` to ``start + count`` of file ``file_no`` (one chunk, for a worker process): like
+        :meth:`iter_chunks`; ``serial`` decodes in this thread only (the workers are the parallelism)."""
+        import laspy
+
+        fields = tuple(dict.fromkeys(["x", "y", "z", *[_FIELD_ALIASES.get(f, f) for f in fields]]))
+        backend = laspy.LazBackend.Lazrs if serial and laspy.LazBackend.Lazrs.is_available() else None
+        yield from self._iter_file(self.files[file_no], bounds, count, fields, None, start=start, count=count,
+                                   laz_backend=backend)
+
+    def _iter_file(self, f, bounds, chunk_size, fields, classes_arr, *, start=0, count=None, laz_backend=None):
         import laspy
 
         extra = [n for n in fields if n not in ("x", "y", "z")]
-        if classes_arr is not None and "classification" not in extra:
-            extra_needed = extra + ["classification"]
-        else:
-            extra_needed = extra
+        extra_needed = extra + ["classification"] if classes_arr is not None and "classification" not in extra else extra
         for name in extra_needed:
             if name not in f.fields:
                 raise InputError(
@@ -411,39 +422,23 @@ class PointCloudDataset:
                     path=f.path, hint="drop that field or use a file that has it",
                 )
         reproj = self._reprojector(f)
-        errors = _laspy_errors()
+        kw = {} if laz_backend is None else {"laz_backend": laz_backend}
         try:
-            with laspy.open(f.path, decompression_selection=_decompression_selection(extra_needed)) as reader:
-                for chunk in reader.chunk_iterator(int(chunk_size)):
+            with laspy.open(f.path, decompression_selection=_decompression_selection(extra_needed), **kw) as reader:
+                if start:
+                    reader.seek(int(start))
+                left = reader.header.point_count - int(start) if count is None else int(count)
+                while left > 0:
+                    chunk = reader.read_points(min(int(chunk_size), left))
                     if len(chunk) == 0:
-                        continue
-                    x = np.asarray(chunk.x, dtype=np.float64)
-                    y = np.asarray(chunk.y, dtype=np.float64)
-                    z = np.asarray(chunk.z, dtype=np.float64)
-                    keep = None
-                    if classes_arr is not None:
-                        keep = np.isin(np.asarray(chunk.classification), classes_arr)
-                    if not reproj.identity:
-                        x, y = reproj.xy(x, y)
-                        if reproj.z_scale != 1.0:
-                            z = z * reproj.z_scale
-                    if bounds is not None:
-                        left, bottom, right, top = bounds
-                        inside = (x >= left) & (x <= right) & (y >= bottom) & (y <= top)
-                        keep = inside if keep is None else keep & inside
-                    out = {"x": x, "y": y, "z": z}
-                    for name in extra:
-                        out[name] = np.asarray(chunk[name])
-                    if keep is not None:
-                        if not keep.any():
-                            continue
-                        out = {k: v[keep] for k, v in out.items()}
-                    else:
-                        out = {k: np.array(v, copy=True) if k not in ("x", "y", "z") else v for k, v in out.items()}
-                    yield {k: out[k] for k in fields}
+                        break
+                    left -= len(chunk)
+                    out = _chunk_arrays(chunk, reproj, bounds, extra, classes_arr)
+                    if out is not None:
+                        yield {k: out[k] for k in fields}
         except (CorruptInputError, InputError):
             raise
-        except errors as exc:
+        except _laspy_errors() as exc:
             raise _corrupt(f.path, exc) from None
 
     def read(self, bounds: Sequence[float] | None = None, **kw) -> dict[str, np.ndarray]:
@@ -453,6 +448,29 @@ class PointCloudDataset:
         if not chunks:
             return {k: np.empty(0, dtype=np.float64 if k in "xyz" else np.uint16) for k in fields}
         return {k: np.concatenate([c[k] for c in chunks]) for k in chunks[0]}
+
+
+def _chunk_arrays(chunk, reproj, bounds, extra, classes_arr) -> dict | None:
+    """x, y, z (working CRS) and the ``extra`` fields of a laspy chunk, cropped to ``bounds`` and ``classes``;
+    None when nothing is left."""
+    x = np.asarray(chunk.x, dtype=np.float64)
+    y = np.asarray(chunk.y, dtype=np.float64)
+    z = np.asarray(chunk.z, dtype=np.float64)
+    keep = None if classes_arr is None else np.isin(np.asarray(chunk.classification), classes_arr)
+    if not reproj.identity:
+        x, y = reproj.xy(x, y)
+        if reproj.z_scale != 1.0:
+            z = z * reproj.z_scale
+    if bounds is not None:
+        left, bottom, right, top = bounds
+        inside = (x >= left) & (x <= right) & (y >= bottom) & (y <= top)
+        keep = inside if keep is None else keep & inside
+    out = {"x": x, "y": y, "z": z}
+    for name in extra:
+        out[name] = np.asarray(chunk[name])
+    if keep is None:
+        return {k: v if k in ("x", "y", "z") else np.array(v, copy=True) for k, v in out.items()}
+    return {k: v[keep] for k, v in out.items()} if keep.any() else None
 
 
 def _fmt(b) -> str:

@@ -5,8 +5,9 @@ numbers, not arrays): it reads its own inputs, writes its tile atomically and re
 the same job runs in this process, in a thread, or on a Dask worker on another machine that sees the same
 file system. The executors only differ in where the calls happen:
 
-- :class:`LocalExecutor` runs jobs in turn in this process (one GPU, one model in memory), while a thread
-  pool prepares the next jobs' inputs ahead (``prefetch``), so reading and cropping overlap the compute.
+- :class:`LocalExecutor` runs GPU jobs in turn in this process (one GPU, one model in memory), while a thread
+  pool prepares the next jobs' inputs ahead (``prefetch``), so reading and cropping overlap the compute;
+  ``cpu_parallel`` jobs go to forked worker processes, one per core.
 - :class:`DaskExecutor` submits every job as a task to a ``distributed`` cluster (a scheduler address, or a
   local cluster of N worker processes), with a ``GPU`` resource annotation when the job needs one and
   retries, so a worker that dies has its tiles run again elsewhere. With ``gpus_per_worker`` a local cluster
@@ -37,24 +38,34 @@ JobProgress = Callable[[Any, float, str], None]
 
 
 class LocalExecutor:
-    """Jobs in turn in this process; ``prefetch(job)`` for the next ``lookahead`` jobs runs in threads.
+    """Jobs on this machine. A job that needs the GPU runs in turn in this process, while ``threads`` threads
+    read the next ``lookahead`` jobs' inputs (``prefetch(job)``) ahead. Jobs that say ``cpu_parallel`` (pure
+    CPU work without threads of its own, e.g. the raster method's tiles) run in ``processes`` forked worker
+    processes (each does ``fn(job, prefetch(job))``; default: one per core, 1: in turn here).
 
     ``fn`` then receives ``(job, prefetched)`` when ``prefetch`` is given, else ``job``; and with
-    ``job_progress`` also ``progress=`` a callback ``(fraction, message)`` bound to the job.
+    ``job_progress`` also ``progress=`` a callback ``(fraction, message)`` bound to the job (in this process).
     """
 
     name = "local"
 
-    def __init__(self, lookahead: int = 2, threads: int = 2):
-        self.lookahead = max(0, lookahead)
-        self.threads = max(1, threads)
+    def __init__(self, lookahead: int | None = None, threads: int | None = None, processes: int | None = None):
+        from geoimplicit.cores import usable_cores
+
+        cores = usable_cores()
+        self.threads = max(1, threads if threads is not None else min(4, max(2, cores // 2)))
+        self.lookahead = max(0, lookahead if lookahead is not None else 2 * self.threads)
+        self.processes = max(1, processes if processes is not None else cores)
 
     def map(self, fn: JobFn, jobs: Sequence[Any], *, prefetch: Callable[[Any], Any] | None = None,
             needs_gpu: bool = False, job_progress: JobProgress | None = None,
             cancel: CancelCallback | None = None) -> Iterator[tuple[Any, Any]]:
         """Yield ``(job, result)`` in job order."""
-        del needs_gpu  # one process: the job picks its device itself
         jobs = list(jobs)
+        if (not needs_gpu and self.processes > 1 and len(jobs) > 1 and getattr(jobs[0], "cpu_parallel", False)
+                and _can_fork()):
+            yield from _in_processes(fn, jobs, prefetch, min(self.processes, len(jobs)), cancel)
+            return
 
         def call(job, *data):
             if job_progress is None:
@@ -79,6 +90,28 @@ class LocalExecutor:
 
     def close(self) -> None:
         pass
+
+
+def _can_fork() -> bool:
+    import multiprocessing
+
+    return "fork" in multiprocessing.get_all_start_methods()
+
+
+def _in_processes(fn, jobs, prefetch, processes: int, cancel) -> Iterator[tuple[Any, Any]]:
+    """``fn(job[, prefetch(job)])`` in forked processes (they inherit the run's method: no reload); in order."""
+    import multiprocessing
+
+    task = fn if prefetch is None else _with_prefetch(fn, prefetch)
+    with cf.ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("fork")) as pool:
+        futures = [pool.submit(task, job) for job in jobs]
+        try:
+            for job, fut in zip(jobs, futures):
+                check_cancel(cancel)
+                yield job, fut.result()
+        finally:
+            for fut in futures:
+                fut.cancel()
 
 
 class DaskExecutor:

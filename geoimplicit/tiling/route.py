@@ -18,6 +18,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
+from geoimplicit.cores import usable_cores
 from geoimplicit.outputs import input_fingerprint
 from geoimplicit.progress import CancelCallback, ProgressCallback, check_cancel
 
@@ -97,20 +98,97 @@ def assign_to_tiles(x: np.ndarray, y: np.ndarray, tiles: Sequence) -> tuple[np.n
     return np.concatenate([p for p, _ in pairs]), np.concatenate([t for _, t in pairs])
 
 
+def route_chunk(total_points: int, workers: int | None = None) -> int:
+    """Points per chunk: about two chunks per worker (they finish together), 200 000 to 1 000 000, a multiple of
+    LAZ's 50 000-point chunks (a worker seeks to its first point without decoding the chunks before)."""
+    workers = workers or usable_cores()
+    n = min(1_000_000, max(200_000, -(-int(total_points) // (2 * workers))))
+    return -(-n // 50_000) * 50_000
+
+
+def route_workers(total_points: int, chunk_size: int, workers: int | None = None) -> int:
+    """Worker processes for the routing: one per usable core, no more than there are chunks;
+    1 (in this process) for a small input or where processes cannot fork."""
+    import multiprocessing
+
+    if workers is None:
+        workers = usable_cores()
+    if "fork" not in multiprocessing.get_all_start_methods():
+        return 1
+    return max(1, min(int(workers), -(-int(total_points) // int(chunk_size))))
+
+
+def _pieces(dataset, chunk_size: int) -> list[tuple[int, int, int]]:
+    """(file number, first point, count) of every chunk, in reading order."""
+    return [(i, s, min(chunk_size, f.point_count - s)) for i, f in enumerate(dataset.files)
+            for s in range(0, f.point_count, chunk_size)]
+
+
+_JOB: dict = {}  # the routing a forked worker serves: set in the parent before the pool forks
+
+
+def _route_piece(piece: tuple[int, int, int]) -> tuple[int, np.ndarray]:
+    """Read one chunk, append each tile's share to ``<tile id>/<file>_<first point>.npy``; (read, counts)."""
+    j = _JOB
+    file_no, start, count = piece
+    counts = np.zeros(len(j["tiles"]), dtype=np.int64)
+    read = 0
+    for chunk in j["dataset"].file_chunks(file_no, start, count, j["bounds"], fields=j["fields"],
+                                          serial=j["serial"]):
+        read += len(chunk["x"])
+        pid, tid = assign_to_tiles(chunk["x"], chunk["y"], j["tiles"])
+        # a stable sort of 16-bit keys is a radix sort in numpy: linear in the points
+        order = np.argsort(tid.astype(np.uint16) if len(j["tiles"]) < 65536 else tid, kind="stable")
+        pid, tid = pid[order], tid[order]
+        starts = np.flatnonzero(np.r_[True, tid[1:] != tid[:-1]]) if len(tid) else np.array([], int)
+        for s, e in zip(starts, np.r_[starts[1:], len(tid)]):
+            sel = pid[s:e]
+            rec = np.empty(len(sel), dtype=j["dtype"])
+            for f in j["fields"]:
+                rec[f] = chunk[f][sel]
+            tile_dir = j["route_dir"] / j["tiles"][tid[s]].id
+            tile_dir.mkdir(exist_ok=True)
+            np.save(tile_dir / f"{file_no:05d}_{start:012d}.npy", rec)  # names sort in reading order
+            counts[tid[s]] += len(sel)
+    return read, counts
+
+
+def _map_pieces(pieces, workers: int):
+    """``_route_piece`` over the pieces, in this process or in forked worker processes; results in order."""
+    if workers <= 1:
+        yield from map(_route_piece, pieces)
+        return
+    import concurrent.futures as cf
+    import multiprocessing
+
+    with cf.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
+        futures = [pool.submit(_route_piece, p) for p in pieces]
+        try:
+            for fut in futures:
+                yield fut.result()
+        finally:
+            for fut in futures:
+                fut.cancel()
+
+
 def route_points(
     dataset,
     tiles: Sequence,
     route_dir: str | os.PathLike,
     *,
     fields: Sequence[str] = ("x", "y", "z"),
-    chunk_size: int = 2_000_000,
+    chunk_size: int | None = None,
+    workers: int | None = None,
     progress: ProgressCallback | None = None,
     cancel: CancelCallback | None = None,
 ) -> Path:
     """Stream ``dataset`` (a :class:`~geoimplicit.io.pointcloud.PointCloudDataset`) into per-tile pieces.
 
     Returns ``route_dir``; each tile's points are in ``route_dir/<tile id>/*.npy`` (read them with
-    :func:`load_tile_points`). Only points inside the union of the tiles' context bounds are kept.
+    :func:`load_tile_points`, in the order of the inputs). Only points inside the union of the tiles' context
+    bounds are kept. Chunks of ``chunk_size`` points (default :func:`route_chunk`) are read and routed by
+    ``workers`` processes (default :func:`route_workers`), each decoding on one core; one worker: in this
+    process, decoding with lazrs' threads.
     """
     route_dir = Path(route_dir)
     tiles = list(tiles)
@@ -126,42 +204,29 @@ def route_points(
     if route_dir.exists():
         shutil.rmtree(route_dir)
     route_dir.mkdir(parents=True)
-
-    left = min(t.context_bounds[0] for t in tiles)
-    bottom = min(t.context_bounds[1] for t in tiles)
-    right = max(t.context_bounds[2] for t in tiles)
-    top = max(t.context_bounds[3] for t in tiles)
-    dtype = np.dtype([(f, np.float64 if f in ("x", "y", "z") else np.float32) for f in fields])
+    bounds = tuple(f(t.context_bounds[i] for t in tiles) for i, f in enumerate((min, min, max, max)))
+    inside = {id(f) for f in dataset.files_for(bounds)}
+    if not inside:
+        next(iter(dataset.iter_chunks(bounds)), None)  # raises the AOIError that names the files
+    fields = tuple(fields)
     total = int(dataset.point_count)
-    read = routed = 0
-    counts = np.zeros(len(tiles), dtype=np.int64)
-    for chunk_no, chunk in enumerate(
-        dataset.iter_chunks((left, bottom, right, top), chunk_size=chunk_size, fields=tuple(fields))
-    ):
-        check_cancel(cancel)
-        n = len(chunk["x"])
-        read += n
-        if n:
-            pid, tid = assign_to_tiles(chunk["x"], chunk["y"], tiles)
-            # a stable sort of 16-bit keys is a radix sort in numpy: linear in the points
-            order = np.argsort(tid.astype(np.uint16) if len(tiles) < 65536 else tid, kind="stable")
-            pid, tid = pid[order], tid[order]
-            starts = np.flatnonzero(np.r_[True, tid[1:] != tid[:-1]]) if len(tid) else np.array([], int)
-            ends = np.r_[starts[1:], len(tid)]
-            for s, e in zip(starts, ends):
-                sel = pid[s:e]
-                rec = np.empty(len(sel), dtype=dtype)
-                for f in fields:
-                    rec[f] = chunk[f][sel]
-                tile_dir = route_dir / tiles[tid[s]].id
-                tile_dir.mkdir(exist_ok=True)
-                np.save(tile_dir / f"{chunk_no:06d}.npy", rec)
-                counts[tid[s]] += len(sel)
-            routed += len(pid)
-        if progress is not None:
-            progress(min(read, total), total, "read points", f"{read:,} points read")
+    chunk_size = chunk_size or route_chunk(total, workers)
+    workers = route_workers(total, chunk_size, workers)
+    pieces = [p for p in _pieces(dataset, int(chunk_size)) if id(dataset.files[p[0]]) in inside]
+    dtype = np.dtype([(f, np.float64 if f in ("x", "y", "z") else np.float32) for f in fields])
+    _JOB.update(dataset=dataset, tiles=tiles, bounds=bounds, fields=fields, dtype=dtype, route_dir=route_dir,
+                serial=workers > 1)
+    read, counts = 0, np.zeros(len(tiles), dtype=np.int64)
+    try:
+        for n, c in _map_pieces(pieces, workers):
+            check_cancel(cancel)
+            read, counts = read + n, counts + c
+            if progress is not None:
+                progress(min(read, total), total, "read points", f"{read:,} points read")
+    finally:
+        _JOB.clear()
     manifest.write_text(
-        json.dumps({"key": key, "fields": list(fields), "points_read": read, "points_routed": routed,
+        json.dumps({"key": key, "fields": list(fields), "points_read": read, "points_routed": int(counts.sum()),
                     "tiles": {t.id: int(c) for t, c in zip(tiles, counts)}}, indent=1)
     )
     return route_dir

@@ -73,7 +73,7 @@ class OccupancyPredictor:
     def predict_tile(self, x, y, z, *, core_bounds, resolution: float, context_bounds=None,
                      metres_per_unit: float = 1.0, images=(),
                      true_ortho: bool = False, progress=None) -> tuple[np.ndarray, np.ndarray]:
-        """DSM of one tile.
+        """DSM of one tile: :meth:`frame_tile` (CPU) then :meth:`search_tile` (the device).
 
         Args:
             x, y, z: float64 points in CRS units covering ``context_bounds`` (the core plus the overlap).
@@ -90,10 +90,18 @@ class OccupancyPredictor:
         Returns:
             (rows, cols) float32 heights (NODATA where none) and a bool valid mask.
         """
-        import torch
+        framed = self.frame_tile(x, y, z, core_bounds=core_bounds, resolution=resolution,
+                                 context_bounds=context_bounds, metres_per_unit=metres_per_unit, images=images,
+                                 true_ortho=true_ortho)
+        return self.search_tile(framed, progress=progress)
+
+    def frame_tile(self, x, y, z, *, core_bounds, resolution: float, context_bounds=None,
+                   metres_per_unit: float = 1.0, images=(), true_ortho: bool = False) -> "FramedTile":
+        """The CPU half of :meth:`predict_tile` (arguments there): local frame, points, orthos, output cells,
+        support, search range. Thread-safe: the tiled run does it ahead of the device, in threads."""
         from scipy import ndimage
 
-        from geoimplicit.dsm.occupancy.extract import reduce_subcells, search_model, subcell_offsets
+        from geoimplicit.dsm.occupancy.extract import subcell_offsets
 
         cfg, mc, ec = self.cfg, self.cfg.model, self.cfg.extract
         t0 = time.perf_counter()
@@ -101,16 +109,15 @@ class OccupancyPredictor:
         left, bottom, right, top = core_bounds
         cols = int(round((right - left) / resolution))
         rows = int(round((top - bottom) / resolution))
-        out = np.full((rows, cols), NODATA, np.float32)
         if len(x) == 0:
-            return out, np.zeros((rows, cols), bool)
-        frame, pts, imgs, flags = self.tile_inputs(x, y, z, context_bounds, metres_per_unit, images, true_ortho)
+            return FramedTile(rows, cols)
+        frame, pts, imgs, flags = self._tile_inputs_host(x, y, z, context_bounds, metres_per_unit, images,
+                                                         true_ortho)
         # output cell centres (CRS, float64) -> local metres
         cx = left + (np.arange(cols) + 0.5) * resolution
         cy = top - (np.arange(rows) + 0.5) * resolution
         X, Y = np.meshgrid(cx, cy)
-        n_sub = ec.readout_subcells ** 2  # sub-cell sample points per output cell (cell-major order)
-        off = subcell_offsets(ec.readout_subcells, resolution)
+        off = subcell_offsets(ec.readout_subcells, resolution)  # sub-cell sample points, cell-major order
         xy = frame.xy_to_local((X.ravel()[:, None] + off[None, :, 0]).ravel(),
                                (Y.ravel()[:, None] + off[None, :, 1]).ravel())
         # support: distance from each output cell to the nearest cell holding an input point
@@ -130,18 +137,33 @@ class OccupancyPredictor:
         zlo = float(pts[:, 2].min()) - margin
         zhi = float(pts[:, 2].max()) + margin
         self.timings.frame += time.perf_counter() - t0
+        return FramedTile(rows, cols, frame, pts, imgs, flags, xy, supported, zlo, zhi, bool(true_ortho))
+
+    def search_tile(self, t: "FramedTile", progress=None) -> tuple[np.ndarray, np.ndarray]:
+        """The device half of :meth:`predict_tile`: encode, surface search, heights on the tile's grid."""
+        import torch
+
+        from geoimplicit.dsm.occupancy.extract import reduce_subcells, search_model
+
+        ec = self.cfg.extract
+        n_sub = ec.readout_subcells ** 2
+        out = np.full((t.rows, t.cols), NODATA, np.float32)
+        if t.frame is None:
+            return out, np.zeros((t.rows, t.cols), bool)
         t1 = time.perf_counter()
         dev = self.device
         with torch.inference_mode():
-            enc = self.encode_local(pts, frame, imgs, flags)
+            imgs = None if t.imgs is None else _to_device(t.imgs, dev)
+            flags = None if t.flags is None else torch.full(t.flags, float(t.true_ortho), device=dev)
+            enc = self.encode_local(t.pts, t.frame, imgs, flags)
             if dev.type == "cuda":
                 torch.cuda.synchronize()
             t2 = time.perf_counter()
             self.timings.encode += t2 - t1
-            q = torch.from_numpy(xy).to(dev)
+            q = _to_device(t.xy, dev)
             M = q.shape[0]
-            lo = torch.full((M,), zlo, device=dev)
-            hi = torch.full((M,), zhi, device=dev)
+            lo = torch.full((M,), t.zlo, device=dev)
+            hi = torch.full((M,), t.zhi, device=dev)
             batch = ec.batch_columns
             if progress is not None:
                 progress(0.1, "encoded")
@@ -164,8 +186,8 @@ class OccupancyPredictor:
         self.timings.columns += M // n_sub
         self.timings.queries += M * (ec.coarse_steps + ec.refine_steps)
         self.timings.tiles += 1
-        heights = frame.z_from_local(zn).reshape(rows, cols)
-        valid = found.reshape(rows, cols) & (supported | (ec.fill == "prior"))
+        heights = t.frame.z_from_local(zn).reshape(t.rows, t.cols)
+        valid = found.reshape(t.rows, t.cols) & (t.supported | (ec.fill == "prior"))
         out[valid] = heights[valid].astype(np.float32)
         return out, valid
 
@@ -173,6 +195,13 @@ class OccupancyPredictor:
         """A tile's local frame, its points in it (N, 3) and its orthos on the feature grid (or None)."""
         import torch
 
+        frame, pts, arr, flags = self._tile_inputs_host(x, y, z, context_bounds, metres_per_unit, images, true_ortho)
+        imgs = None if arr is None else torch.from_numpy(arr).to(self.device)
+        flags = None if flags is None else torch.full(flags, float(bool(true_ortho)), device=self.device)
+        return frame, pts, imgs, flags
+
+    def _tile_inputs_host(self, x, y, z, context_bounds, metres_per_unit, images, true_ortho):
+        """:meth:`tile_inputs` in host memory: the orthos as a numpy array, the flags as their shape."""
         from geoimplicit.dsm.occupancy.normalize import PatchFrame, resample_image_to_frame
 
         mc = self.cfg.model
@@ -180,14 +209,13 @@ class OccupancyPredictor:
                                        cell_m=mc.feature_cell_m, height_scale_m=mc.height_scale_m,
                                        multiple=self.model.grid_multiple)
         pts = frame.points_to_local(x, y, z)
-        imgs = flags = None
+        arr = flags = None
         if self.n_images and images:
             arr = np.zeros((1, self.n_images, 4) + frame.shape, np.float32)
             for k, (a, tr) in enumerate(list(images)[: self.n_images]):
                 arr[0, k] = resample_image_to_frame(a, tr, frame)
-            imgs = torch.from_numpy(arr).to(self.device)
-            flags = torch.full((1, self.n_images), float(bool(true_ortho)), device=self.device)
-        return frame, pts, imgs, flags
+            flags = (1, self.n_images)
+        return frame, pts, arr, flags
 
     def encode_local(self, pts: np.ndarray, frame, imgs=None, flags=None) -> dict:
         """Encode a tile's local points (and orthos) once: the feature plane the decoder samples (float32)."""
@@ -199,6 +227,33 @@ class OccupancyPredictor:
         with torch.autocast(dev.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
             enc = self.model.encode(p, b, 1, frame.shape, imgs, flags)
         return {k: v.float() for k, v in enc.items()}
+
+
+@dataclass
+class FramedTile:
+    """A tile ready for the device (:meth:`OccupancyPredictor.frame_tile`); ``frame`` None: no points."""
+
+    rows: int
+    cols: int
+    frame: object = None
+    pts: np.ndarray | None = None
+    imgs: np.ndarray | None = None
+    flags: tuple | None = None
+    xy: np.ndarray | None = None
+    supported: np.ndarray | None = None
+    zlo: float = 0.0
+    zhi: float = 0.0
+    true_ortho: bool = False
+
+
+def _to_device(array: np.ndarray, dev):
+    """A host array on ``dev``: through pinned memory without waiting on CUDA (the copy overlaps), else as is."""
+    import torch
+
+    t = torch.from_numpy(np.ascontiguousarray(array))
+    if dev.type != "cuda":
+        return t
+    return t.pin_memory().to(dev, non_blocking=True)
 
 
 def _column_progress(progress):

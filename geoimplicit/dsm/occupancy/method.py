@@ -50,16 +50,24 @@ class OccupancyMethod:
         checkpoint, self._checkpoint = self._checkpoint, None
         return OccupancyPredictor(checkpoint or self.weights, self.device)
 
-    def run_tile(self, tile, points: dict, ortho: list, state, progress=None) -> TileOutput:
-        t0 = time.perf_counter()
+    def prepare_tile(self, tile, points: dict, ortho: list, state):
+        """The tile's CPU work (frame, support, cells), done by the tiled run ahead of the device, in threads."""
+        return self._frame(tile, points, ortho, state)
+
+    def _frame(self, tile, points: dict, ortho: list, state):
         grid = tile.grid
         images = [(np.asarray(r.array)[:3], r.transform) for r in ortho][:2]
-        mpu = getattr(self, "_mpu", 1.0)
-        height, valid = state.predict_tile(
+        return state.frame_tile(
             np.asarray(points["x"], np.float64), np.asarray(points["y"], np.float64),
             np.asarray(points["z"], np.float64), core_bounds=grid.bounds, context_bounds=tile.context_bounds,
-            resolution=grid.resolution, metres_per_unit=mpu, images=images, true_ortho=self.true_ortho,
-            progress=progress)
+            resolution=grid.resolution, metres_per_unit=getattr(self, "_mpu", 1.0), images=images,
+            true_ortho=self.true_ortho)
+
+    def run_tile(self, tile, points: dict, ortho: list, state, progress=None, prepared=None) -> TileOutput:
+        t0 = time.perf_counter()
+        if prepared is None:
+            prepared = self._frame(tile, points, ortho, state)
+        height, valid = state.search_tile(prepared, progress=progress)
         return TileOutput(height=height, valid=valid, filled=None,
                           stats={"points": int(len(points["x"])), "seconds": round(time.perf_counter() - t0, 3),
                                  "device": str(state.device)})

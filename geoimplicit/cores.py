@@ -1,0 +1,27 @@
+"""How many cores this process may use: the worker counts of the run path default from it."""
+
+from __future__ import annotations
+
+import os
+
+
+def usable_cores() -> int:
+    """``os.cpu_count()``, less where the CPU affinity or a cgroup quota (a container's ``--cpus``) allows fewer."""
+    n = os.cpu_count() or 1
+    if hasattr(os, "sched_getaffinity"):
+        n = min(n, len(os.sched_getaffinity(0)))
+    try:
+        with open("/sys/fs/cgroup/cpu.max") as fh:
+            quota, period = fh.read().split()[:2]
+        if quota != "max":
+            n = min(n, max(1, int(int(quota) // int(period))))
+    except (OSError, ValueError):
+        pass
+    return max(1, n)
+
+
+def thread_workers(cap: int = 8) -> int:
+    """Threads for GIL-sharing work (mosaic blocks, GDAL compression): 1 on two cores or fewer, where the
+    threads only contend with the main work (measured), else the cores up to ``cap``."""
+    n = usable_cores()
+    return 1 if n <= 2 else min(cap, n)
