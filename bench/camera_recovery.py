@@ -7,7 +7,9 @@ perturbation A/S (default 0.1 deg / 1 m and 0.3 deg / 3 m):
 
   exact        true train cameras
   fixed_A_S    perturbed train cameras, not refined
-  refine_A_S   perturbed train cameras, refined (``refine_cameras``)
+  refine_A_S   perturbed train cameras, refined (``refine_cameras``, the default pose settings)
+  former_A_S   the same with the former pose settings (rotations about the camera centre, camera 0 held
+               fixed; the pose learning rate now decays in both), for comparison; only for ``--compare-old``
 
 Measured per fit: rotation (deg) and centre (m) errors of the train cameras before (the given ones, as they are:
 exactly the applied perturbation) and after (the written ``cameras/``) with the gauge removed: moved first by the
@@ -40,8 +42,8 @@ sys.path.insert(0, str(ROOT))
 
 log = logging.getLogger("bench.camera_recovery")
 
-FIT = {"layout": "geo", "planes": 64, "extent": "union", "colour_share": 0.8, "steps": 1000}
-"""GPU fit settings: the ``best`` preset with 64 planes and 1000 steps (so that five fits fit in 4 minutes)."""
+FIT = {"layout": "geo", "planes": 48, "extent": "union", "colour_share": 0.8, "steps": 800}
+"""GPU fit settings: the ``best`` preset with 48 planes and 800 steps (so that nine fits fit in 4 minutes)."""
 SMALL = dict(size_m=64.0, view_size=96, n_views=8, n_test=2, seeds=[7301],
              fit={"layout": "geo", "planes": 12, "extent": "union", "colour_share": 0.8, "steps": 200})
 FULL = dict(size_m=128.0, view_size=384, n_views=10, n_test=3, seeds=[7301], fit=FIT)
@@ -117,18 +119,63 @@ def measure(model_dir: Path, truth, used, device) -> dict:
     return out
 
 
-def run_fit(name: str, views: Path, truth_dir: Path, work: Path, fit: dict, device: str) -> dict:
+OLD_POSE = {"mode": "SO3xR3", "gauge": "first", "pivot": "camera"}
+CANDIDATES = [{"mode": "SO3xR3", "gauge": "mean", "pivot": "scene"},
+              {"mode": "SO3xR3", "gauge": "mean", "pivot": "scene", "rot_weight": 0.01},
+              {"mode": "SO3xR3", "gauge": "mean", "pivot": "camera"}]
+"""``--candidates default``: pose settings chosen from on the validation seed."""
+"""The pose settings of the MPI fit before issue 19's fix."""
+
+
+def run_fit(name: str, views: Path, truth_dir: Path, work: Path, fit: dict, device: str, pose=None) -> dict:
+    """Fit one variant (``pose``: pose settings of a refined fit, default the library's) and measure it."""
     from geoimplicit.io.cameras import ViewSet
     from geoimplicit.mpi.fit import FitConfig, fit_mpi
 
-    cfg = FitConfig.from_dict({**fit, "device": device, "refine_cameras": name.startswith("refine")})
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")  # in pool workers too
+    fit = {**fit, "device": device, "refine_cameras": name.startswith(("refine", "former", "val"))}
+    if name.startswith("former"):
+        fit["pose"] = OLD_POSE
+    elif pose is not None:
+        fit["pose"] = pose
+    cfg = FitConfig.from_dict(fit)
     t0 = time.perf_counter()
     res = fit_mpi(views, work / name, cfg, overwrite=True)
     row = {"variant": name, "fit_s": round(time.perf_counter() - t0, 2), "train_psnr": res.train_psnr,
-           "steps": res.steps}
+           "steps": res.steps, "pose": fit.get("pose")}
     row.update(measure(work / name, ViewSet.load(truth_dir), ViewSet.load(views), cfg.device))
     log.info("%s: %s", name, json.dumps(row))
     return row
+
+
+def _run_all(jobs: list, args, fit: dict, out: Path, rows: list, t_all: float) -> list:
+    """Run ``jobs`` (seed, name, views, truth, pose) sequentially or in ``--parallel`` processes."""
+    new = []
+    if args.parallel <= 1:
+        for seed, name, views, truth, pose in jobs:
+            if args.budget_s and time.perf_counter() - t_all > args.budget_s:
+                log.warning("time budget spent: %s and the fits after it skipped", name)
+                break
+            new.append({"seed": seed, **run_fit(name, views, truth, out / f"seed_{seed}" / "fits", fit,
+                                                args.device, pose)})
+            _write(out, _summary(fit, args, rows + new, t_all))  # after every fit: a cut-off run keeps its results
+        return new
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(args.parallel, mp_context=mp.get_context("spawn")) as pool:
+        futs = [(seed, pool.submit(run_fit, name, views, truth, out / f"seed_{seed}" / "fits", fit, args.device,
+                                   pose)) for seed, name, views, truth, pose in jobs]
+        for seed, f in futs:
+            new.append({"seed": seed, **f.result()})
+            _write(out, _summary(fit, args, rows + new, t_all))
+    return new
+
+
+def _score(row: dict) -> float:
+    """Validation score of a refined fit: remaining rotation and centre errors, each relative to before."""
+    b, a = row["before"], row["after"]
+    return a["mean_rotation_deg"] / b["mean_rotation_deg"] + a["mean_centre"] / b["mean_centre"]
 
 
 def run(args) -> dict:
@@ -140,26 +187,46 @@ def run(args) -> dict:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     perts = [tuple(float(v) for v in p.split("/")) for p in args.perturb.split(",")]
-    rows = []
+    old = [tuple(float(v) for v in p.split("/")) for p in args.compare_old.split(",") if p]
+    size = (args.size_m or preset["size_m"], args.view_size or preset["view_size"], preset["n_views"],
+            preset["n_test"])
+    rows, chosen = [], None
     t_all = time.perf_counter()
+    candidates = CANDIDATES if args.candidates == "default" else json.loads(args.candidates or "[]")
+    if candidates:  # choose the pose settings on a validation seed, then measure the held-out seeds once
+        truth = make_views(args.validation_seed, out, *size)
+        a, s = perts[0]
+        pv = perturbed_views(truth, out / f"seed_{args.validation_seed}" / f"views_{a:g}_{s:g}", a, s,
+                             args.validation_seed)
+        jobs = [(args.validation_seed, f"val{k}_{a:g}_{s:g}", pv, truth, pose) for k, pose in enumerate(candidates)]
+        val = _run_all(jobs, args, fit, out, rows, t_all)
+        for r in val:
+            r["validation"] = True
+        rows += val
+        chosen = min(val, key=_score)["pose"]
+        log.info("chosen on validation seed %d: %s", args.validation_seed, json.dumps(chosen))
+    jobs = []
     for seed in seeds:
         t0 = time.perf_counter()
-        truth = make_views(seed, out, args.size_m or preset["size_m"], args.view_size or preset["view_size"],
-                           preset["n_views"], preset["n_test"])
+        truth = make_views(seed, out, *size)
         log.info("seed %d: views in %.1f s", seed, time.perf_counter() - t0)
-        work = out / f"seed_{seed}"
-        todo = [("exact", truth)]
+        jobs.append((seed, "exact", truth, truth, None))
         for a, s in perts:
-            pv = perturbed_views(truth, work / f"views_{a:g}_{s:g}", a, s, seed)
-            todo += [(f"fixed_{a:g}_{s:g}", pv), (f"refine_{a:g}_{s:g}", pv)]
-        for name, views in todo:
-            if args.variants and name not in args.variants.split(","):
-                continue
-            rows.append({"seed": seed, **run_fit(name, views, truth, work / "fits", fit, args.device)})
-    summary = {"fit": fit, "device": _device_name(args.device), "seconds": round(time.perf_counter() - t_all, 1),
-               "rows": rows}
-    _write(out, summary)
+            pv = perturbed_views(truth, out / f"seed_{seed}" / f"views_{a:g}_{s:g}", a, s, seed)
+            jobs += [(seed, f"fixed_{a:g}_{s:g}", pv, truth, None), (seed, f"refine_{a:g}_{s:g}", pv, truth, chosen)]
+            if (a, s) in old:
+                jobs.append((seed, f"former_{a:g}_{s:g}", pv, truth, None))
+    if args.variants:
+        jobs = [j for j in jobs if j[1] in args.variants.split(",")]
+    rows += _run_all(jobs, args, fit, out, rows, t_all)
+    summary = {**_summary(fit, args, rows, t_all), "chosen_pose": chosen}
+    _write(out, summary, show=True)
     return summary
+
+
+def _summary(fit: dict, args, rows: list, t_all: float) -> dict:
+    return {"fit": fit, "device": _device_name(args.device), "seconds": round(time.perf_counter() - t_all, 1),
+            "rows": rows}
 
 
 def _device_name(device: str) -> str:
@@ -171,22 +238,31 @@ def _device_name(device: str) -> str:
     return torch.cuda.get_device_name(d) if d.type == "cuda" else f"cpu ({os.cpu_count()} cores)"
 
 
-def _write(out: Path, summary: dict) -> None:
+def _pair(err) -> str:
+    return "-" if err is None else f"{err['mean_rotation_deg']:.3f} / {err['mean_centre']:.2f}"
+
+
+def _write(out: Path, summary: dict, show: bool = False) -> None:
     tmp = out / ".camera_recovery.json.partial"
     tmp.write_text(json.dumps(summary, indent=2))
     os.replace(tmp, out / "camera_recovery.json")
     lines = [f"Device: {summary['device']}; fit: {json.dumps(summary['fit'])}; {summary['seconds']} s in all. "
-             "Before: the given cameras as they are; after: gauge removed (similarity alignment).", "",
-             "| seed | variant | rot. before (deg) | centre before (m) | rot. after (deg) | centre after (m) "
+             "Errors: mean over the train views; aligned = after the similarity that best aligns the centres and "
+             "mid-depth axis points onto the truth (gauge removed); as fitted = no alignment (gauge mean keeps the "
+             "input cameras' mean pose).", "",
+             "| seed | variant | before: rot. (deg) / centre (m), as given | aligned | after, aligned | after, as fitted "
              "| held-out PSNR (true cams, gauge removed) | no gauge removal | fit s |",
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in summary["rows"]:
-        b, a = r["before"], r["after"]
-        lines.append(f"| {r['seed']} | {r['variant']} | {b['mean_rotation_deg']:.3f} | {b['mean_centre']:.2f} "
-                     f"| {a['mean_rotation_deg']:.3f} | {a['mean_centre']:.2f} | {r['heldout_psnr']:.2f} dB "
-                     f"| {r['heldout_psnr_raw']:.2f} | {r['fit_s']:.0f} |")
+        cells = [_pair(r["before"]), _pair(r["before_aligned"]), _pair(r["after"]), _pair(r.get("after_raw"))]
+        lines.append(f"| {r['seed']}{' (val.)' if r.get('validation') else ''} | {r['variant']} | "
+                     + " | ".join(cells) + f" | {r['heldout_psnr']:.2f} dB | {r['heldout_psnr_raw']:.2f} "
+                     f"| {r['fit_s']:.0f} |")
+    if summary.get("chosen_pose"):
+        lines += ["", f"Pose settings chosen on the validation seed: {json.dumps(summary['chosen_pose'])}."]
     (out / "camera_recovery.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines), flush=True)
+    if show:
+        print("\n".join(lines), flush=True)
 
 
 def main(argv=None) -> dict:
@@ -197,6 +273,13 @@ def main(argv=None) -> dict:
     ap.add_argument("--seeds", type=int, nargs="*", default=None)
     ap.add_argument("--perturb", default="0.1/1,0.3/3", help="DEG/M pairs separated by commas")
     ap.add_argument("--variants", default="", help="only these fits (comma-separated names), default all")
+    ap.add_argument("--compare-old", default="0.1/1", help="DEG/M pairs also refined with the former settings")
+    ap.add_argument("--budget-s", type=float, default=0.0,
+                    help="sequential runs: start no fit after this many seconds (0: none)")
+    ap.add_argument("--parallel", type=int, default=1, help="fits at a time, each in its own process")
+    ap.add_argument("--candidates", default="", help="'default' or a JSON list of pose settings to choose from on the validation "
+                    "seed (first perturbation; score: remaining rotation + centre error relative to before)")
+    ap.add_argument("--validation-seed", type=int, default=7390)
     ap.add_argument("--steps", type=int, default=None)
     ap.add_argument("--size-m", type=float, default=None)
     ap.add_argument("--view-size", type=int, default=None)

@@ -203,3 +203,85 @@ def test_align_points_and_pose_errors_recover_a_known_similarity():
                            cams[2].K, 60, 140, 64, 64)
     err = pose_errors(bad, cams, align="none")
     assert abs(err["centre"][2] - 1.0) < 1e-9 and max(err["centre"][i] for i in (0, 1, 3, 4, 5)) < 1e-9
+
+
+def test_scene_pivot_rotation_keeps_the_looked_at_point_and_orbits_the_centre():
+    from geoimplicit.geometry import camera_optimizer
+
+    cams = _cameras()
+    opt = camera_optimizer(CameraOptimizerConfig(mode="SO3xR3", gauge="none"), cams)
+    depth = np.array([0.5 * (c.depth_min + c.depth_max) for c in cams])
+    look = np.array([c.center + d * c.R[2] for c, d in zip(cams, depth)])
+    np.testing.assert_allclose(opt.pivots.numpy(), look, atol=1e-9)
+    np.testing.assert_allclose(opt.translation_scale.numpy(), depth / 80.0)
+    w = np.array([1.5, -2.0, 0.5])  # pixels: 1 / f radians each
+    with torch.no_grad():
+        opt.pose_adjustment[1, :3] = torch.tensor(w, dtype=F64)
+    moved = cams[1].moved(opt.motion_inverses_numpy()[1])
+    uv0, _ = cams[1].project(look[1:2])
+    uv1, _ = moved.project(look[1:2])
+    np.testing.assert_allclose(uv1, uv0, atol=1e-9)  # the pivot stays where the image saw it
+    omega = w / 80.0  # the centre turns about the pivot: |c' - p| = |c - p|, moved by about omega x (c - p)
+    np.testing.assert_allclose(np.linalg.norm(moved.center - look[1]), depth[1], rtol=1e-12)
+    np.testing.assert_allclose(moved.center - cams[1].center, np.cross(omega, cams[1].center - look[1]),
+                               atol=depth[1] * np.dot(omega, omega))
+
+
+def test_gauge_mean_with_scene_pivots_removes_a_world_similarity():
+    from geoimplicit.geometry import camera_optimizer
+
+    cams = _cameras()
+    opt = camera_optimizer(CameraOptimizerConfig(mode="SO3xR3", gauge="mean"), cams)
+    piv, cen = opt.pivots.numpy(), opt.centres.numpy()
+    m = piv.mean(0)
+    theta, tau, s = np.array([0.001, -0.002, 0.0015]), np.array([0.4, -0.2, 0.3]), 0.004
+    delta = np.cross(theta, piv - m) + tau + s * (cen - m)
+    common = np.c_[np.tile(theta, (5, 1)) / opt.rotation_scale.numpy()[:, None],
+                   delta / opt.translation_scale.numpy()[:, None]]
+    # first order: these corrections move every camera as the world similarity would
+    moved = [c.moved(mi) for c, mi in zip(cams, _motion_inverses(opt, common))]
+    world = m + (1 + s) * (cen - m) @ so3_exp(torch.tensor(theta)).numpy().T + tau
+    np.testing.assert_allclose(np.array([c.center for c in moved]), world, atol=0.02)
+    relative = np.zeros((5, 6))
+    relative[3, 3:] = [1.0, -0.5, 0.0]
+    with torch.no_grad():
+        opt.pose_adjustment.copy_(torch.tensor(common + relative))
+    opt.project_gauge_()
+    left = opt.pose_adjustment.detach().numpy()
+    opt_rel = camera_optimizer(CameraOptimizerConfig(mode="SO3xR3", gauge="mean"), cams)
+    with torch.no_grad():
+        opt_rel.pose_adjustment.copy_(torch.tensor(relative))
+    opt_rel.project_gauge_()
+    np.testing.assert_allclose(left, opt_rel.pose_adjustment.detach().numpy(), atol=1e-9)
+    assert np.abs(left[3, 3:]).max() > 0.5  # a camera's own error is not taken for the gauge
+
+
+def _motion_inverses(opt, p):
+    with torch.no_grad():
+        opt.pose_adjustment.copy_(torch.tensor(p))
+    return opt.motion_inverses_numpy()
+
+
+def test_pose_lr_schedule_and_config_checks():
+    opt, _ = _optimizer("SO3xR3", gauge="mean", warmup=10, lr=0.2)
+    assert opt.lr_at(9, 0.5) == 0.0 and opt.lr_at(10, 0.5) == pytest.approx(0.1)
+    with pytest.raises(ConfigError, match="pivot"):
+        CameraOptimizerConfig(pivot="centre").validate()
+
+
+def test_perturb_camera_is_exact_and_align_cameras_removes_a_known_similarity():
+    from geoimplicit.geometry import Similarity, align_cameras, camera_errors, perturb_camera
+
+    cams = _cameras(6, seed=3)
+    rng = np.random.default_rng(5)
+    bad = [perturb_camera(c, rng, 0.3, 3.0) for c in cams]
+    err = camera_errors(bad, cams)
+    assert err["max_rotation_deg"] == pytest.approx(0.3, abs=1e-9) and err["mean_rotation_deg"] == pytest.approx(0.3)
+    assert err["max_centre"] == pytest.approx(3.0, abs=1e-9) and err["mean_centre"] == pytest.approx(3.0)
+    R = so3_exp(torch.tensor([0.01, -0.02, 0.3], dtype=F64)).numpy()
+    sim = Similarity(1.7, R, np.array([500.0, -20.0, 3.0]))
+    moved = [transform_camera(c, sim) for c in cams]  # the same images in another gauge
+    fit = align_cameras(moved, cams)
+    again = camera_errors(moved, cams, fit)
+    assert again["max_rotation_deg"] < 1e-9 and again["max_centre"] < 1e-8
+    assert fit.scale == pytest.approx(1 / 1.7)

@@ -102,14 +102,14 @@ def pose_errors(estimated: list[PinholeCamera], truth: list[PinholeCamera], *, a
 def align_cameras(estimated: list[PinholeCamera], truth: list[PinholeCamera], *,
                   with_scale: bool = True) -> Similarity:
     """The similarity (or rigid motion) taking the ``estimated`` cameras closest to ``truth``: their centres and
-    the points at the true cameras' mid depth on their axes, aligned in least squares (removes the gauge)."""
+    the points at mid depth on their axes, aligned in least squares (removes the gauge)."""
     if len(estimated) != len(truth) or len(truth) < 2:
         raise ValueError("align_cameras: need as many estimated as true cameras, at least 2")
     src, dst = [], []
-    for e, t in zip(estimated, truth):
-        depth = 0.5 * (t.depth_min + t.depth_max)
-        src.append([e.center, e.center + depth * e.R[2]])
-        dst.append([t.center, t.center + depth * t.R[2]])
+    for e, t in zip(estimated, truth):  # each at its own mid depth: a scaled set has scaled depth ranges
+        de, dt = 0.5 * (e.depth_min + e.depth_max), 0.5 * (t.depth_min + t.depth_max)
+        src.append([e.center, e.center + de * e.R[2]])
+        dst.append([t.center, t.center + dt * t.R[2]])
     return align_points(np.reshape(src, (-1, 3)), np.reshape(dst, (-1, 3)), with_scale=with_scale)
 
 
