@@ -153,37 +153,9 @@ def ablation(args, out: Path, results: dict, device: str):
     return models
 
 
-def _timed_run(laz, out_tif, bounds, method: str, options: dict) -> dict:
-    """One real tiled run (the path `geoimplicit dsm` takes: route, tiles, mosaic to COG), timed per stage."""
-    import shutil
-
-    from geoimplicit import run as run_module
-
-    stages: dict[str, list[float]] = {}
-
-    def progress(done, total, stage="", message=""):
-        now = time.perf_counter()
-        stages.setdefault(stage, [now, now])[1] = now
-
-    work = out_tif.with_name(out_tif.stem + "_work")
-    shutil.rmtree(work, ignore_errors=True)
-    t0 = time.perf_counter()
-    run_module.run_dsm(str(laz), out_tif, resolution=0.5, bbox=bounds, method=method, method_options=options,
-                       workdir=work, overwrite=True, progress=progress)
-    wall = time.perf_counter() - t0
-    marks = sorted((v[1], k) for k, v in stages.items())
-    stage_s, last = {}, t0
-    for end, name in marks:  # the stages run one after the other: read/route, tiles, mosaic
-        stage_s[name or "other"] = end - last
-        last = end
-    stage_s["after last progress"] = t0 + wall - last
-    return {"wall_s": wall, "stages_s": stage_s}
-
-
 def speed(args, out: Path, weights, device: str) -> dict:
     import torch
 
-    from geoimplicit import run as run_module
     from geoimplicit.synthetic.city import generate_city, scene_bounds
     from geoimplicit.synthetic.points import iter_point_chunks, write_points
 
@@ -209,16 +181,12 @@ def speed(args, out: Path, weights, device: str) -> dict:
             valid = pred != ds.nodata
         return float(np.median(np.abs((pred.astype(np.float64) - truth)[valid])))
 
+    from bench.speed import timed_run
+
     options = {"weights": weights, "device": device}
     for rep in range(2):  # the first run warms up CUDA kernels and the allocator
-        before = None
-        state = [v for k, v in run_module._STATE.items()]
-        if state:
-            before = state[-1][1].timings.as_dict()
-        r = _timed_run(laz, out / "speed_dsm.tif", bounds, "occupancy", options)
-    predictor = [v for v in run_module._STATE.values() if v[0].name == "occupancy"][-1][1]
-    after = predictor.timings.as_dict()
-    tm = {k: after[k] - (before or {}).get(k, 0.0) for k in ("select", "frame", "encode", "search", "columns", "queries", "tiles")}
+        r = timed_run([str(laz)], out / "speed_dsm.tif", bounds, "occupancy", options)
+    tm = r["model_timings_s"]
     res["end_to_end_s"] = r["wall_s"]
     res["stages_s"] = r["stages_s"]
     res["model_timings"] = tm
@@ -228,7 +196,7 @@ def speed(args, out: Path, weights, device: str) -> dict:
     res["search_queries_per_s"] = tm["queries"] / tm["search"]
     res["speed_area_median_abs_error"] = median_abs_error(out / "speed_dsm.tif")
     # the raster baseline through the same tiled run, same LAZ and grid
-    rb = _timed_run(laz, out / "speed_raster.tif", bounds, "raster", {})
+    rb = timed_run([str(laz)], out / "speed_raster.tif", bounds, "raster", {})
     res["raster_end_to_end_s"] = rb["wall_s"]
     res["raster_stages_s"] = rb["stages_s"]
     res["raster_area_median_abs_error"] = median_abs_error(out / "speed_raster.tif")

@@ -312,8 +312,8 @@ def main(argv=None):
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     results = {"device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
-               "cpu_count": os.cpu_count(), "usable_cores": usable_cores(), "date": time.strftime("%Y-%m-%d %H:%M"), "torch": torch.__version__,
-               "args": vars(args)}
+               "cpu_count": os.cpu_count(), "usable_cores": usable_cores(), "date": time.strftime("%Y-%m-%d %H:%M"),
+               "torch": torch.__version__, "args": vars(args)}
 
     def dump():
         (out / "speed_bench.json").write_text(json.dumps(results, indent=1, default=str))
@@ -333,8 +333,10 @@ def main(argv=None):
 
 
 def markdown(results: dict) -> str:
-    lines = [f"device: {results['device']}, {results['usable_cores']} of {results['cpu_count']} CPUs usable, {results['date']}, torch {results['torch']}",
-             "", "| run | km² | wall s | km²/h | stages s | peak PSS GB | peak GPU GB | search ceiling km²/h | ratio |",
+    lines = [f"device: {results['device']}, {results['usable_cores']} of {results['cpu_count']} CPUs usable, "
+             f"{results['date']}, torch {results['torch']}",
+             "", "| run | km² | wall s | km²/h | stages s | peak PSS GB | peak GPU GB | search ceiling km²/h "
+             "| ratio |",
              "|---|---|---|---|---|---|---|---|---|"]
     for name, r in results.get("runs", {}).items():
         if "skipped" in r:

@@ -21,7 +21,15 @@ def usable_cores() -> int:
 
 
 def thread_workers(cap: int = 8) -> int:
-    """Threads for GIL-sharing work (mosaic blocks, GDAL compression): 1 on two cores or fewer, where the
-    threads only contend with the main work (measured), else the cores up to ``cap``."""
+    """Threads for GIL-sharing work (mosaic blocks, GDAL compression): the cores up to ``cap``; 1 on two
+    cores or fewer, where they only contended with the main work (measured on a shared 2-core machine)."""
     n = usable_cores()
     return 1 if n <= 2 else min(cap, n)
+
+
+def process_workers() -> int:
+    """Worker processes for CPU work (routing, raster tiles): one per core; 1 (in this process, as before) on
+    two cores or fewer, where lazrs' decoder already takes both and two processes did not run faster
+    (measured on a shared 2-core machine)."""
+    n = usable_cores()
+    return 1 if n <= 2 else n

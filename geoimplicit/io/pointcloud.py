@@ -414,7 +414,8 @@ class PointCloudDataset:
         import laspy
 
         extra = [n for n in fields if n not in ("x", "y", "z")]
-        extra_needed = extra + ["classification"] if classes_arr is not None and "classification" not in extra else extra
+        by_class = classes_arr is not None and "classification" not in extra
+        extra_needed = extra + ["classification"] if by_class else extra
         for name in extra_needed:
             if name not in f.fields:
                 raise InputError(

@@ -41,7 +41,8 @@ class LocalExecutor:
     """Jobs on this machine. A job that needs the GPU runs in turn in this process, while ``threads`` threads
     read the next ``lookahead`` jobs' inputs (``prefetch(job)``) ahead. Jobs that say ``cpu_parallel`` (pure
     CPU work without threads of its own, e.g. the raster method's tiles) run in ``processes`` forked worker
-    processes (each does ``fn(job, prefetch(job))``; default: one per core, 1: in turn here).
+    processes (each does ``fn(job, prefetch(job))``; default :func:`geoimplicit.cores.process_workers`, 1: in
+    turn here).
 
     ``fn`` then receives ``(job, prefetched)`` when ``prefetch`` is given, else ``job``; and with
     ``job_progress`` also ``progress=`` a callback ``(fraction, message)`` bound to the job (in this process).
@@ -50,12 +51,11 @@ class LocalExecutor:
     name = "local"
 
     def __init__(self, lookahead: int | None = None, threads: int | None = None, processes: int | None = None):
-        from geoimplicit.cores import usable_cores
+        from geoimplicit.cores import process_workers, usable_cores
 
-        cores = usable_cores()
-        self.threads = max(1, threads if threads is not None else min(4, max(2, cores // 2)))
+        self.threads = max(1, threads if threads is not None else min(4, max(2, usable_cores() // 2)))
         self.lookahead = max(0, lookahead if lookahead is not None else 2 * self.threads)
-        self.processes = max(1, processes if processes is not None else cores)
+        self.processes = max(1, processes if processes is not None else process_workers())
 
     def map(self, fn: JobFn, jobs: Sequence[Any], *, prefetch: Callable[[Any], Any] | None = None,
             needs_gpu: bool = False, job_progress: JobProgress | None = None,

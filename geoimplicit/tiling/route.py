@@ -18,7 +18,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from geoimplicit.cores import usable_cores
+from geoimplicit.cores import process_workers
 from geoimplicit.outputs import input_fingerprint
 from geoimplicit.progress import CancelCallback, ProgressCallback, check_cancel
 
@@ -101,18 +101,18 @@ def assign_to_tiles(x: np.ndarray, y: np.ndarray, tiles: Sequence) -> tuple[np.n
 def route_chunk(total_points: int, workers: int | None = None) -> int:
     """Points per chunk: about two chunks per worker (they finish together), 200 000 to 1 000 000, a multiple of
     LAZ's 50 000-point chunks (a worker seeks to its first point without decoding the chunks before)."""
-    workers = workers or usable_cores()
+    workers = workers or process_workers()
     n = min(1_000_000, max(200_000, -(-int(total_points) // (2 * workers))))
     return -(-n // 50_000) * 50_000
 
 
 def route_workers(total_points: int, chunk_size: int, workers: int | None = None) -> int:
-    """Worker processes for the routing: one per usable core, no more than there are chunks;
-    1 (in this process) for a small input or where processes cannot fork."""
+    """Worker processes for the routing (:func:`geoimplicit.cores.process_workers`), no more than there are
+    chunks; 1 (in this process) for a small input or where processes cannot fork."""
     import multiprocessing
 
     if workers is None:
-        workers = usable_cores()
+        workers = process_workers()
     if "fork" not in multiprocessing.get_all_start_methods():
         return 1
     return max(1, min(int(workers), -(-int(total_points) // int(chunk_size))))
