@@ -115,12 +115,23 @@ def align_cameras(estimated: list[PinholeCamera], truth: list[PinholeCamera], *,
 
 def camera_errors(estimated: list[PinholeCamera], truth: list[PinholeCamera], sim: Similarity | None = None) -> dict:
     """Mean and max rotation (degrees) and centre (world units) errors of ``estimated`` against ``truth`` after
-    moving them by ``sim`` (e.g. :func:`align_cameras`; None: as they are)."""
+    moving them by ``sim`` (e.g. :func:`align_cameras`; None: as they are), and the mean reprojection error
+    (pixels) of the points each true camera sees at mid depth on a 5 x 5 grid of its image (what the images
+    show of a pose error: a turn and a shift that slide the footprint alike are told apart only by parallax)."""
     cams = estimated if sim is None else [transform_camera(c, sim) for c in estimated]
     rot = [rotation_angle_deg(e.R, t.R) for e, t in zip(cams, truth)]
     cen = [float(np.linalg.norm(e.center - t.center)) for e, t in zip(cams, truth)]
+    rep = [_reprojection_px(e, t) for e, t in zip(cams, truth)]
     return {"mean_rotation_deg": float(np.mean(rot)), "max_rotation_deg": float(np.max(rot)),
-            "mean_centre": float(np.mean(cen)), "max_centre": float(np.max(cen))}
+            "mean_centre": float(np.mean(cen)), "max_centre": float(np.max(cen)),
+            "mean_reprojection_px": float(np.mean(rep))}
+
+
+def _reprojection_px(est: PinholeCamera, truth: PinholeCamera) -> float:
+    u, v = np.meshgrid(np.linspace(0, truth.width - 1, 5), np.linspace(0, truth.height - 1, 5))
+    uv = np.c_[u.ravel(), v.ravel()]
+    xyz = truth.unproject(uv, np.full(len(uv), 0.5 * (truth.depth_min + truth.depth_max)))
+    return float(np.linalg.norm(est.project(xyz)[0] - uv, axis=1).mean())
 
 
 def perturb_camera(cam: PinholeCamera, rng: np.random.Generator, angle_deg: float, shift: float) -> PinholeCamera:

@@ -136,9 +136,11 @@ class FitConfig:
     refine_cameras: bool = False
     """Learn a pose correction per train view (``pose``) with the MPI; the corrected cameras go to
     ``MODEL_DIR/cameras/``."""
-    pose: CameraOptimizerConfig = field(default_factory=lambda: CameraOptimizerConfig(mode="SO3xR3", gauge="mean"))
+    pose: CameraOptimizerConfig = field(default_factory=lambda: CameraOptimizerConfig(mode="SO3xR3", gauge="mean",
+                                                                                     rot_weight=0.01))
     """Pose corrections of ``refine_cameras`` (mode, learning rate in pixels per step, regularisation, gauge:
-    :mod:`geoimplicit.geometry.pose`)."""
+    :mod:`geoimplicit.geometry.pose`). ``rot_weight`` holds the turns about the scene point that the images
+    barely see (parallax only) near the given cameras: without it Adam's steps let them drift (CPU, 96 px)."""
     amp: bool = True
     device: str = "auto"
     seed: int = 0
