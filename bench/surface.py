@@ -91,6 +91,7 @@ def perturbed_views(views: Path, out: Path, angle_deg: float, shift_m: float, se
     ``shift_m`` (random direction) each; test cameras stay true."""
     import shutil
 
+    from geoimplicit.geometry.align import perturb_camera
     from geoimplicit.io.cameras import ViewSet, write_camera
 
     if (out / "view_split.txt").exists():
@@ -101,22 +102,6 @@ def perturbed_views(views: Path, out: Path, angle_deg: float, shift_m: float, se
     for vid in vs.train_ids:
         write_camera(out / "Cams" / f"{vid}.txt", perturb_camera(vs.cameras[vid], rng, angle_deg, shift_m))
     return out
-
-
-def perturb_camera(cam, rng, angle_deg: float, shift_m: float):
-    from dataclasses import replace
-
-    axis = rng.normal(size=3)
-    axis /= np.linalg.norm(axis)
-    a = np.radians(angle_deg)
-    K = np.array([[0, -axis[2], axis[1]], [axis[2], 0, -axis[0]], [-axis[1], axis[0], 0]])
-    R_err = np.eye(3) + np.sin(a) * K + (1 - np.cos(a)) * K @ K
-    step = rng.normal(size=3)
-    c = cam.center + shift_m * step / np.linalg.norm(step)
-    R = cam.R @ R_err.T
-    ext = np.eye(4)
-    ext[:3, :3], ext[:3, 3] = R, -R @ c
-    return replace(cam, extrinsic=ext)
 
 
 # ------------------------------------------------------------------------------------------------ one variant
