@@ -125,7 +125,7 @@ def summarise(rows: dict, suffix: str = "") -> dict:
 
 
 def ablation(args, out: Path, results: dict, device: str):
-    from geoimplicit.config import load_config, packaged_config
+    from geoimplicit.dsm.occupancy.config import load_config, packaged_config
     from geoimplicit.dsm.occupancy.data import build_scenes, real_scene
     from geoimplicit.dsm.occupancy.train import train
 

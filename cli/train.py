@@ -34,7 +34,7 @@ def train(ctx, config, run_dir, device, resume, steps, time_limit_s, seed, worke
     import shutil
     from pathlib import Path
 
-    from geoimplicit.config import load_config
+    from geoimplicit.dsm.occupancy.config import load_config
     from geoimplicit.dsm.occupancy.train import train as run_train
     from geoimplicit.errors import OutputExistsError
 

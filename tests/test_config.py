@@ -2,7 +2,7 @@
 
 import pytest
 
-from geoimplicit.config import Config, load_config, packaged_config, save_config
+from geoimplicit.dsm.occupancy.config import Config, load_config, packaged_config, save_config
 from geoimplicit.errors import ConfigError
 
 

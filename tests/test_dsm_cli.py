@@ -264,7 +264,7 @@ def _ortho(tmp_path, seed=0):
 def test_true_ortho_reaches_the_model_and_the_resume_key(tmp_path, cli, flagged):
     """``--true-ortho`` changes the DSM of a model that reads the flag (a re-run in the same work folder redoes
     the tiles: it is the DSM a fresh run gives) and leaves the DSM of a model that does not read it unchanged."""
-    from geoimplicit.config import Config, ModelConfig
+    from geoimplicit.dsm.occupancy.config import Config, ModelConfig
     from geoimplicit.dsm.occupancy.checkpoint import save_checkpoint
     from geoimplicit.dsm.occupancy.model import OccupancyNet
 

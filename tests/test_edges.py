@@ -154,7 +154,7 @@ def test_wall_columns_mark_the_cells_beside_a_step():
 
 
 def test_real_edges_config_and_bad_keys(tmp_path):
-    from geoimplicit.config import load_config, packaged_config
+    from geoimplicit.dsm.occupancy.config import load_config, packaged_config
     from geoimplicit.errors import ConfigError
 
     cfg = load_config(packaged_config("real-edges.yaml"))

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from geoimplicit.config import Config, config_from_dict, load_config, packaged_config
+from geoimplicit.dsm.occupancy.config import Config, config_from_dict, load_config, packaged_config
 from geoimplicit.dsm.occupancy import data as occ_data
 from geoimplicit.dsm.occupancy.data import PatchSampler, synthetic_scene
 from geoimplicit.errors import ConfigError

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from geoimplicit.config import Config, ModelConfig
+from geoimplicit.dsm.occupancy.config import Config, ModelConfig
 from geoimplicit.dsm.occupancy.checkpoint import DEFAULT_WEIGHTS, load_checkpoint, save_checkpoint
 from geoimplicit.dsm.occupancy.extract import search_columns
 from geoimplicit.dsm.occupancy.model import OccupancyNet
@@ -133,7 +133,7 @@ def test_default_weights_load_weights_only_and_are_small():
     # made by the recipe the README gives: default.yaml's model and data, trained to its full number of steps
     import dataclasses
 
-    from geoimplicit.config import load_config, packaged_config
+    from geoimplicit.dsm.occupancy.config import load_config, packaged_config
 
     recipe = load_config(packaged_config("default.yaml"))
     assert ckpt["config"]["model"] == dataclasses.asdict(recipe.model)

@@ -66,7 +66,7 @@ def load_checkpoint(path=None, map_location="cpu") -> dict:
 
 def model_from_checkpoint(ckpt: dict, path=None):
     """(model in eval mode, Config) from a loaded checkpoint."""
-    from geoimplicit.config import config_from_dict
+    from geoimplicit.dsm.occupancy.config import config_from_dict
     from geoimplicit.dsm.occupancy.model import OccupancyNet
 
     cfg = config_from_dict(ckpt["config"], path)

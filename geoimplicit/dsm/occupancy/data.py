@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from geoimplicit.config import TRUTHS, VARIANT_IMAGES, Config
+from geoimplicit.dsm.occupancy.config import TRUTHS, VARIANT_IMAGES, Config
 from geoimplicit.dsm.occupancy.normalize import PatchFrame, resample_image_to_frame
 from geoimplicit.errors import InputFileNotFoundError
 

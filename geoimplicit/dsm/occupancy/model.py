@@ -13,7 +13,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from geoimplicit.config import VARIANT_IMAGES, ModelConfig
+from geoimplicit.dsm.occupancy.config import VARIANT_IMAGES, ModelConfig
 from geoimplicit.dsm.occupancy.decoder import OccupancyDecoder
 from geoimplicit.dsm.occupancy.encoder import ImageEncoder, PointGridEncoder, UNet2D
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from geoimplicit.config import Config, save_config
+from geoimplicit.dsm.occupancy.config import Config, save_config
 from geoimplicit.progress import check_cancel
 
 log = logging.getLogger(__name__)
