@@ -68,9 +68,9 @@ class TileJob:
         """Tiles of this method may run in worker processes (CPU work, no threads or device of its own)."""
         return bool(getattr(method_class(self.method), "parallel_tiles", False))
 
-    def load(self) -> tuple[dict, list, Any]:
-        """The tile's points (routed), ortho crops and the method's ``prepare_tile`` work (where it has one);
-        what the local executor prefetches in threads, ahead of the device."""
+    def load(self, prepare: bool = True) -> tuple[dict, list, Any]:
+        """The tile's points (routed), ortho crops and (``prepare``) the method's ``prepare_tile`` work, where
+        it has one; what the local executor prefetches in threads, ahead of the device."""
         from geoimplicit.tiling.route import load_tile_points
 
         points = load_tile_points(Path(self.workdir) / "points", self.tile.id)
@@ -84,8 +84,8 @@ class TileJob:
                                              dst_crs=self.inputs.crs_wkt))
                 except AOIError:
                     log.info("tile %s: %s does not cover it", self.tile.id, path)
-        prepare = getattr(self._method(), "prepare_tile", None)
-        prepared = prepare(self.tile, points, ortho, self._state()) if prepare and len(points["x"]) else None
+        hook = getattr(self._method(), "prepare_tile", None) if prepare else None
+        prepared = hook(self.tile, points, ortho, self._state()) if hook and len(points["x"]) else None
         return points, ortho, prepared
 
     def compute(self, loaded: tuple[dict, list, Any], progress=None) -> TileOutcome:

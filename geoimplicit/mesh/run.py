@@ -67,7 +67,7 @@ class MeshTileJob:
         return self.dsm_job.tile.id
 
     def load(self):
-        return self.dsm_job.load()
+        return self.dsm_job.load(prepare=False)[:2]  # the points and orthos; the DSM's tile framing is not used
 
     def compute(self, loaded, progress=None):
         from geoimplicit.jobs.loop import TileOutcome
