@@ -42,14 +42,15 @@ def _tile_events(stdout: str) -> list[dict]:
 def _interrupt_after(cmd, n_tiles: int, sig: int) -> int:
     """Start ``cmd``; send ``sig`` once ``n_tiles`` tiles are reported done; return how many were reported.
 
-    The progress pipe is shrunk to one page, so that the run blocks on it a few dozen lines ahead of this reader
-    instead of finishing before the signal arrives when this process is slow to be scheduled (a loaded machine)."""
-    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    The progress pipe is shrunk to one page and read without a buffer, so that the run blocks on it a few dozen
+    lines ahead of this reader instead of finishing before the signal arrives when this process is slow to be
+    scheduled (a loaded machine; with an 8 KiB read buffer the run could finish first)."""
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, bufsize=0)
     if hasattr(fcntl, "F_SETPIPE_SZ"):  # Linux
         fcntl.fcntl(proc.stdout.fileno(), fcntl.F_SETPIPE_SZ, 4096)
     seen = 0
-    for line in proc.stdout:
-        if line.startswith("{") and json.loads(line).get("stage") == "tiles":
+    for line in iter(proc.stdout.readline, b""):
+        if line.startswith(b"{") and json.loads(line).get("stage") == "tiles":
             seen += 1
             if seen >= n_tiles:
                 proc.send_signal(sig)
