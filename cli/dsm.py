@@ -18,8 +18,8 @@ STATS = ("max", "min", "mean", "median", "idw", "tin", "count", "stdev")  # = ra
 @aoi_options()
 @resolution_option
 @click.option("--method", default="occupancy", metavar="NAME",
-              help="DSM method: occupancy (neural occupancy field, default weights shipped) or raster (cell "
-                   "statistics).")
+              help="DSM method: occupancy (neural occupancy field, default weights shipped), raster (cell "
+                   "statistics) or sdf (a neural signed-distance surface fitted per tile to posed views, --views).")
 # --- raster method options ---------------------------------------------------------------------------------
 @click.option("--stat", type=click.Choice(STATS), default=None,
               help="[raster] Cell statistic (default max: the highest return, a DSM; tin: linear on the points' "
@@ -39,10 +39,19 @@ STATS = ("max", "min", "mean", "median", "idw", "tin", "count", "stdev")  # = ra
 @click.option("--weights", type=click.Path(dir_okay=False), default=None,
               help="[occupancy] Model checkpoint (default: the shipped occupancy_default.pt).")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default=None,
-              help="[occupancy] Compute device; auto takes a CUDA GPU when there is one.")
+              help="[occupancy, sdf] Compute device; auto takes a CUDA GPU when there is one.")
 @click.option("--true-ortho", is_flag=True,
               help="[occupancy] The orthos are true orthos (every roof on its footprint, e.g. made from a DSM); "
                    "leave it off for ordinary orthos, where roofs lean off their footprints.")
+# --- sdf method options -----------------------------------------------------------------------------------------
+@click.option("--views", type=click.Path(file_okay=False), default=None,
+              help="[sdf] View set folder (Images/, Cams/, view_split.txt, crs.txt in the points' CRS).")
+@click.option("--surface-config", type=click.Path(dir_okay=False), default=None,
+              help="[sdf] YAML/JSON of surface fit settings (docs/surface.md).")
+@click.option("--steps", type=click.IntRange(min=1), default=None, help="[sdf] Fit steps per tile.")
+@click.option("--time-budget", type=click.FloatRange(min=0), default=None,
+              help="[sdf] Seconds of fitting per tile (0: all the steps).")
+@click.option("--refine-cameras", is_flag=True, help="[sdf] Learn per-view pose corrections with each tile.")
 # --- tiling and run -------------------------------------------------------------------------------------------
 @click.option("--tile-size", type=click.FloatRange(min=0, min_open=True), default=None,
               help="Tile side in CRS units (default: what suits the method).")
@@ -66,7 +75,8 @@ STATS = ("max", "min", "mean", "median", "idw", "tin", "count", "stdev")  # = ra
 @overwrite_option
 @click.pass_context
 def dsm(ctx, points, ortho, aoi, bbox_crs, bbox, resolution, method, stat, fill_max_hole, no_outlier_removal,
-        exclude_classes, idw_radius, idw_max_points, weights, device, true_ortho, tile_size, overlap, crs,
+        exclude_classes, idw_radius, idw_max_points, weights, device, true_ortho, views, surface_config, steps,
+        time_budget, refine_cameras, tile_size, overlap, crs,
         assume_crs, workdir, keep_points, scheduler, dask_workers, gpus_per_worker, output, overwrite):
     """Make a DSM (Cloud-Optimized GeoTIFF, float32, nodata -9999) from point clouds on the exact grid asked
     for, tile by tile, resumable. Also writes <output stem>_filled.tif (1 = hole filled, 0 = measured).
@@ -78,14 +88,9 @@ def dsm(ctx, points, ortho, aoi, bbox_crs, bbox, resolution, method, stat, fill_
     raster_options = {"stat": stat, "fill_max_hole": fill_max_hole, "idw_radius": idw_radius,
                       "idw_max_points": idw_max_points, "remove_outliers": False if no_outlier_removal else None,
                       "exclude_classes": exclude_classes}
-    occupancy_options = {"weights": weights, "device": device, "true_ortho": True if true_ortho else None}
-    if method != "raster" and any(v is not None for v in raster_options.values()):
-        raise click.BadParameter("--stat, --fill-max-hole, --idw-radius, --idw-max-points, --no-outlier-removal, "
-                                 "--exclude-classes are options of --method raster", param_hint="--method")
-    if method != "occupancy" and any(v is not None for v in occupancy_options.values()):
-        raise click.BadParameter("--weights, --device and --true-ortho are options of --method occupancy",
-                                 param_hint="--method")
-    options = raster_options if method == "raster" else occupancy_options if method == "occupancy" else {}
+    options = method_options(method, raster_options, weights=weights, device=device, true_ortho=true_ortho,
+                             views=views, surface_config=surface_config, steps=steps, time_budget=time_budget,
+                             refine_cameras=refine_cameras)
     from geoimplicit.dsm.method import method_class
     from geoimplicit.jobs.executors import make_executor
 
@@ -100,3 +105,24 @@ def dsm(ctx, points, ortho, aoi, bbox_crs, bbox, resolution, method, stat, fill_
     finally:
         executor.close()
     progress.result(**outputs)
+
+
+def method_options(method: str, raster_options: dict, *, weights, device, true_ortho, views, surface_config, steps,
+                   time_budget, refine_cameras) -> dict:
+    """The options of ``method`` from the command line; another method's options are refused."""
+    by_method = {
+        "raster": raster_options,
+        "occupancy": {"weights": weights, "device": device, "true_ortho": True if true_ortho else None},
+        "sdf": {"views": views, "config": surface_config, "steps": steps, "time_budget_s": time_budget,
+                "refine_cameras": True if refine_cameras else None, "device": device},
+    }
+    flag = {"stat": "--stat", "fill_max_hole": "--fill-max-hole", "idw_radius": "--idw-radius",
+            "idw_max_points": "--idw-max-points", "remove_outliers": "--no-outlier-removal",
+            "exclude_classes": "--exclude-classes", "config": "--surface-config", "time_budget_s": "--time-budget"}
+    mine = by_method.get(method, {})
+    for other, opts in by_method.items():
+        given = [flag.get(k, "--" + k.replace("_", "-")) for k, v in opts.items() if v is not None and mine.get(k) is None]
+        if other != method and given:
+            raise click.BadParameter(f"{', '.join(given)} {'is an option' if len(given) == 1 else 'are options'} of "
+                                     f"--method {other}", param_hint="--method")
+    return {k: v for k, v in mine.items() if v is not None}

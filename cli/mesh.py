@@ -5,14 +5,16 @@ from __future__ import annotations
 import click
 
 from cli.dsm import dsm as _dsm
+from cli.dsm import method_options
 from cli.options import aoi_options, overwrite_option, resolution_option
 
 FORMATS = ("ply", "obj", "glb")  # = geoimplicit.mesh.io.FORMATS (tested)
 
 
 # the options that mean what they mean for `geoimplicit dsm`: the same objects, so the two never drift apart
-SHARED = ("points", "ortho", "weights", "device", "true_ortho", "tile_size", "overlap", "crs", "assume_crs",
-          "workdir", "keep_points", "scheduler", "dask_workers", "gpus_per_worker")
+SHARED = ("points", "ortho", "weights", "device", "true_ortho", "views", "surface_config", "steps", "time_budget",
+          "refine_cameras", "tile_size", "overlap", "crs", "assume_crs", "workdir", "keep_points", "scheduler",
+          "dask_workers", "gpus_per_worker")
 
 
 @click.command("mesh", context_settings={"show_default": True})
@@ -24,7 +26,8 @@ SHARED = ("points", "ortho", "weights", "device", "true_ortho", "tile_size", "ov
 @click.option("--format", "fmt", type=click.Choice(FORMATS), default=None,
               help="Mesh format (default: from the output's suffix).")
 @click.option("--method", default="occupancy", metavar="NAME", help="Field to mesh: occupancy (the neural "
-              "occupancy field of `geoimplicit dsm`, default weights shipped).")
+              "occupancy field of `geoimplicit dsm`, default weights shipped) or sdf (a neural signed-distance "
+              "surface fitted per tile to the posed views of --views).")
 @click.option("--dsm-output", type=click.Path(dir_okay=False), default=None,
               help="Also write the mesh re-rasterized as a DSM GeoTIFF (highest surface per cell), for "
                    "`geoimplicit eval`.")
@@ -35,8 +38,9 @@ SHARED = ("points", "ortho", "weights", "device", "true_ortho", "tile_size", "ov
 @overwrite_option
 @click.pass_context
 def mesh(ctx, aoi, bbox_crs, bbox, resolution, output, fmt, method, dsm_output, coarse_stride, refine_steps,
-         overwrite, points, ortho, weights, device, true_ortho, tile_size, overlap, crs, assume_crs, workdir,
-         keep_points, scheduler, dask_workers, gpus_per_worker):
+         overwrite, points, ortho, weights, device, true_ortho, views, surface_config, steps, time_budget,
+         refine_cameras, tile_size, overlap, crs, assume_crs, workdir, keep_points, scheduler, dask_workers,
+         gpus_per_worker):
     """Reconstruct the surface as a triangle mesh in the working CRS: per tile, the field is evaluated coarse to
     fine (MISE) and meshed by marching cubes, vertices refined onto the surface, normals from the field, colours
     from the ortho; tiles are stitched without cracks and clipped to the AOI. Resumable."""
@@ -46,7 +50,9 @@ def mesh(ctx, aoi, bbox_crs, bbox, resolution, output, fmt, method, dsm_output, 
 
     if len(ortho) > 2:
         raise click.BadParameter("at most two ortho images (RGB, then RGB or IRC)", param_hint="--ortho")
-    options = {"weights": weights, "device": device, "true_ortho": True if true_ortho else None}
+    options = method_options(method, {}, weights=weights, device=device, true_ortho=true_ortho, views=views,
+                             surface_config=surface_config, steps=steps, time_budget=time_budget,
+                             refine_cameras=refine_cameras)
     extract = ExtractOptions(coarse_stride=int(coarse_stride), refine_steps=refine_steps)
     progress = ctx.obj["progress"]
     executor = make_executor(scheduler, dask_workers, gpus_per_worker=gpus_per_worker, needs_gpu=device != "cpu")

@@ -157,6 +157,8 @@ def plan_run(points, *, resolution: float, aoi=None, bbox=None, bbox_crs=None, c
     options = {k: v for k, v in (method_options or {}).items() if v is not None}
     m = get_method(method, **options)
     ortho = _check_orthos(ortho, dataset.crs, grid_bounds, m, assume_crs=crs)
+    if hasattr(m, "check_inputs"):
+        m.check_inputs(dataset.crs, grid_bounds)
     b = dataset.bounds
     density = dataset.point_count / max((b[2] - b[0]) * (b[3] - b[1]), resolution * resolution)
     tilegrid = _tile_grid(m, dataset, area if aoi is not None else None, grid_bounds, snap, resolution, density,

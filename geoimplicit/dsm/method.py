@@ -90,6 +90,9 @@ class DsmMethod(Protocol):
         needs_gpu: tiles are annotated with a GPU resource on Dask (read from the class: nothing is loaded).
         model_files (optional): files besides the inputs that decide the heights (a model's weights); a re-run
             resumes only while they are unchanged.
+
+    Optional: ``check_inputs(crs, bounds)`` checks the method's own inputs against the points' CRS and the
+    area, before anything is written (the sdf method's view set).
     """
 
     name: str
@@ -119,6 +122,7 @@ class DsmMethod(Protocol):
 METHODS = Registry("DSM method", "geoimplicit.dsm_methods", {
     "raster": "geoimplicit.dsm.rasterize:RasterMethod",
     "occupancy": "geoimplicit.dsm.occupancy.method:OccupancyMethod",
+    "sdf": "geoimplicit.surface.method:SdfMethod",
 }, hint="use --method raster")
 
 

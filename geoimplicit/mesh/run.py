@@ -13,8 +13,7 @@ Work folder::
     tiles/<id>.npz    each tile's surface and its seam data
     points/           the points routed to each tile (removed after success)
 
-Methods that give a field per tile are registered in :data:`MESH_FIELDS` ("occupancy"; the neural SDF adds
-"sdf"): ``f(method, state, tile, points, ortho, lattice, options, cell_filter, crs_wkt) -> TileSurface``.
+Methods that give a field per tile are registered in :data:`MESH_FIELDS` ("occupancy", "sdf"): ``f(method, state, tile, points, ortho, lattice, options, cell_filter, crs_wkt) -> TileSurface``.
 """
 
 from __future__ import annotations
@@ -39,7 +38,8 @@ log = logging.getLogger(__name__)
 __all__ = ["MESH_FIELDS", "MeshTileJob", "run_mesh", "plan_mesh"]
 
 MESH_FIELDS = Registry("mesh method", "geoimplicit.mesh_methods",
-                       {"occupancy": "geoimplicit.mesh.occupancy:occupancy_tile_surface"},
+                       {"occupancy": "geoimplicit.mesh.occupancy:occupancy_tile_surface",
+                        "sdf": "geoimplicit.surface.method:sdf_tile_surface"},
                        hint="use --method occupancy")
 _STATES: dict[str, Any] = {}  # run key -> the method's prepared state, once per process
 

@@ -86,8 +86,12 @@ def _read_points(paths, crs, bounds):
     return ds, xyz, normals
 
 
-def prepare_inputs(views_dir, cfg, *, points=None, aoi=None, train_ids=None) -> SurfaceInputs:
-    """Load and check every input of a fit (see the module docstring). Raises :mod:`geoimplicit.errors`."""
+def prepare_inputs(views_dir, cfg, *, points=None, aoi=None, bounds=None, points_xyz=None,
+                   train_ids=None) -> SurfaceInputs:
+    """Load and check every input of a fit (see the module docstring). Raises :mod:`geoimplicit.errors`.
+
+    ``bounds`` (left, bottom, right, top in the views' CRS) bounds the box as an AOI does (a tile's context);
+    ``points_xyz`` (N, 3) world points (a tile's routed points) instead of ``points`` files."""
     from geoimplicit.mpi.tiled import scene_height_range
 
     views = ViewSet.load(views_dir)
@@ -109,9 +113,15 @@ def prepare_inputs(views_dir, cfg, *, points=None, aoi=None, train_ids=None) -> 
         probe = default_box(views, ids, (h_lo, h_hi))
         region.require_overlap(probe.bounds, "the nadir view's footprint")
         aoi_bounds = region.bounds
+    elif bounds is not None:
+        aoi_bounds = tuple(float(v) for v in bounds)
     xyz = normals = None
     files = []
-    if points:
+    if points_xyz is not None and len(points_xyz):
+        xyz = np.asarray(points_xyz, np.float64).reshape(-1, 3)
+        z_lo, z_hi = np.percentile(xyz[:, 2], [0.1, 99.9])
+        h_lo, h_hi = min(h_lo, float(z_lo)), max(h_hi, float(z_hi))
+    elif points:
         probe = default_box(views, ids, (h_lo, h_hi), cfg.margin_m, aoi_bounds)
         ds, xyz, normals = _read_points(list(points), views.crs, probe.bounds)
         if len(xyz) == 0:

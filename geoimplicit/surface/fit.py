@@ -300,11 +300,12 @@ def _eta(done: int, total: int, seconds: float) -> str:
 
 
 def fit_surface(views_dir, model_dir, config: SurfaceConfig | dict | None = None, *, points=None, aoi=None,
-                resume: bool = False, overwrite: bool = False, progress=None, cancel=None, train_ids=None,
+                bounds=None, points_xyz=None, resume: bool = False, overwrite: bool = False, progress=None, cancel=None, train_ids=None,
                 on_step=None) -> SurfaceFitResult:
     """Fit a surface to the train views of ``views_dir`` and save it in ``model_dir`` (see the module doc).
 
-    ``points``: LAS/LAZ paths of surface points in the views' CRS; ``aoi``: a polygon file bounding the box;
+    ``points``: LAS/LAZ paths of surface points in the views' CRS (or ``points_xyz``, (N, 3) world points);
+    ``aoi``: a polygon file bounding the box (or ``bounds``, left, bottom, right, top in the views' CRS);
     ``on_step(trainer)``: called after every step (benchmarks record curves with it).
     """
     cfg = config if isinstance(config, SurfaceConfig) else SurfaceConfig.from_dict(dict(config or {}))
@@ -314,7 +315,8 @@ def fit_surface(views_dir, model_dir, config: SurfaceConfig | dict | None = None
     if (model_dir / "model.pt").exists() and not (overwrite or resume):
         raise OutputExistsError("a fitted surface is already here", path=model_dir,
                                 hint="pass --overwrite to refit or --resume to continue")
-    inputs = prepare_inputs(views_dir, cfg, points=points, aoi=aoi, train_ids=train_ids)
+    inputs = prepare_inputs(views_dir, cfg, points=points, aoi=aoi, bounds=bounds, points_xyz=points_xyz,
+                            train_ids=train_ids)
     device = resolve_device(cfg.device)
     if resume and (model_dir / "model.pt").exists() and not ckpt.exists():
         log.info("%s is already fitted; nothing to resume", model_dir)
