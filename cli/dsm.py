@@ -121,8 +121,11 @@ def method_options(method: str, raster_options: dict, *, weights, device, true_o
             "exclude_classes": "--exclude-classes", "config": "--surface-config", "time_budget_s": "--time-budget"}
     mine = by_method.get(method, {})
     for other, opts in by_method.items():
-        given = [flag.get(k, "--" + k.replace("_", "-")) for k, v in opts.items() if v is not None and mine.get(k) is None]
-        if other != method and given:
+        if other == method:
+            continue
+        given = [flag.get(k, "--" + k.replace("_", "-")) for k, v in opts.items()
+                 if v is not None and mine.get(k) is None]
+        if given:
             raise click.BadParameter(f"{', '.join(given)} {'is an option' if len(given) == 1 else 'are options'} of "
                                      f"--method {other}", param_hint="--method")
     return {k: v for k, v in mine.items() if v is not None}

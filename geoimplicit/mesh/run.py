@@ -13,7 +13,8 @@ Work folder::
     tiles/<id>.npz    each tile's surface and its seam data
     points/           the points routed to each tile (removed after success)
 
-Methods that give a field per tile are registered in :data:`MESH_FIELDS` ("occupancy", "sdf"): ``f(method, state, tile, points, ortho, lattice, options, cell_filter, crs_wkt) -> TileSurface``.
+Methods that give a field per tile are registered in :data:`MESH_FIELDS` ("occupancy", "sdf"):
+``f(method, state, tile, points, ortho, lattice, options, cell_filter, crs_wkt) -> TileSurface``.
 """
 
 from __future__ import annotations

@@ -19,7 +19,7 @@ from geoimplicit.surface.box import SurfaceBox
 
 log = logging.getLogger(__name__)
 
-__all__ = ["SurfaceInputs", "prepare_inputs", "default_box", "nadir_footprint"]
+__all__ = ["SurfaceInputs", "load_view_set", "prepare_inputs", "default_box", "nadir_footprint"]
 
 NORMAL_FIELDS = ("NormalX", "NormalY", "NormalZ")
 
@@ -86,6 +86,15 @@ def _read_points(paths, crs, bounds):
     return ds, xyz, normals
 
 
+def load_view_set(views_dir) -> ViewSet:
+    """A view set that says which CRS its cameras are in (``crs.txt``); else MissingCRSError."""
+    views = ViewSet.load(views_dir)
+    if views.crs is None:
+        raise MissingCRSError("the view set has no crs.txt", path=views.root,
+                              hint="write the CRS of the cameras' world coordinates (e.g. EPSG:2154) into crs.txt")
+    return views
+
+
 def prepare_inputs(views_dir, cfg, *, points=None, aoi=None, bounds=None, points_xyz=None,
                    train_ids=None) -> SurfaceInputs:
     """Load and check every input of a fit (see the module docstring). Raises :mod:`geoimplicit.errors`.
@@ -94,10 +103,7 @@ def prepare_inputs(views_dir, cfg, *, points=None, aoi=None, bounds=None, points
     ``points_xyz`` (N, 3) world points (a tile's routed points) instead of ``points`` files."""
     from geoimplicit.mpi.tiled import scene_height_range
 
-    views = ViewSet.load(views_dir)
-    if views.crs is None:
-        raise MissingCRSError("the view set has no crs.txt", path=views.root,
-                              hint="write the CRS of the cameras' world coordinates (e.g. EPSG:2154) into crs.txt")
+    views = load_view_set(views_dir)
     ids = list(train_ids or views.train_ids)
     if not ids:
         raise CameraFileError("no train views", path=views.root, hint="list train ids in view_split.txt")
@@ -119,8 +125,6 @@ def prepare_inputs(views_dir, cfg, *, points=None, aoi=None, bounds=None, points
     files = []
     if points_xyz is not None and len(points_xyz):
         xyz = np.asarray(points_xyz, np.float64).reshape(-1, 3)
-        z_lo, z_hi = np.percentile(xyz[:, 2], [0.1, 99.9])
-        h_lo, h_hi = min(h_lo, float(z_lo)), max(h_hi, float(z_hi))
     elif points:
         probe = default_box(views, ids, (h_lo, h_hi), cfg.margin_m, aoi_bounds)
         ds, xyz, normals = _read_points(list(points), views.crs, probe.bounds)
@@ -128,6 +132,7 @@ def prepare_inputs(views_dir, cfg, *, points=None, aoi=None, bounds=None, points
             raise EmptyTileError("no points inside the surface's box", path=str(points[0]),
                                  hint="pass points of the views' area")
         files = [str(f.path) for f in ds.files]
+    if xyz is not None:
         z_lo, z_hi = np.percentile(xyz[:, 2], [0.1, 99.9])
         h_lo, h_hi = min(h_lo, float(z_lo)), max(h_hi, float(z_hi))
     hm = cfg.height_margin_m

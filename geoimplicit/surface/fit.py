@@ -300,8 +300,8 @@ def _eta(done: int, total: int, seconds: float) -> str:
 
 
 def fit_surface(views_dir, model_dir, config: SurfaceConfig | dict | None = None, *, points=None, aoi=None,
-                bounds=None, points_xyz=None, resume: bool = False, overwrite: bool = False, progress=None, cancel=None, train_ids=None,
-                on_step=None) -> SurfaceFitResult:
+                bounds=None, points_xyz=None, resume: bool = False, overwrite: bool = False, progress=None,
+                cancel=None, train_ids=None, on_step=None) -> SurfaceFitResult:
     """Fit a surface to the train views of ``views_dir`` and save it in ``model_dir`` (see the module doc).
 
     ``points``: LAS/LAZ paths of surface points in the views' CRS (or ``points_xyz``, (N, 3) world points);

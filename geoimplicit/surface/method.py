@@ -44,20 +44,15 @@ class SdfMethod:
     needs_gpu = True
 
     def __init__(self, views=None, config=None, steps=None, time_budget_s=None, refine_cameras=None, device=None):
-        from geoimplicit.io.cameras import ViewSet
+        from geoimplicit.surface.data import load_view_set
 
         if not views:
             raise InputError("the sdf method fits surfaces to posed views", hint="pass --views VIEWS_DIR "
                              "(Images/, Cams/, view_split.txt and crs.txt)")
         self.views = str(views)
-        self.view_set = ViewSet.load(self.views)  # checked now: nothing is written before
-        if self.view_set.crs is None:
-            from geoimplicit.errors import MissingCRSError
-
-            raise MissingCRSError("the view set has no crs.txt", path=self.views,
-                                  hint="write the CRS of the cameras' world coordinates (e.g. EPSG:2154) into crs.txt")
-        self.settings = _settings(config, steps=steps, time_budget_s=time_budget_s, refine_cameras=refine_cameras,
-                                  device=device)
+        self.view_set = load_view_set(self.views)  # checked now: nothing is written before
+        self.settings, self.config = _settings(config, steps=steps, time_budget_s=time_budget_s,
+                                               refine_cameras=refine_cameras, device=device)
         self.config_file = str(config) if config else None
 
     @property
@@ -91,33 +86,25 @@ class SdfMethod:
                            hint="check the AOI/bbox and the view set")
 
     def prepare(self, inputs: RunInputs):
-        from geoimplicit.surface.config import SurfaceConfig
-
-        cfg = SurfaceConfig.from_dict(dict(self.settings))
-        cfg.validate()
-        return {"config": cfg, "workdir": Path(inputs.workdir)}
+        return {"config": self.config, "workdir": Path(inputs.workdir)}
 
     def run_tile(self, tile, points: dict, ortho: list, state, progress=None) -> TileOutput:
-        from geoimplicit.surface.products import dsm_heights
+        from geoimplicit.surface.products import cell_centres, dsm_tile
 
         model, stats = fit_tile(self, tile, points, state, progress)
-        g = tile.grid
-        left, bottom, right, top = g.bounds
-        rows, cols = g.shape
-        xx, yy = np.meshgrid(left + (np.arange(cols) + 0.5) * g.resolution, top - (np.arange(rows) + 0.5) * g.resolution)
-        xy = np.stack([xx.ravel(), yy.ravel()], 1)
-        h = dsm_heights(model, xy)
-        valid = np.isfinite(h)
-        seen = seen_by(self.view_set, xy[valid], h[valid]) >= MIN_VIEWS
-        valid[np.flatnonzero(valid)[~seen]] = False
-        height = np.where(valid, h, 0.0).astype(np.float32).reshape(rows, cols)
-        return TileOutput(height, valid.reshape(rows, cols), stats=stats)
+        height, valid = dsm_tile(model, tile.grid)
+        xy, _ = cell_centres(tile.grid)
+        cells = np.flatnonzero(valid)
+        unseen = seen_by(self.view_set, xy[cells], height.ravel()[cells]) < MIN_VIEWS
+        valid.flat[cells[unseen]] = False
+        return TileOutput(height, valid, stats=stats)
 
     def tags(self) -> dict:
         return {"method": "sdf", "views": self.views, **{k: str(v) for k, v in self.settings.items()}}
 
 
-def _settings(config, **overrides) -> dict:
+def _settings(config, **overrides):
+    """The fit's settings as given (the config file's, then the options') and the checked SurfaceConfig."""
     from geoimplicit.config import load_yaml_tree
     from geoimplicit.surface.config import SurfaceConfig
 
@@ -125,11 +112,12 @@ def _settings(config, **overrides) -> dict:
     settings.update({k: v for k, v in overrides.items() if v is not None})
     cfg = SurfaceConfig.from_dict(settings)  # unknown keys refused now, with the known ones
     cfg.validate()
-    return settings
+    return settings, cfg
 
 
 def fit_tile(method: SdfMethod, tile, points: dict, state, progress=None):
     """The tile's fitted surface (fitted now, resumed, or read back) and a few numbers about it."""
+    from geoimplicit.device import resolve_device
     from geoimplicit.surface.fit import fit_surface
     from geoimplicit.surface.model import load_surface
 
@@ -140,17 +128,11 @@ def fit_tile(method: SdfMethod, tile, points: dict, state, progress=None):
         if progress is not None:
             progress(done / max(total, 1), message)
 
-    result = fit_surface(method.views, model_dir, state["config"], bounds=tile.context_bounds, points_xyz=xyz,
-                         resume=True, progress=fit_progress)
     cfg = state["config"]
-    model = load_surface(model_dir / "model.pt", _device(cfg.device))
+    result = fit_surface(method.views, model_dir, cfg, bounds=tile.context_bounds, points_xyz=xyz, resume=True,
+                         progress=fit_progress)
+    model = load_surface(model_dir / "model.pt", resolve_device(cfg.device))
     return model, {"fit_steps": int(result.steps), "fit_seconds": round(float(result.seconds), 2)}
-
-
-def _device(name: str):
-    from geoimplicit.device import resolve_device
-
-    return resolve_device(name)
 
 
 def seen_by(view_set, xy: np.ndarray, z: np.ndarray) -> np.ndarray:

@@ -25,7 +25,7 @@ from geoimplicit.surface.model import SurfaceModel, load_surface
 
 log = logging.getLogger(__name__)
 
-__all__ = ["SDFField", "sdf_field", "dsm_heights", "dsm_tile", "write_dsm", "render_views", "export_iso_points",
+__all__ = ["SDFField", "sdf_field", "dsm_heights", "cell_centres", "dsm_tile", "write_dsm", "render_views", "export_iso_points",
            "NODATA"]
 
 NODATA = -9999.0
@@ -108,19 +108,24 @@ def dsm_heights(model: SurfaceModel, xy_world: np.ndarray, *, step_m: float | No
     return out
 
 
+def cell_centres(grid) -> tuple[np.ndarray, tuple[int, int]]:
+    """World (x, y) of every cell centre of a map grid (anything with ``bounds`` and ``resolution``), row-major
+    from the top-left, (N, 2); and the grid's (rows, cols)."""
+    left, bottom, right, top = grid.bounds
+    res = float(grid.resolution)
+    cols, rows = int(round((right - left) / res)), int(round((top - bottom) / res))
+    xx, yy = np.meshgrid(left + (np.arange(cols) + 0.5) * res, top - (np.arange(rows) + 0.5) * res)
+    return np.stack([xx.ravel(), yy.ravel()], 1), (rows, cols)
+
+
 def dsm_tile(model, grid, **kw):
     """Heights on a map grid (a :class:`geoimplicit.tiling.grid.GridSpec` or anything with ``bounds`` and
     ``resolution``) from the SDF: returns (height (rows, cols) float32, valid (rows, cols) bool), the value of
     each cell at its centre. The DSM method and the job layer call this."""
     if not isinstance(model, SurfaceModel):
         model = load_surface(model)
-    left, bottom, right, top = grid.bounds
-    res = float(grid.resolution)
-    cols, rows = int(round((right - left) / res)), int(round((top - bottom) / res))
-    x = left + (np.arange(cols) + 0.5) * res
-    y = top - (np.arange(rows) + 0.5) * res
-    xx, yy = np.meshgrid(x, y)
-    h = dsm_heights(model, np.stack([xx.ravel(), yy.ravel()], 1), **kw).reshape(rows, cols)
+    xy, shape = cell_centres(grid)
+    h = dsm_heights(model, xy, **kw).reshape(shape)
     valid = np.isfinite(h)
     return np.where(valid, h, NODATA).astype(np.float32), valid
 
