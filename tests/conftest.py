@@ -56,6 +56,29 @@ def run_cli(*args) -> CliResult:
     return CliResult(code, out.getvalue(), err.getvalue())
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Small tensors on a shared 2-core machine: one thread is ~10x faster than two that fight."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="session")
+def tiny_view_city(tmp_path_factory):
+    """A 48 m generated city (seed 7, EPSG:2154) and its view set of 8 views of 48 px: (views folder, scene).
+    Shared by the surface tests: copy the folder before changing anything in it."""
+    from geoimplicit.synthetic import generate_city, render_view_set, scene_bounds
+
+    root = tmp_path_factory.mktemp("tiny_view_city")
+    scene = generate_city(7, bounds=scene_bounds(48, crs="EPSG:2154"), resolution=0.5, building_density=0.3)
+    render_view_set(scene, root / "views", seed=7, n_views=8, size=48, n_track=2, supersample=1)
+    return root / "views", scene
+
+
 @pytest.fixture
 def cli():
     """``cli("dsm", "--points", ...)`` -> CliResult(exit_code, stdout, stderr)."""

@@ -16,13 +16,7 @@ from geoimplicit.surface.render import render_idr, trace_rays
 ORIGIN = np.array([770000.0, 6277000.0, 50.0])
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small tensors on a shared 2-core machine: one thread is ~10x faster than two that fight."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _box(h=(40.0, 60.0), side=40.0):

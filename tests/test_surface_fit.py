@@ -16,22 +16,12 @@ TINY = dict(renderer="idr", encoding="frequency", hidden=32, feature_size=16, ra
             progress_every=10, pose_warmup=40)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
-def city_views(tmp_path_factory):
-    from geoimplicit.synthetic import generate_city, render_view_set, scene_bounds
-
-    root = tmp_path_factory.mktemp("surface_views")
-    scene = generate_city(7, bounds=scene_bounds(48, crs="EPSG:2154"), resolution=0.5, building_density=0.3)
-    render_view_set(scene, root / "views", seed=7, n_views=8, size=48, n_track=2, supersample=1)
-    return root / "views", scene
+def city_views(tiny_view_city):
+    return tiny_view_city
 
 
 def _column_psnr_and_dsm(model_dir, views_dir, scene):

@@ -10,7 +10,6 @@ import shutil
 import numpy as np
 import pytest
 import rasterio
-import torch
 
 from conftest import assert_clean_error
 
@@ -21,25 +20,20 @@ LEFT, BOTTOM = 770000.0, 6277000.0
 CENTRE = (LEFT + 8, BOTTOM + 28, LEFT + 40, BOTTOM + 44)  # 32 x 16 m, most of it seen by the train views
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
-def city(tmp_path_factory):
-    from geoimplicit.synthetic import generate_city, render_view_set, sample_points, scene_bounds, write_points
+def city(tiny_view_city, tmp_path_factory):
+    """The shared tiny view city, its photogrammetric-like points and a tiny fit config, in one folder."""
+    from geoimplicit.synthetic import sample_points, write_points
 
+    views, scene = tiny_view_city
     root = tmp_path_factory.mktemp("sdf_method")
-    scene = generate_city(7, bounds=scene_bounds(48, crs="EPSG:2154"), resolution=0.5, building_density=0.3)
     assert scene.bounds[:2] == (LEFT, BOTTOM)
-    render_view_set(scene, root / "views", seed=7, n_views=8, size=48, n_track=2, supersample=1)
     write_points(root / "points.laz", [sample_points(scene, 7, density=4.0)], scene.crs)
     (root / "tiny.json").write_text(json.dumps(TINY))
-    return root, scene
+    return root, views, scene
 
 
 def _truth_1m(scene, bounds):
@@ -49,8 +43,8 @@ def _truth_1m(scene, bounds):
     return t[r0:r0 + int(bounds[3] - bounds[1]), c0:c0 + int(bounds[2] - bounds[0])]
 
 
-def _sdf_args(root, steps):
-    return ["--method", "sdf", "--views", root / "views", "--surface-config", root / "tiny.json",
+def _sdf_args(root, views, steps):
+    return ["--method", "sdf", "--views", views, "--surface-config", root / "tiny.json",
             "--steps", str(steps), "--device", "cpu"]
 
 
@@ -59,10 +53,10 @@ def test_dsm_from_sdf_tiles(city, cli):
     from geoimplicit.surface.model import load_surface
     from geoimplicit.io.cameras import ViewSet
 
-    root, scene = city
+    root, views_dir, scene = city
     out = root / "dsm_sdf.tif"
     args = ["dsm", "--points", root / "points.laz", "--bbox", *CENTRE, "--resolution", "1", "--tile-size", "16",
-            "--overlap", "4", *_sdf_args(root, 250), "-o", out]
+            "--overlap", "4", *_sdf_args(root, views_dir, 250), "-o", out]
     result = cli(*args)
     assert result.exit_code == 0, result.output
     with rasterio.open(out) as ds:
@@ -78,7 +72,7 @@ def test_dsm_from_sdf_tiles(city, cli):
     # columns that no two train views see at any height of the scene are nodata, whatever the field says there
     rows, cols = truth.shape
     xy = np.stack(np.meshgrid(CENTRE[0] + np.arange(cols) + 0.5, CENTRE[3] - np.arange(rows) - 0.5), -1).reshape(-1, 2)
-    views = ViewSet.load(root / "views")
+    views = ViewSet.load(views_dir)
     heights = np.linspace(scene.dsm.min() - 5, scene.dsm.max() + 5, 9)
     unseen = np.all([seen_by(views, xy, np.full(len(xy), z)) < MIN_VIEWS for z in heights], 0).reshape(rows, cols)
     assert unseen.any() and not (valid & unseen).any()
@@ -100,11 +94,11 @@ def test_dsm_from_sdf_tiles(city, cli):
 def test_mesh_from_sdf_tile(city, cli):
     from geoimplicit.mesh.io import read_ply
 
-    root, scene = city
+    root, views_dir, scene = city
     bounds = (LEFT + 16, BOTTOM + 16, LEFT + 32, BOTTOM + 32)
     out, dsm_out = root / "sdf.ply", root / "sdf_mesh_dsm.tif"
     result = cli("mesh", "--points", root / "points.laz", "--bbox", *bounds, "--resolution", "1", "--tile-size", "16",
-                 *_sdf_args(root, 200), "--dsm-output", dsm_out, "-o", out)
+                 *_sdf_args(root, views_dir, 200), "--dsm-output", dsm_out, "-o", out)
     assert result.exit_code == 0, result.output
     mesh = read_ply(out)
     assert mesh.n_faces > 200 and "2154" in (mesh.crs_wkt or "")
@@ -119,20 +113,20 @@ def test_mesh_from_sdf_tile(city, cli):
 
 
 def test_sdf_bad_inputs_are_refused_before_writing(city, cli, tmp_path):
-    root, _ = city
+    root, views_dir, _ = city
     out = tmp_path / "dsm.tif"
     base = ["dsm", "--points", root / "points.laz", "--bbox", *CENTRE, "--resolution", "1", "-o", out]
     assert_clean_error(cli(*base, "--method", "sdf"), "--views")
-    usage = cli(*base, "--method", "raster", "--views", root / "views")  # a usage error: click's three lines
+    usage = cli(*base, "--method", "raster", "--views", views_dir)  # a usage error: click's three lines
     assert usage.exit_code == 2 and "--views is an option of --method sdf" in usage.stderr
 
     other = tmp_path / "views_utm"
-    shutil.copytree(root / "views", other)
+    shutil.copytree(views_dir, other)
     (other / "crs.txt").write_text("EPSG:32631\n")
     assert_clean_error(cli(*base, "--method", "sdf", "--views", other), "views_utm", "CRS")
     (other / "crs.txt").unlink()
     assert_clean_error(cli(*base, "--method", "sdf", "--views", other), "crs.txt")
     (root / "bad.yaml").write_text("no_such_setting: 1\n")
-    assert_clean_error(cli(*base, "--method", "sdf", "--views", root / "views", "--surface-config",
+    assert_clean_error(cli(*base, "--method", "sdf", "--views", views_dir, "--surface-config",
                            root / "bad.yaml"), "no_such_setting")
     assert not out.exists() and not (tmp_path / "dsm_work").exists()
