@@ -6,9 +6,9 @@ it is a distance. Positive outside (air), negative inside (ground, buildings).
 
 Encodings: :class:`FrequencyEncoding` (IDR/NeRF: ``sin``/``cos`` of ``2^k`` times the coordinates) or
 :class:`GridEncoding` (multiresolution grid as in Instant-NGP: per level a dense grid, hashed beyond
-``hash_size`` entries, trilinear interpolation written with gathers so that second derivatives, which the
-eikonal loss needs, are exact). Grid resolutions follow the box's aspect, so a flat aerial box is not
-wasted on cells in z.
+``hash_size`` entries; trilinear interpolation of all levels in one gather, so that autograd's second
+derivatives, which the eikonal loss needs, are exact and cheap). Grid resolutions follow the box's aspect, so
+a flat aerial box is not wasted on cells in z.
 
 Geometric initialisation (as IDR and SAL do, so the first zero level set is a known surface): the output is
 ``f(x) = prior(x) + scale * mlp(enc(x))`` with ``prior`` the plane ``z - z0`` at the tile's mean height
@@ -46,54 +46,71 @@ class FrequencyEncoding(nn.Module):
 
 class GridEncoding(nn.Module):
     """Multiresolution grid over the box: level ``l`` has cells of ``base_m * (finest_m / base_m)^(l/(L-1))``
-    CRS units per axis (at least 2 nodes per axis); trilinear features, concatenated over levels."""
+    CRS units per axis (at least 2 nodes per axis); trilinear features, concatenated over levels.
+
+    All levels live in one table (level ``l`` from row ``offsets[l]``) and are looked up in one
+    ``index_select``: its backward is an ``index_add`` (no sort, unlike fancy indexing's), and one call for all
+    levels keeps the eikonal loss's double backward to a few large kernels instead of a few per level."""
 
     def __init__(self, extent_m, levels: int, features: int, base_m: float, finest_m: float, hash_size: int):
         super().__init__()
         extent = np.asarray(extent_m, np.float64)
         self.levels, self.features = int(levels), int(features)
-        sizes, hashed, res_all = [], [], []
+        res_all, sizes = [], []
         for lvl in range(self.levels):
-            frac = lvl / max(1, self.levels - 1)
-            cell = base_m * (finest_m / base_m) ** frac
+            cell = base_m * (finest_m / base_m) ** (lvl / max(1, self.levels - 1))
             res = np.maximum(np.ceil(extent / cell).astype(np.int64), 1) + 1  # nodes per axis
-            dense = int(np.prod(res))
-            n = min(dense, int(hash_size))
             res_all.append(res)
-            hashed.append(dense > hash_size)
-            sizes.append(n)
-        self.register_buffer("res", torch.as_tensor(np.array(res_all), dtype=torch.long))
+            sizes.append(min(int(np.prod(res)), int(hash_size)))
+        res_all = np.array(res_all)
+        self.hashed = [bool(np.prod(r) > hash_size) for r in res_all]
+        self.register_buffer("res", torch.as_tensor(res_all, dtype=torch.long))  # (L, 3)
         self.register_buffer("sizes", torch.as_tensor(sizes, dtype=torch.long))
-        self.hashed = hashed
-        # one table per level: a gather's backward then fills a gradient of its own level's size only
-        self.tables = nn.ParameterList([nn.Parameter(torch.empty(n, self.features).uniform_(-1e-4, 1e-4))
-                                        for n in sizes])
+        self.register_buffer("offsets", torch.as_tensor(np.cumsum([0] + sizes[:-1]), dtype=torch.long))
+        self.register_buffer("is_hashed", torch.as_tensor(self.hashed))
+        self.register_buffer("corners", torch.tensor([[i, j, k] for i in (0, 1) for j in (0, 1) for k in (0, 1)]))
+        self.table = nn.Parameter(torch.empty(int(sum(sizes)), self.features).uniform_(-1e-4, 1e-4))
         self.out_dim = self.levels * self.features
 
-    def _index(self, ijk: torch.Tensor, lvl: int) -> torch.Tensor:
-        res = self.res[lvl]
-        if self.hashed[lvl]:
-            h = ijk[..., 0] * _PRIMES[0]
-            h = h ^ (ijk[..., 1] * _PRIMES[1])
-            h = h ^ (ijk[..., 2] * _PRIMES[2])
-            return torch.remainder(h, self.sizes[lvl])
-        return (ijk[..., 0] * res[1] + ijk[..., 1]) * res[2] + ijk[..., 2]
+    def level_rows(self, lvl: int) -> slice:
+        """Rows of ``table`` that hold level ``lvl``."""
+        start = int(self.offsets[lvl])
+        return slice(start, start + int(self.sizes[lvl]))
+
+    def _rows(self, ijk: torch.Tensor) -> torch.Tensor:
+        """Table rows of lattice nodes ``ijk`` (N, L, 8, 3): dense row-major, or hashed (Instant-NGP's primes)."""
+        res = self.res[:, None, :]  # (L, 1, 3) against (N, L, 8, 3)
+        dense = (ijk[..., 0] * res[..., 1] + ijk[..., 1]) * res[..., 2] + ijk[..., 2]
+        if any(self.hashed):
+            h = (ijk[..., 0] * _PRIMES[0]) ^ (ijk[..., 1] * _PRIMES[1]) ^ (ijk[..., 2] * _PRIMES[2])
+            dense = torch.where(self.is_hashed[:, None], torch.remainder(h, self.sizes[:, None]), dense)
+        return dense + self.offsets[:, None]
 
     def forward(self, u: torch.Tensor) -> torch.Tensor:
         """``u`` (N, 3) in [0, 1]^3 (box coordinates) -> (N, levels * features)."""
-        u = u.clamp(0.0, 1.0)
-        out = []
-        corners = torch.tensor([[i, j, k] for i in (0, 1) for j in (0, 1) for k in (0, 1)], device=u.device)
-        for lvl in range(self.levels):
-            res = self.res[lvl]
-            pos = u * (res - 1).to(u.dtype)
-            base = torch.minimum(pos.detach().floor().long(), res - 2).clamp_min(0)
-            w = pos - base.to(u.dtype)  # (N, 3), differentiable in u
-            ijk = base[:, None, :] + corners[None]  # (N, 8, 3)
-            feats = self.tables[lvl][self._index(ijk, lvl)]  # (N, 8, F)
-            cw = torch.where(corners[None].bool(), w[:, None, :], 1 - w[:, None, :]).prod(-1)  # (N, 8)
-            out.append((feats * cw[..., None]).sum(1))
-        return torch.cat(out, -1)
+        return self.lookup(u, self.table)
+
+    def lookup(self, u: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+        """:meth:`forward` with another table of the same layout (derivative checks perturb it)."""
+        n = u.shape[0]
+        pos = u.clamp(0.0, 1.0)[:, None, :] * (self.res - 1).to(u.dtype)  # (N, L, 3)
+        base = torch.minimum(pos.detach().floor().long(), self.res - 2).clamp_min(0)
+        w = pos - base.to(u.dtype)  # differentiable in u
+        rows = self._rows(base[:, :, None, :] + self.corners)  # (N, L, 8)
+        feats = table.index_select(0, rows.reshape(-1)).view(n, self.levels, 8, self.features)
+        wx, wy, wz = (torch.stack([1 - w[..., a], w[..., a]], -1) for a in range(3))  # (N, L, 2) each
+        cw = (wx[..., :, None, None] * wy[..., None, :, None] * wz[..., None, None, :]).reshape(n, self.levels, 8)
+        return (feats * cw[..., None]).sum(2).reshape(n, self.out_dim)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # models saved before the single table kept one parameter per level ("tables.<l>")
+        old = [k for k in list(state_dict) if k.startswith(prefix + "tables.")]
+        if old:
+            parts = [state_dict.pop(prefix + f"tables.{lvl}") for lvl in range(len(old))]
+            state_dict[prefix + "table"] = torch.cat(parts, 0)
+            for name in ("offsets", "is_hashed", "corners"):
+                state_dict.setdefault(prefix + name, getattr(self, name))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
 
 class SDFNetwork(nn.Module):
