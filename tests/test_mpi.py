@@ -289,3 +289,29 @@ def test_cli_malformed_camera_clean_error(views, fitted, cli, tmp_path):
     assert_clean_error(r, "nope")
     r = cli("nvs", "render", tmp_path, "--cams", bad, "-o", tmp_path / "r2")
     assert_clean_error(r, "model.pt")
+
+
+def test_coarse_to_fine_schedule():
+    """Block size 2^k falls from coarse_levels to 0 over the coarse share; refining cameras turns it on."""
+    from geoimplicit.mpi.fit import FitConfig, coarse_level
+
+    refine = FitConfig(refine_cameras=True)
+    assert [coarse_level(refine, f) for f in (0.0, 0.13, 0.25, 0.49, 0.5, 0.9)] == [4, 3, 2, 1, 0, 0]
+    assert {coarse_level(FitConfig(), f) for f in (0.0, 0.3, 0.9)} == {0}
+    own = FitConfig(coarse_to_fine=0.25, coarse_levels=2)
+    assert [coarse_level(own, f) for f in (0.0, 0.2, 0.3)] == [2, 1, 0]
+    with pytest.raises(Exception, match="coarse_to_fine"):
+        FitConfig(coarse_to_fine=1.5).validate()
+
+
+def test_coarse_loss_compares_block_means():
+    """At level k the L1 term is that of the 2^k x 2^k block means of render and view."""
+    from geoimplicit.mpi.fit import FitConfig, _view_loss
+
+    gen = torch.Generator().manual_seed(0)
+    render, view = torch.rand(3, 16, 24, generator=gen), torch.rand(3, 16, 24, generator=gen)
+    cfg = FitConfig(ssim_weight=0.0, smooth_weight=0.0, entropy_weight=0.0, l1_weight=1.0)
+    blocks = lambda x: x.reshape(3, 4, 4, 6, 4).mean((2, 4))  # noqa: E731
+    got = _view_loss({"rgb": render}, view, cfg, 1.0, level=2)
+    torch.testing.assert_close(got, (blocks(render) - blocks(view)).abs().mean())
+    torch.testing.assert_close(_view_loss({"rgb": render}, view, cfg, 1.0), (render - view).abs().mean())
