@@ -85,7 +85,9 @@ class Mesh:
     def subset(self, face_mask: np.ndarray) -> "Mesh":
         """The faces where ``face_mask`` holds, with unused vertices dropped."""
         faces = self.faces[np.asarray(face_mask, bool)]
-        used = np.unique(faces)
+        used = np.zeros(len(self.vertices), bool)
+        used[faces] = True  # a mask, not np.unique: no sort of 3 F indices
+        used = np.flatnonzero(used)
         remap = np.full(len(self.vertices), -1, np.int64)
         remap[used] = np.arange(len(used))
         pick = (lambda a: None if a is None else a[used])
