@@ -18,15 +18,11 @@ import numpy as np
 import torch
 
 from geoimplicit.mesh.core import Mesh, concatenate, weld
-from geoimplicit.mesh.extract import TileSurface, ring_cells, vertex_normals_from_faces
-from geoimplicit.mesh.lattice import Lattice, key_to_ijk
-from geoimplicit.mesh.marching import cell_corners, crossing_t, march_cells, straddles
+from geoimplicit.mesh.extract import TileSurface, vertex_normals_from_faces
+from geoimplicit.mesh.lattice import Lattice, key_to_ijk, node_key
+from geoimplicit.mesh.marching import crossing_t, march_cells
+from geoimplicit.mesh.tables import CORNERS
 from geoimplicit.progress import check_cancel
-
-
-def _ijk(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    ijk, axis = key_to_ijk(torch.as_tensor(keys, dtype=torch.int64))
-    return ijk.numpy(), axis.numpy()
 
 
 def _on_seam(ijk: np.ndarray, box) -> np.ndarray:
@@ -35,12 +31,17 @@ def _on_seam(ijk: np.ndarray, box) -> np.ndarray:
 
 
 def _mean_by_key(keys: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    uniq, inverse = np.unique(keys, return_inverse=True)
-    values = values.reshape(len(keys), -1).astype(np.float64)
-    total = np.zeros((len(uniq), values.shape[1]))
-    np.add.at(total, inverse, values)
-    count = np.bincount(inverse, minlength=len(uniq))[:, None]
-    return uniq, total / count
+    """Sorted unique keys and the mean of ``values`` over each key's rows (summed in row order)."""
+    values = values.astype(np.float64)
+    values = values[:, None] if values.ndim == 1 else values
+    if not len(keys):
+        return keys, values
+    order = np.argsort(keys, kind="stable")  # the parts are sorted runs: timsort merges them
+    keys = keys[order]
+    start = np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]])
+    total = np.add.reduceat(values[order], start, axis=0)
+    count = np.diff(np.r_[start, len(keys)])[:, None]
+    return keys[start], total / count
 
 
 def _lookup(keys: np.ndarray, table_keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -53,7 +54,7 @@ def _lookup(keys: np.ndarray, table_keys: np.ndarray) -> tuple[np.ndarray, np.nd
 
 def _seam_edges(tile: TileSurface) -> np.ndarray:
     """Mask of the tile's vertices lying on a lattice edge inside a seam plane (both ends on the border)."""
-    ijk, axis = _ijk(tile.mesh.keys)
+    ijk, axis = key_to_ijk(tile.mesh.keys)
     other = ijk + np.eye(3, dtype=np.int64)[axis]
     return _on_seam(ijk, tile.box) & _on_seam(other, tile.box)
 
@@ -62,8 +63,7 @@ def seam_consensus(tiles) -> dict:
     """Shared seam node values and seam vertices (position, normal, colour) over all tiles."""
     nk, nv, vk, vp, vn, vc = [], [], [], [], [], []
     for t in tiles:
-        ijk, _ = _ijk(t.ring_keys)
-        on = _on_seam(ijk, t.box)
+        on = _on_seam(key_to_ijk(t.ring_keys)[0], t.box)
         nk.append(t.ring_keys[on])
         nv.append(t.ring_values[on])
         sel = _seam_edges(t)
@@ -72,9 +72,8 @@ def seam_consensus(tiles) -> dict:
         vn.append(t.mesh.normals[sel] if t.mesh.normals is not None else np.full((sel.sum(), 3), np.nan))
         vc.append(t.mesh.colours[sel] if t.mesh.colours is not None else np.full((sel.sum(), 3), np.nan))
     node_keys, node_values = _mean_by_key(np.concatenate(nk), np.concatenate(nv))
-    vkeys = np.concatenate(vk)
     attrs = np.concatenate([np.concatenate(vp), np.concatenate(vn), np.concatenate(vc).astype(np.float64)], 1)
-    vert_keys, vert_attrs = _mean_by_key(vkeys, attrs) if len(vkeys) else (vkeys, attrs)
+    vert_keys, vert_attrs = _mean_by_key(np.concatenate(vk), attrs)
     return {"node_keys": node_keys, "node_values": node_values[:, 0], "vertex_keys": vert_keys,
             "vertex_attrs": vert_attrs}
 
@@ -84,24 +83,47 @@ def _ring_values(tile: TileSurface, consensus: dict) -> np.ndarray:
     return np.where(found, consensus["node_values"][pos], tile.ring_values)
 
 
+def _ring_layout(tile: TileSurface) -> tuple[np.ndarray, np.ndarray, int]:
+    """The ring's cell columns ((I, J) mask over the box's columns), the rank of each ring node column ((I + 1,
+    J + 1), -1 off the ring) and the nodes per column: the sorted ring keys are whole columns k0..k1 in (i, j)
+    order, so a corner's value is found by arithmetic, not by a search."""
+    i0, j0, k0, i1, j1, k1 = tile.box
+    ci, cj = np.meshgrid(np.arange(i1 - i0), np.arange(j1 - j0), indexing="ij")
+    cell = (ci == 0) | (ci == i1 - i0 - 1) | (cj == 0) | (cj == j1 - j0 - 1)
+    node = np.zeros((i1 - i0 + 1, j1 - j0 + 1), bool)
+    for di, dj in ((0, 0), (0, 1), (1, 0), (1, 1)):
+        node[di : di + cell.shape[0], dj : dj + cell.shape[1]] |= cell
+    rank = np.where(node, np.cumsum(node.reshape(-1)).reshape(node.shape) - 1, -1)
+    nk = k1 - k0 + 1
+    ni, nj = np.nonzero(node)
+    ijk = np.stack([np.repeat(ni + i0, nk), np.repeat(nj + j0, nk), np.tile(np.arange(k0, k1 + 1), len(ni))], 1)
+    assert np.array_equal(node_key(ijk), tile.ring_keys), "the stored ring is not the box's ring"
+    return cell, rank, nk
+
+
+def _straddling_ring_cells(tile: TileSurface, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The ring cells the level crosses (C, 3), in (i, j, k) order, and their float32 corner values (C, 8)."""
+    cell, rank, nk = _ring_layout(tile)
+    ci, cj = np.nonzero(cell)
+    column = rank[ci[:, None] + CORNERS[:, 0], cj[:, None] + CORNERS[:, 1]]  # (columns, 8)
+    k = np.arange(nk - 1)
+    g = values[column[:, None, :] * nk + k[None, :, None] + CORNERS[:, 2]].astype(np.float32).reshape(-1, 8)
+    inside = g > 0
+    keep = np.flatnonzero(inside.any(1) & ~inside.all(1))
+    c, kk = np.divmod(keep, max(nk - 1, 1))
+    i0, j0, k0 = tile.box[:3]
+    return np.stack([ci[c] + i0, cj[c] + j0, kk + k0], 1).astype(np.int64), g[keep]
+
+
 def remake_ring(tile: TileSurface, consensus: dict, lattice: Lattice, cell_filter=None) -> Mesh:
     """The tile's ring cells marched again with the shared seam values (vertex attributes NaN where unknown)."""
-    lo, hi = np.asarray(tile.box[:3]), np.asarray(tile.box[3:])
-    cells = ring_cells(lo, hi, "cpu")
-    corners = cell_corners(cells)
-    from geoimplicit.mesh.lattice import node_key
-
     values = _ring_values(tile, consensus)
-    pos, found = _lookup(node_key(corners.reshape(-1, 3)).numpy(), tile.ring_keys)
-    assert found.all(), "ring cell corners outside the stored ring"
-    g = torch.as_tensor(values[pos].reshape(-1, 8), dtype=torch.float32)
-    keep = straddles(g)
-    cells, g = cells[keep], g[keep]
+    cells, g = _straddling_ring_cells(tile, values)
     if cell_filter is not None and len(cells):
-        centre = lattice.position(cells.numpy() + 0.5)
-        inside = torch.as_tensor(np.asarray(cell_filter(centre[:, 0], centre[:, 1]), bool))
+        centre = lattice.position(cells + 0.5)
+        inside = np.asarray(cell_filter(centre[:, 0], centre[:, 1]), bool)
         cells, g = cells[inside], g[inside]
-    tri_keys, _ = march_cells(cells, g)
+    tri_keys, _ = march_cells(torch.from_numpy(cells), torch.from_numpy(g))
     keys, inverse = np.unique(tri_keys.numpy().reshape(-1), return_inverse=True)
     attrs = _vertex_attrs(keys, tile, consensus, values, lattice)
     faces = inverse.reshape(-1, 3).astype(np.int64)
@@ -124,12 +146,10 @@ def _vertex_attrs(keys, tile: TileSurface, consensus: dict, ring_values, lattice
         out[own, 6:9] = m.colours[own_pos[own]]
     rest = ~(found | own)
     if rest.any():
-        from geoimplicit.mesh.lattice import node_key
-
-        ijk, axis = _ijk(keys[rest])
+        ijk, axis = key_to_ijk(keys[rest])
         unit = np.eye(3, dtype=np.int64)[axis]
-        va = ring_values[_lookup(node_key(torch.as_tensor(ijk)).numpy(), tile.ring_keys)[0]]
-        vb = ring_values[_lookup(node_key(torch.as_tensor(ijk + unit)).numpy(), tile.ring_keys)[0]]
+        va = ring_values[_lookup(node_key(ijk), tile.ring_keys)[0]]
+        vb = ring_values[_lookup(node_key(ijk + unit), tile.ring_keys)[0]]
         t = crossing_t(torch.as_tensor(va), torch.as_tensor(vb)).numpy()
         out[rest, :3] = lattice.position(ijk + t[:, None] * unit)
     return out
