@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from geoimplicit.mesh.core import Mesh, concatenate, weld
-from geoimplicit.mesh.extract import TileSurface, vertex_normals_from_faces
+from geoimplicit.mesh.extract import TileSurface
 from geoimplicit.mesh.lattice import Lattice, key_to_ijk, node_key
 from geoimplicit.mesh.marching import crossing_t, march_cells
 from geoimplicit.mesh.tables import CORNERS
@@ -39,9 +39,12 @@ def _mean_by_key(keys: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.n
     order = np.argsort(keys, kind="stable")  # the parts are sorted runs: timsort merges them
     keys = keys[order]
     start = np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]])
-    total = np.add.reduceat(values[order], start, axis=0)
-    count = np.diff(np.r_[start, len(keys)])[:, None]
-    return keys[start], total / count
+    count = np.diff(np.r_[start, len(keys)])
+    total = np.zeros((len(start), values.shape[1]))
+    for r in range(count.max()):  # each key's rows added one by one in order (np.add.reduceat pairs them up)
+        has = count > r
+        total[has] += values[order[start[has] + r]]
+    return keys[start], total / count[:, None]
 
 
 def _lookup(keys: np.ndarray, table_keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -178,24 +181,41 @@ def _with_float_attrs(m: Mesh) -> Mesh:
 
 
 def _fill_attributes(mesh: Mesh, has_colour: bool) -> Mesh:
-    """Normals missing after stitching from the faces; colours from a neighbour along the faces."""
+    """Normals missing after stitching from the faces; colours from a neighbour along the faces. Both look only
+    at the faces touching a vertex that lacks one (a few seam crossings among millions)."""
     n = mesh.normals.astype(np.float64)
     bad = ~np.isfinite(n).all(1)
     if bad.any():
-        n[bad] = vertex_normals_from_faces(mesh)[bad]
+        n[bad] = _normals_from_faces_at(mesh, bad)
     mesh.normals = n.astype(np.float32)
     if not has_colour:
         mesh.colours = None
         return mesh
     c = mesh.colours
+    bad = ~np.isfinite(c).all(1)
+    faces = mesh.faces[bad[mesh.faces].any(1)]  # a vertex known at the start never changes
     for _ in range(8):  # spread known colours into the few unknown vertices
-        bad = ~np.isfinite(c).all(1)
         if not bad.any():
             break
         for a, b in ((0, 1), (1, 2), (2, 0), (1, 0), (2, 1), (0, 2)):
-            fa, fb = mesh.faces[:, a], mesh.faces[:, b]
-            take = bad[fa] & np.isfinite(c[fb]).all(1)
+            fa, fb = faces[:, a], faces[:, b]
+            take = bad[fa] & ~bad[fb]
             c[fa[take]] = c[fb[take]]
-            bad = ~np.isfinite(c).all(1)
+            bad[fa[take]] = False
     mesh.colours = np.nan_to_num(c, nan=128.0).round().clip(0, 255).astype(np.uint8)
     return mesh
+
+
+def _normals_from_faces_at(mesh: Mesh, vertex_mask: np.ndarray) -> np.ndarray:
+    """:func:`.extract.vertex_normals_from_faces` at the masked vertices only: the same area-weighted sums, in
+    the same order, over the faces that touch them."""
+    faces = mesh.faces[vertex_mask[mesh.faces].any(1)]
+    centre = mesh.vertices.mean(0)
+    a, b, c = (mesh.vertices[faces[:, i]] - centre for i in range(3))
+    fn = np.cross(b - a, c - a)
+    slot = np.cumsum(vertex_mask) - 1
+    n = np.zeros((int(vertex_mask.sum()), 3))
+    for i in range(3):
+        mine = vertex_mask[faces[:, i]]
+        np.add.at(n, slot[faces[mine, i]], fn[mine])
+    return (n / np.maximum(np.linalg.norm(n, axis=1, keepdims=True), 1e-12)).astype(np.float32)
