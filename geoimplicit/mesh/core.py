@@ -124,7 +124,7 @@ def weld(mesh: Mesh, tolerance: float = 0.0) -> Mesh:
         ids = np.floor((mesh.vertices - mesh.vertices.min(0)) / tolerance + 0.5).astype(np.int64)
     else:
         ids = mesh.vertices
-    first, inverse = _first_and_inverse(ids)
+    first, inverse = first_and_inverse(ids)
     faces = inverse[mesh.faces]
     keep = (faces[:, 0] != faces[:, 1]) & (faces[:, 1] != faces[:, 2]) & (faces[:, 2] != faces[:, 0])
     normals = None
@@ -140,7 +140,7 @@ def weld(mesh: Mesh, tolerance: float = 0.0) -> Mesh:
     return Mesh(mesh.vertices[first], faces[keep], normals, pick(mesh.colours), mesh.crs_wkt, pick(mesh.keys))
 
 
-def _first_and_inverse(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def first_and_inverse(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Index of each distinct id's first occurrence (ids in sorted order) and each row's distinct id."""
     if np.ndim(ids) > 1:
         _, first, inverse = np.unique(ids, axis=0, return_index=True, return_inverse=True)

@@ -14,10 +14,13 @@ cubes on one consistent set of node values: no cracks, no duplicate walls, and, 
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 import torch
 
-from geoimplicit.mesh.core import Mesh, concatenate, weld
+from geoimplicit.mesh.core import Mesh, first_and_inverse
 from geoimplicit.mesh.extract import TileSurface
 from geoimplicit.mesh.lattice import Lattice, key_to_ijk, node_key
 from geoimplicit.mesh.marching import crossing_t, march_cells
@@ -162,38 +165,53 @@ def stitch_tiles(tiles, lattice: Lattice, *, cell_filter=None, crs_wkt=None, can
     """One welded mesh of the tiles (:class:`.extract.TileSurface` objects) of one lattice."""
     tiles = list(tiles)
     consensus = seam_consensus(tiles)
-    parts = []
-    for t in tiles:
+
+    def pieces(t: TileSurface) -> tuple[Mesh, Mesh]:
         check_cancel(cancel)
-        inner = t.mesh.subset(~t.boundary_face)
-        inner = _with_float_attrs(inner)
-        parts.append(inner)
-        parts.append(remake_ring(t, consensus, lattice, cell_filter))
-    mesh = weld(concatenate(parts))
+        return t.mesh.subset(~t.boundary_face), remake_ring(t, consensus, lattice, cell_filter)
+
+    # the tiles are independent once the seams agree, and numpy and torch release the GIL in the heavy calls
+    with ThreadPoolExecutor(max(1, min(len(tiles), os.cpu_count() or 1, 8))) as pool:
+        parts = [m for pair in pool.map(pieces, tiles) for m in pair]
+    mesh = _weld_parts(parts)
     mesh.crs_wkt = crs_wkt or (tiles[0].mesh.crs_wkt if tiles else None)
     return _fill_attributes(mesh, has_colour=all(t.mesh.colours is not None for t in tiles))
 
 
-def _with_float_attrs(m: Mesh) -> Mesh:
-    n = m.normals if m.normals is not None else np.full((m.n_vertices, 3), np.nan, np.float32)
-    c = m.colours.astype(np.float64) if m.colours is not None else np.full((m.n_vertices, 3), np.nan)
-    return Mesh(m.vertices, m.faces, n, c, m.crs_wkt, m.keys)
+def _weld_parts(parts: list[Mesh]) -> Mesh:
+    """``weld(concatenate(parts))`` of keyed parts whose keys are distinct within each part, a part lacking
+    normals or colours having NaN there (colours float64, NaN where unknown): the same arrays, written part by
+    part into the welded ones instead of concatenating every attribute first."""
+    first, inverse = first_and_inverse(np.concatenate([p.keys for p in parts]))
+    n = len(first)
+    vertices, colours, normals = np.empty((n, 3)), np.empty((n, 3)), np.zeros((n, 3))
+    ends = np.cumsum([p.n_vertices for p in parts])
+    slots = [inverse[e - p.n_vertices : e] for p, e in zip(parts, ends)]
+    for p, s in zip(parts[::-1], slots[::-1]):  # the first part holding a key writes it last
+        vertices[s] = p.vertices
+        colours[s] = np.nan if p.colours is None else p.colours
+    for p, s in zip(parts, slots):  # normals summed part after part, as np.add.at over the whole would
+        normals[s] += np.nan if p.normals is None else p.normals
+    length = np.sqrt(np.add.reduce(normals * normals, axis=1, keepdims=True))  # np.linalg.norm's sums, no copies
+    normals /= np.maximum(length, 1e-12)
+    faces = np.concatenate([s[p.faces] for p, s in zip(parts, slots)])
+    keep = (faces[:, 0] != faces[:, 1]) & (faces[:, 1] != faces[:, 2]) & (faces[:, 2] != faces[:, 0])
+    keys = np.concatenate([p.keys for p in parts])[first]
+    return Mesh(vertices, faces if keep.all() else faces[keep], normals.astype(np.float32), colours, None, keys)
 
 
 def _fill_attributes(mesh: Mesh, has_colour: bool) -> Mesh:
     """Normals missing after stitching from the faces; colours from a neighbour along the faces. Both look only
     at the faces touching a vertex that lacks one (a few seam crossings among millions)."""
-    n = mesh.normals.astype(np.float64)
-    bad = ~np.isfinite(n).all(1)
-    if bad.any():
-        n[bad] = _normals_from_faces_at(mesh, bad)
-    mesh.normals = n.astype(np.float32)
+    no_normal = ~np.isfinite(mesh.normals).all(1)
+    no_colour = ~np.isfinite(mesh.colours).all(1) if has_colour else np.zeros(mesh.n_vertices, bool)
+    faces = mesh.faces[(no_normal | no_colour)[mesh.faces].any(1)]
+    if no_normal.any():
+        mesh.normals[no_normal] = _normals_from_faces_at(mesh, faces, no_normal)
     if not has_colour:
         mesh.colours = None
         return mesh
-    c = mesh.colours
-    bad = ~np.isfinite(c).all(1)
-    faces = mesh.faces[bad[mesh.faces].any(1)]  # a vertex known at the start never changes
+    c, bad = mesh.colours, no_colour
     for _ in range(8):  # spread known colours into the few unknown vertices
         if not bad.any():
             break
@@ -202,14 +220,14 @@ def _fill_attributes(mesh: Mesh, has_colour: bool) -> Mesh:
             take = bad[fa] & ~bad[fb]
             c[fa[take]] = c[fb[take]]
             bad[fa[take]] = False
-    mesh.colours = np.nan_to_num(c, nan=128.0).round().clip(0, 255).astype(np.uint8)
+    np.nan_to_num(c, copy=False, nan=128.0)
+    mesh.colours = np.clip(np.rint(c, out=c), 0, 255, out=c).astype(np.uint8)  # in place: 3 V values
     return mesh
 
 
-def _normals_from_faces_at(mesh: Mesh, vertex_mask: np.ndarray) -> np.ndarray:
+def _normals_from_faces_at(mesh: Mesh, faces: np.ndarray, vertex_mask: np.ndarray) -> np.ndarray:
     """:func:`.extract.vertex_normals_from_faces` at the masked vertices only: the same area-weighted sums, in
-    the same order, over the faces that touch them."""
-    faces = mesh.faces[vertex_mask[mesh.faces].any(1)]
+    the same order, over ``faces`` (the mesh's faces that touch them, in order; others may be there too)."""
     centre = mesh.vertices.mean(0)
     a, b, c = (mesh.vertices[faces[:, i]] - centre for i in range(3))
     fn = np.cross(b - a, c - a)
