@@ -173,31 +173,46 @@ def stitch_tiles(tiles, lattice: Lattice, *, cell_filter=None, crs_wkt=None, can
     # the tiles are independent once the seams agree, and numpy and torch release the GIL in the heavy calls
     with ThreadPoolExecutor(max(1, min(len(tiles), os.cpu_count() or 1, 8))) as pool:
         parts = [m for pair in pool.map(pieces, tiles) for m in pair]
-    mesh = _weld_parts(parts)
+        mesh = _weld_parts(parts, pool)
     mesh.crs_wkt = crs_wkt or (tiles[0].mesh.crs_wkt if tiles else None)
     return _fill_attributes(mesh, has_colour=all(t.mesh.colours is not None for t in tiles))
 
 
-def _weld_parts(parts: list[Mesh]) -> Mesh:
+def _weld_parts(parts: list[Mesh], pool: ThreadPoolExecutor) -> Mesh:
     """``weld(concatenate(parts))`` of keyed parts whose keys are distinct within each part, a part lacking
     normals or colours having NaN there (colours float64, NaN where unknown): the same arrays, written part by
-    part into the welded ones instead of concatenating every attribute first."""
-    first, inverse = first_and_inverse(np.concatenate([p.keys for p in parts]))
+    part (on ``pool``) into the welded ones, instead of concatenating every attribute first."""
+    keys = np.concatenate([p.keys for p in parts])
+    first, inverse = first_and_inverse(keys)
     n = len(first)
-    vertices, colours, normals = np.empty((n, 3)), np.empty((n, 3)), np.zeros((n, 3))
-    ends = np.cumsum([p.n_vertices for p in parts])
-    slots = [inverse[e - p.n_vertices : e] for p, e in zip(parts, ends)]
-    for p, s in zip(parts[::-1], slots[::-1]):  # the first part holding a key writes it last
-        vertices[s] = p.vertices
-        colours[s] = np.nan if p.colours is None else p.colours
-    for p, s in zip(parts, slots):  # normals summed part after part, as np.add.at over the whole would
-        normals[s] += np.nan if p.normals is None else p.normals
-    length = np.sqrt(np.add.reduce(normals * normals, axis=1, keepdims=True))  # np.linalg.norm's sums, no copies
-    normals /= np.maximum(length, 1e-12)
-    faces = np.concatenate([s[p.faces] for p, s in zip(parts, slots)])
+    leads = np.zeros(len(keys), bool)
+    leads[first] = True  # each key's first row: it gives the position and colour, and starts the normal's sum
+    vertices, colours, normals = np.empty((n, 3)), np.empty((n, 3)), np.empty((n, 3))
+    row0 = np.cumsum([0] + [p.n_vertices for p in parts])
+    face0 = np.cumsum([0] + [p.n_faces for p in parts])
+    faces = np.empty((face0[-1], 3), np.int64)
+
+    def write(k: int) -> None:  # only the leading rows are written: no two parts write one vertex
+        p, slot, lead = parts[k], inverse[row0[k] : row0[k + 1]], leads[row0[k] : row0[k + 1]]
+        vertices[slot[lead]] = p.vertices[lead]
+        colours[slot[lead]] = np.nan if p.colours is None else p.colours[lead]
+        normals[slot[lead]] = np.nan if p.normals is None else p.normals[lead] + 0.0  # -0 to +0, as from zero
+        faces[face0[k] : face0[k + 1]] = slot[p.faces]
+
+    list(pool.map(write, range(len(parts))))
+    repeats = [np.full((p.n_vertices, 3), np.nan, np.float32) if p.normals is None else p.normals for p in parts]
+    again = ~leads
+    np.add.at(normals, inverse[again], np.concatenate(repeats)[again])  # in row order, as over the whole
+    list(pool.map(_normalise, np.array_split(normals, 16)))  # views: normalised in place, in parallel
     keep = (faces[:, 0] != faces[:, 1]) & (faces[:, 1] != faces[:, 2]) & (faces[:, 2] != faces[:, 0])
-    keys = np.concatenate([p.keys for p in parts])[first]
-    return Mesh(vertices, faces if keep.all() else faces[keep], normals.astype(np.float32), colours, None, keys)
+    return Mesh(vertices, faces if keep.all() else faces[keep], normals.astype(np.float32), colours, None,
+                keys[first])
+
+
+def _normalise(v: np.ndarray) -> None:
+    """Unit rows in place (np.linalg.norm's sums, without its copies)."""
+    length = np.sqrt(np.add.reduce(v * v, axis=1, keepdims=True))
+    v /= np.maximum(length, 1e-12, out=length)
 
 
 def _fill_attributes(mesh: Mesh, has_colour: bool) -> Mesh:
