@@ -173,57 +173,82 @@ def stitch_tiles(tiles, lattice: Lattice, *, cell_filter=None, crs_wkt=None, can
     # the tiles are independent once the seams agree, and numpy and torch release the GIL in the heavy calls
     with ThreadPoolExecutor(max(1, min(len(tiles), os.cpu_count() or 1, 8))) as pool:
         parts = [m for pair in pool.map(pieces, tiles) for m in pair]
-        mesh = _weld_parts(parts, pool)
+        mesh, no_colour = _weld_parts(parts, pool)
     mesh.crs_wkt = crs_wkt or (tiles[0].mesh.crs_wkt if tiles else None)
-    return _fill_attributes(mesh, has_colour=all(t.mesh.colours is not None for t in tiles))
+    return _fill_attributes(mesh, no_colour if all(t.mesh.colours is not None for t in tiles) else None)
 
 
-def _weld_parts(parts: list[Mesh], pool: ThreadPoolExecutor) -> Mesh:
-    """``weld(concatenate(parts))`` of keyed parts whose keys are distinct within each part, a part lacking
-    normals or colours having NaN there (colours float64, NaN where unknown): the same arrays, written part by
-    part (on ``pool``) into the welded ones, instead of concatenating every attribute first."""
+def _weld_parts(parts: list[Mesh], pool: ThreadPoolExecutor) -> tuple[Mesh, np.ndarray]:
+    """``weld(concatenate(parts))`` of keyed parts whose keys are distinct within each part (a part lacking
+    normals or colours, or with NaN there, leaves them unknown), written part by part on ``pool`` straight into
+    the final arrays: float32 normals (NaN where unknown), uint8 colours rounded as the final mesh's, and the
+    mask of vertices without a colour."""
     keys = np.concatenate([p.keys for p in parts])
     first, inverse = first_and_inverse(keys)
     n = len(first)
     leads = np.zeros(len(keys), bool)
-    leads[first] = True  # each key's first row: it gives the position and colour, and starts the normal's sum
-    vertices, colours, normals = np.empty((n, 3)), np.empty((n, 3)), np.empty((n, 3))
+    leads[first] = True  # each key's first row gives its position and colour, and starts its normal's sum
+    shared = np.zeros(n, bool)
+    shared[inverse[~leads]] = True  # the few keys in several parts: their normals are summed afterwards
+    vertices, normals = np.empty((n, 3)), np.empty((n, 3), np.float32)
+    colours, no_colour = np.empty((n, 3), np.uint8), np.empty(n, bool)
     row0 = np.cumsum([0] + [p.n_vertices for p in parts])
     face0 = np.cumsum([0] + [p.n_faces for p in parts])
     faces = np.empty((face0[-1], 3), np.int64)
 
-    def write(k: int) -> None:  # only the leading rows are written: no two parts write one vertex
+    def write(k: int) -> tuple[np.ndarray, np.ndarray]:  # only leading rows: no two parts write one vertex
         p, slot, lead = parts[k], inverse[row0[k] : row0[k + 1]], leads[row0[k] : row0[k + 1]]
         vertices[slot[lead]] = p.vertices[lead]
-        colours[slot[lead]] = np.nan if p.colours is None else p.colours[lead]
-        normals[slot[lead]] = np.nan if p.normals is None else p.normals[lead] + 0.0  # -0 to +0, as from zero
+        colours[slot[lead]], no_colour[slot[lead]] = _rounded_colours(p.colours, lead)
+        mine = shared[slot]
+        alone = lead & ~mine
+        normals[slot[alone]] = _unit(_rows64(p.normals, alone))
         faces[face0[k] : face0[k + 1]] = slot[p.faces]
+        return slot[mine], _rows64(p.normals, mine)
 
-    list(pool.map(write, range(len(parts))))
-    repeats = [np.full((p.n_vertices, 3), np.nan, np.float32) if p.normals is None else p.normals for p in parts]
-    again = ~leads
-    np.add.at(normals, inverse[again], np.concatenate(repeats)[again])  # in row order, as over the whole
-    list(pool.map(_normalise, np.array_split(normals, 16)))  # views: normalised in place, in parallel
+    slots, rows = zip(*pool.map(write, range(len(parts))))
+    many = np.flatnonzero(shared)
+    total = np.zeros((len(many), 3))  # summed from zero in row order, as np.add.at over the whole would
+    np.add.at(total, np.searchsorted(many, np.concatenate(slots)), np.concatenate(rows))
+    normals[many] = _unit(total)
     keep = (faces[:, 0] != faces[:, 1]) & (faces[:, 1] != faces[:, 2]) & (faces[:, 2] != faces[:, 0])
-    return Mesh(vertices, faces if keep.all() else faces[keep], normals.astype(np.float32), colours, None,
-                keys[first])
+    mesh = Mesh(vertices, faces if keep.all() else faces[keep], normals, colours, None, keys[first])
+    return mesh, no_colour
 
 
-def _normalise(v: np.ndarray) -> None:
-    """Unit rows in place (np.linalg.norm's sums, without its copies)."""
+def _rows64(normals, rows: np.ndarray) -> np.ndarray:
+    return np.full((int(rows.sum()), 3), np.nan) if normals is None else normals[rows].astype(np.float64)
+
+
+def _unit(v: np.ndarray) -> np.ndarray:
+    """float32 unit rows of float64 ``v`` (np.linalg.norm's sums)."""
     length = np.sqrt(np.add.reduce(v * v, axis=1, keepdims=True))
-    v /= np.maximum(length, 1e-12, out=length)
+    return (v / np.maximum(length, 1e-12)).astype(np.float32)
 
 
-def _fill_attributes(mesh: Mesh, has_colour: bool) -> Mesh:
-    """Normals missing after stitching from the faces; colours from a neighbour along the faces. Both look only
-    at the faces touching a vertex that lacks one (a few seam crossings among millions)."""
+def _rounded_colours(c, rows) -> tuple[np.ndarray, np.ndarray]:
+    """uint8 colours of the selected rows and which are unknown (rounded half to even and clipped now, not after
+    the gaps are filled: filling copies colours, so the result is the same)."""
+    m = int(rows.sum())
+    if c is None:
+        return np.zeros((m, 3), np.uint8), np.ones(m, bool)
+    c = c[rows]
+    if c.dtype == np.uint8:
+        return c, np.zeros(m, bool)
+    unknown = ~np.isfinite(c).all(1)
+    return np.clip(np.rint(np.nan_to_num(c, nan=128.0)), 0, 255).astype(np.uint8), unknown
+
+
+def _fill_attributes(mesh: Mesh, no_colour: np.ndarray | None) -> Mesh:
+    """Normals missing after stitching from the faces; colours (``no_colour``: the vertices lacking one; None:
+    no colours) from a neighbour along the faces. Both look only at the faces touching such a vertex (a few
+    seam crossings among millions)."""
     no_normal = ~np.isfinite(mesh.normals).all(1)
-    no_colour = ~np.isfinite(mesh.colours).all(1) if has_colour else np.zeros(mesh.n_vertices, bool)
-    faces = mesh.faces[(no_normal | no_colour)[mesh.faces].any(1)]
+    gaps = no_normal if no_colour is None else no_normal | no_colour
+    faces = mesh.faces[gaps[mesh.faces].any(1)]
     if no_normal.any():
         mesh.normals[no_normal] = _normals_from_faces_at(mesh, faces, no_normal)
-    if not has_colour:
+    if no_colour is None:
         mesh.colours = None
         return mesh
     c, bad = mesh.colours, no_colour
@@ -235,8 +260,7 @@ def _fill_attributes(mesh: Mesh, has_colour: bool) -> Mesh:
             take = bad[fa] & ~bad[fb]
             c[fa[take]] = c[fb[take]]
             bad[fa[take]] = False
-    np.nan_to_num(c, copy=False, nan=128.0)
-    mesh.colours = np.clip(np.rint(c, out=c), 0, 255, out=c).astype(np.uint8)  # in place: 3 V values
+    c[bad] = 128  # cut off from every colour: grey
     return mesh
 
 
