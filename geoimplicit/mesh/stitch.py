@@ -168,21 +168,23 @@ def stitch_tiles(tiles, lattice: Lattice, *, cell_filter=None, crs_wkt=None, can
 
     def pieces(t: TileSurface) -> tuple[Mesh, Mesh]:
         check_cancel(cancel)
-        return t.mesh.subset(~t.boundary_face), remake_ring(t, consensus, lattice, cell_filter)
+        inner = t.mesh.subset(~t.boundary_face)
+        if inner.normals is None:
+            inner.normals = np.full((inner.n_vertices, 3), np.nan, np.float32)
+        return inner, remake_ring(t, consensus, lattice, cell_filter)
 
     # the tiles are independent once the seams agree, and numpy and torch release the GIL in the heavy calls
     with ThreadPoolExecutor(max(1, min(len(tiles), os.cpu_count() or 1, 8))) as pool:
         parts = [m for pair in pool.map(pieces, tiles) for m in pair]
-        mesh, no_colour = _weld_parts(parts, pool)
+        mesh, no_colour = _weld_parts(parts, pool, colour=all(t.mesh.colours is not None for t in tiles))
     mesh.crs_wkt = crs_wkt or (tiles[0].mesh.crs_wkt if tiles else None)
-    return _fill_attributes(mesh, no_colour if all(t.mesh.colours is not None for t in tiles) else None)
+    return _fill_attributes(mesh, no_colour)
 
 
-def _weld_parts(parts: list[Mesh], pool: ThreadPoolExecutor) -> tuple[Mesh, np.ndarray]:
-    """``weld(concatenate(parts))`` of keyed parts whose keys are distinct within each part (a part lacking
-    normals or colours, or with NaN there, leaves them unknown), written part by part on ``pool`` straight into
-    the final arrays: float32 normals (NaN where unknown), uint8 colours rounded as the final mesh's, and the
-    mask of vertices without a colour."""
+def _weld_parts(parts: list[Mesh], pool: ThreadPoolExecutor, colour: bool) -> tuple[Mesh, np.ndarray | None]:
+    """``weld(concatenate(parts))`` of keyed parts with normals whose keys are distinct within each part, written
+    part by part on ``pool`` straight into the final arrays: float32 normals (NaN where unknown) and, with
+    ``colour``, uint8 colours rounded as the final mesh's and the mask of vertices without a colour (NaN)."""
     keys = np.concatenate([p.keys for p in parts])
     first, inverse = first_and_inverse(keys)
     n = len(first)
@@ -191,20 +193,22 @@ def _weld_parts(parts: list[Mesh], pool: ThreadPoolExecutor) -> tuple[Mesh, np.n
     shared = np.zeros(n, bool)
     shared[inverse[~leads]] = True  # the few keys in several parts: their normals are summed afterwards
     vertices, normals = np.empty((n, 3)), np.empty((n, 3), np.float32)
-    colours, no_colour = np.empty((n, 3), np.uint8), np.empty(n, bool)
+    colours, no_colour = (np.empty((n, 3), np.uint8), np.empty(n, bool)) if colour else (None, None)
     row0 = np.cumsum([0] + [p.n_vertices for p in parts])
     face0 = np.cumsum([0] + [p.n_faces for p in parts])
     faces = np.empty((face0[-1], 3), np.int64)
 
     def write(k: int) -> tuple[np.ndarray, np.ndarray]:  # only leading rows: no two parts write one vertex
         p, slot, lead = parts[k], inverse[row0[k] : row0[k + 1]], leads[row0[k] : row0[k + 1]]
-        vertices[slot[lead]] = p.vertices[lead]
-        colours[slot[lead]], no_colour[slot[lead]] = _rounded_colours(p.colours, lead)
+        rows = slice(None) if lead.all() else lead  # a tile's inner piece leads all its keys: views, no copies
+        vertices[slot[rows]] = p.vertices[rows]
+        if colour:
+            colours[slot[rows]], no_colour[slot[rows]] = _rounded_colours(p.colours[rows])
         mine = shared[slot]
         alone = lead & ~mine
-        normals[slot[alone]] = _unit(_rows64(p.normals, alone))
-        faces[face0[k] : face0[k + 1]] = slot[p.faces]
-        return slot[mine], _rows64(p.normals, mine)
+        normals[slot[alone]] = _unit(p.normals[alone].astype(np.float64))
+        np.take(slot, p.faces, out=faces[face0[k] : face0[k + 1]])  # no temporary of the faces
+        return slot[mine], p.normals[mine].astype(np.float64)
 
     slots, rows = zip(*pool.map(write, range(len(parts))))
     many = np.flatnonzero(shared)
@@ -216,25 +220,17 @@ def _weld_parts(parts: list[Mesh], pool: ThreadPoolExecutor) -> tuple[Mesh, np.n
     return mesh, no_colour
 
 
-def _rows64(normals, rows: np.ndarray) -> np.ndarray:
-    return np.full((int(rows.sum()), 3), np.nan) if normals is None else normals[rows].astype(np.float64)
-
-
 def _unit(v: np.ndarray) -> np.ndarray:
     """float32 unit rows of float64 ``v`` (np.linalg.norm's sums)."""
     length = np.sqrt(np.add.reduce(v * v, axis=1, keepdims=True))
     return (v / np.maximum(length, 1e-12)).astype(np.float32)
 
 
-def _rounded_colours(c, rows) -> tuple[np.ndarray, np.ndarray]:
-    """uint8 colours of the selected rows and which are unknown (rounded half to even and clipped now, not after
-    the gaps are filled: filling copies colours, so the result is the same)."""
-    m = int(rows.sum())
-    if c is None:
-        return np.zeros((m, 3), np.uint8), np.ones(m, bool)
-    c = c[rows]
+def _rounded_colours(c: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """uint8 colours and which are unknown (rounded half to even and clipped now, not after the gaps are
+    filled: filling copies colours, so the result is the same)."""
     if c.dtype == np.uint8:
-        return c, np.zeros(m, bool)
+        return c, np.zeros(len(c), bool)
     unknown = ~np.isfinite(c).all(1)
     return np.clip(np.rint(np.nan_to_num(c, nan=128.0)), 0, 255).astype(np.uint8), unknown
 
