@@ -65,18 +65,19 @@ def _seam_edges(tile: TileSurface) -> np.ndarray:
     return _on_seam(ijk, tile.box) & _on_seam(other, tile.box)
 
 
-def seam_consensus(tiles) -> dict:
+def _seam_rows(t: TileSurface) -> tuple:
+    """One tile's seam nodes (keys, values) and seam vertices (keys, positions, normals, colours)."""
+    on = _on_seam(key_to_ijk(t.ring_keys)[0], t.box)
+    sel = _seam_edges(t)
+    m = t.mesh
+    normals = m.normals[sel] if m.normals is not None else np.full((sel.sum(), 3), np.nan)
+    colours = m.colours[sel] if m.colours is not None else np.full((sel.sum(), 3), np.nan)
+    return t.ring_keys[on], t.ring_values[on], m.keys[sel], m.vertices[sel], normals, colours
+
+
+def seam_consensus(tiles, pool: ThreadPoolExecutor | None = None) -> dict:
     """Shared seam node values and seam vertices (position, normal, colour) over all tiles."""
-    nk, nv, vk, vp, vn, vc = [], [], [], [], [], []
-    for t in tiles:
-        on = _on_seam(key_to_ijk(t.ring_keys)[0], t.box)
-        nk.append(t.ring_keys[on])
-        nv.append(t.ring_values[on])
-        sel = _seam_edges(t)
-        vk.append(t.mesh.keys[sel])
-        vp.append(t.mesh.vertices[sel])
-        vn.append(t.mesh.normals[sel] if t.mesh.normals is not None else np.full((sel.sum(), 3), np.nan))
-        vc.append(t.mesh.colours[sel] if t.mesh.colours is not None else np.full((sel.sum(), 3), np.nan))
+    nk, nv, vk, vp, vn, vc = zip(*(pool.map(_seam_rows, tiles) if pool else map(_seam_rows, tiles)))
     node_keys, node_values = _mean_by_key(np.concatenate(nk), np.concatenate(nv))
     attrs = np.concatenate([np.concatenate(vp), np.concatenate(vn), np.concatenate(vc).astype(np.float64)], 1)
     vert_keys, vert_attrs = _mean_by_key(np.concatenate(vk), attrs)
@@ -164,21 +165,23 @@ def _vertex_attrs(keys, tile: TileSurface, consensus: dict, ring_values, lattice
 def stitch_tiles(tiles, lattice: Lattice, *, cell_filter=None, crs_wkt=None, cancel=None) -> Mesh:
     """One welded mesh of the tiles (:class:`.extract.TileSurface` objects) of one lattice."""
     tiles = list(tiles)
-    consensus = seam_consensus(tiles)
-
-    def pieces(t: TileSurface) -> tuple[Mesh, Mesh]:
-        check_cancel(cancel)
-        inner = t.mesh.subset(~t.boundary_face)
-        if inner.normals is None:
-            inner.normals = np.full((inner.n_vertices, 3), np.nan, np.float32)
-        return inner, remake_ring(t, consensus, lattice, cell_filter)
-
     # the tiles are independent once the seams agree, and numpy and torch release the GIL in the heavy calls
     with ThreadPoolExecutor(max(1, min(len(tiles), os.cpu_count() or 1, 8))) as pool:
-        parts = [m for pair in pool.map(pieces, tiles) for m in pair]
+        consensus = seam_consensus(tiles, pool)
+        pieces = pool.map(lambda t: _pieces(t, consensus, lattice, cell_filter, cancel), tiles)
+        parts = [m for pair in pieces for m in pair]
         mesh, no_colour = _weld_parts(parts, pool, colour=all(t.mesh.colours is not None for t in tiles))
     mesh.crs_wkt = crs_wkt or (tiles[0].mesh.crs_wkt if tiles else None)
     return _fill_attributes(mesh, no_colour)
+
+
+def _pieces(t: TileSurface, consensus: dict, lattice: Lattice, cell_filter, cancel) -> tuple[Mesh, Mesh]:
+    """The tile's inner faces as extracted and its ring re-made on the shared seam values."""
+    check_cancel(cancel)
+    inner = t.mesh.subset(~t.boundary_face)
+    if inner.normals is None:
+        inner.normals = np.full((inner.n_vertices, 3), np.nan, np.float32)
+    return inner, remake_ring(t, consensus, lattice, cell_filter)
 
 
 def _weld_parts(parts: list[Mesh], pool: ThreadPoolExecutor, colour: bool) -> tuple[Mesh, np.ndarray | None]:
