@@ -135,22 +135,54 @@ def test_two_tiles_stitch_into_the_one_piece_mesh(lattice):
     assert len(two.boundary_edges()) == 0 and len(two.nonmanifold_edges()) == 0
 
 
-def test_tiles_whose_fields_disagree_still_have_no_cracks(lattice):
+def _disagreeing_tiles(lattice, colour=None):
+    """2 x 2 tiles, each seeing a slightly different sphere, as neighbouring tiles' encodings differ."""
     lo, hi = _box(lattice, X0, X0 + 20)
     mid = lattice.index_of(X0 + 10.0, Y0, rounding=np.round)[0]
     midy = lattice.index_of(X0, Y0 + 10.0, rounding=np.round)[1]
     tiles, k = [], 0
     for (i0, i1) in ((lo[0], mid), (mid, hi[0])):
         for (j0, j1) in ((lo[1], midy), (midy, hi[1])):
-            k += 1  # each tile sees a slightly different sphere, as neighbouring tiles' encodings differ
+            k += 1
             shift = np.array([0.05, -0.04, 0.03]) * k
             f = sphere_field(tuple(np.array(CENTRE) + shift), RADIUS + 0.02 * k)
-            tiles.append(extract_box(f, lattice, np.array([i0, j0, lo[2]]), np.array([i1, j1, hi[2]])))
+            tiles.append(extract_box(f, lattice, np.array([i0, j0, lo[2]]), np.array([i1, j1, hi[2]]),
+                                     colour=colour))
+    return tiles
+
+
+def test_tiles_whose_fields_disagree_still_have_no_cracks(lattice):
+    tiles = _disagreeing_tiles(lattice)
     naive = weld(concatenate([t.mesh for t in tiles]))
     assert len(naive.boundary_edges()) > 0  # without the seam agreement there are cracks
     mesh = stitch_tiles(tiles, lattice)
     assert len(mesh.boundary_edges()) == 0 and len(mesh.nonmanifold_edges()) == 0
     assert mesh.signed_volume() > 0 and np.isfinite(mesh.normals).all()
+
+
+def test_the_stitch_weld_is_the_generic_weld_of_the_pieces(lattice):
+    """The stitch writes its pieces straight into the welded arrays: exactly weld(concatenate(pieces))."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from geoimplicit.mesh.stitch import _weld_parts, remake_ring, seam_consensus
+
+    def stripes(x, y):
+        return np.stack([x * 7.3 % 256, y * 5.1 % 256, (x + y) % 256], 1).astype(np.uint8)
+
+    tiles = _disagreeing_tiles(lattice, colour=stripes)
+    consensus = seam_consensus(tiles)
+    parts = [m for t in tiles for m in (t.mesh.subset(~t.boundary_face), remake_ring(t, consensus, lattice))]
+    with ThreadPoolExecutor(2) as pool:
+        fast, no_colour = _weld_parts(parts, pool, colour=True)
+    for p in parts:
+        p.colours = p.colours.astype(np.float64)  # NaN where a new seam crossing has no colour yet
+    ref = weld(concatenate(parts))
+    assert np.array_equal(fast.keys, ref.keys) and np.array_equal(fast.faces, ref.faces)
+    assert np.array_equal(fast.vertices, ref.vertices)
+    assert np.array_equal(fast.normals, ref.normals, equal_nan=True) and np.isnan(ref.normals).any()
+    known = np.isfinite(ref.colours).all(1)
+    assert np.array_equal(no_colour, ~known) and no_colour.any()
+    assert np.array_equal(fast.colours[known], np.rint(ref.colours[known]).astype(np.uint8))
 
 
 def test_aoi_clip_leaves_boundary_edges_only_on_the_aoi_outline():

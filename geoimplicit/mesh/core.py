@@ -85,7 +85,9 @@ class Mesh:
     def subset(self, face_mask: np.ndarray) -> "Mesh":
         """The faces where ``face_mask`` holds, with unused vertices dropped."""
         faces = self.faces[np.asarray(face_mask, bool)]
-        used = np.unique(faces)
+        used = np.zeros(len(self.vertices), bool)
+        used[faces] = True  # a mask, not np.unique: no sort of 3 F indices
+        used = np.flatnonzero(used)
         remap = np.full(len(self.vertices), -1, np.int64)
         remap[used] = np.arange(len(used))
         pick = (lambda a: None if a is None else a[used])
@@ -122,16 +124,32 @@ def weld(mesh: Mesh, tolerance: float = 0.0) -> Mesh:
         ids = np.floor((mesh.vertices - mesh.vertices.min(0)) / tolerance + 0.5).astype(np.int64)
     else:
         ids = mesh.vertices
-    _, first, inverse = np.unique(ids, axis=0 if np.ndim(ids) > 1 else None, return_index=True,
-                                  return_inverse=True)
-    inverse = inverse.reshape(-1)
+    first, inverse = first_and_inverse(ids)
     faces = inverse[mesh.faces]
     keep = (faces[:, 0] != faces[:, 1]) & (faces[:, 1] != faces[:, 2]) & (faces[:, 2] != faces[:, 0])
     normals = None
     if mesh.normals is not None:
         normals = np.zeros((len(first), 3))
-        np.add.at(normals, inverse, mesh.normals)
+        normals += mesh.normals[first]
+        again = np.ones(len(ids), bool)
+        again[first] = False  # only the repeats are added one by one (np.add.at is slow), in the same order
+        np.add.at(normals, inverse[again], mesh.normals[again])
         normals /= np.maximum(np.linalg.norm(normals, axis=1, keepdims=True), 1e-12)
         normals = normals.astype(np.float32)
     pick = (lambda a: None if a is None else a[first])
     return Mesh(mesh.vertices[first], faces[keep], normals, pick(mesh.colours), mesh.crs_wkt, pick(mesh.keys))
+
+
+def first_and_inverse(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Index of each distinct id's first occurrence (ids in sorted order) and each row's distinct id."""
+    if np.ndim(ids) > 1:
+        _, first, inverse = np.unique(ids, axis=0, return_index=True, return_inverse=True)
+        return first, inverse.reshape(-1)
+    order = np.argsort(ids, kind="stable")  # stable: the first occurrence leads; sorted runs merge fast
+    ids = ids[order]
+    new = np.empty(len(ids), bool)
+    new[:1] = True
+    np.not_equal(ids[1:], ids[:-1], out=new[1:])
+    inverse = np.empty(len(ids), np.int64)
+    inverse[order] = np.cumsum(new) - 1
+    return order[new], inverse

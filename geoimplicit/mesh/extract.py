@@ -136,13 +136,16 @@ class FieldSampler:
 
 def _box_nodes(lo, hi, device) -> torch.Tensor:
     axes = [torch.arange(int(a), int(b) + 1, device=device) for a, b in zip(lo, hi)]
-    return torch.stack(torch.meshgrid(*axes, indexing="ij"), -1).reshape(-1, 3)
+    return torch.stack(torch.meshgrid(*axes, indexing="ij"), -1).reshape(-1, len(axes))
 
 
 def ring_cells(lo, hi, device) -> torch.Tensor:
-    """Cells of the box's outer ring in x and y (all heights): the ones stitching re-makes."""
-    cells = _box_nodes(lo, np.asarray(hi) - 1, device)
-    return cells[is_ring_cell(cells, lo, hi)]
+    """Cells of the box's outer ring in x and y (all heights), in (i, j, k) order: the ones stitching re-makes."""
+    lo, hi = np.asarray(lo), np.asarray(hi)
+    columns = _box_nodes(lo[:2], hi[:2] - 1, device)  # the ring is picked in 2D: the box's cells are millions
+    columns = columns[is_ring_cell(columns, lo, hi)]
+    k = torch.arange(int(lo[2]), int(hi[2]), device=device)
+    return torch.cat([columns.repeat_interleave(len(k), 0), k.repeat(len(columns))[:, None]], 1)
 
 
 def is_ring_cell(cells: torch.Tensor, lo, hi) -> torch.Tensor:

@@ -70,8 +70,8 @@ def check_range(ijk_lo, ijk_hi) -> None:
                          hint="use a coarser --resolution or a smaller AOI")
 
 
-def node_key(ijk: torch.Tensor) -> torch.Tensor:
-    """(..., 3) int64 node indices -> (...,) int64 keys (axis bits 0)."""
+def node_key(ijk):
+    """(..., 3) int64 node indices (torch or numpy) -> (...,) int64 keys (axis bits 0)."""
     return ((ijk[..., 0] << (_BITS_IJ + _BITS_K)) | (ijk[..., 1] << _BITS_K) | ijk[..., 2]) << 2
 
 
@@ -80,11 +80,13 @@ def edge_key(ijk: torch.Tensor, axis: torch.Tensor) -> torch.Tensor:
     return node_key(ijk) | axis
 
 
-def key_to_ijk(key: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Inverse of :func:`edge_key`: (..., 3) node indices and (...,) axis."""
+def key_to_ijk(key):
+    """Inverse of :func:`edge_key`: (..., 3) node indices and (...,) axis (torch tensors, or numpy arrays for
+    numpy keys: the stitch decodes on the CPU without a round trip through torch)."""
     axis = key & 3
     n = key >> 2
     k = n & (_MAX_K - 1)
     j = (n >> _BITS_K) & (_MAX_IJ - 1)
     i = n >> (_BITS_IJ + _BITS_K)
-    return torch.stack([i, j, k], -1), axis
+    stack = np.stack if isinstance(key, np.ndarray) else torch.stack
+    return stack([i, j, k], -1), axis
