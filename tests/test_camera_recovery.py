@@ -34,8 +34,9 @@ def test_perturbed_views_move_train_cameras_by_exactly_the_known_amounts(tmp_pat
 
 
 @pytest.mark.slow
-def test_refinement_halves_a_known_perturbation(tmp_path):
-    """0.1 deg / 1 m on 6 train views of 96 px: CPU, about 5 minutes."""
+def test_refinement_recovers_most_of_a_known_perturbation(tmp_path):
+    """0.1 deg / 1 m on 6 train views of 96 px: CPU, about 5 minutes. Coarse to fine (the default with
+    refine_cameras) took the reprojection error from 0.93 to 0.44 px of 1.78 in the bench's small run."""
     cr = _bench()
     truth = cr.make_views(7301, tmp_path, 64.0, 96, 8, 2)
     pv = cr.perturbed_views(truth, tmp_path / "p", 0.1, 1.0, 7301)
@@ -43,6 +44,6 @@ def test_refinement_halves_a_known_perturbation(tmp_path):
     row = cr.run_fit("refine_0.1_1", pv, truth, tmp_path / "fits", fit, "cpu")
     before, after = row["before_aligned"], row["after"]
     assert row["before"]["mean_rotation_deg"] == pytest.approx(0.1) and row["before"]["mean_centre"] == pytest.approx(1.0)
-    assert after["mean_reprojection_px"] <= 0.55 * before["mean_reprojection_px"], row
-    assert after["mean_centre"] <= 0.6 * before["mean_centre"], row
+    assert after["mean_reprojection_px"] <= 0.4 * before["mean_reprojection_px"], row
+    assert after["mean_centre"] <= 0.45 * before["mean_centre"], row
     assert after["mean_rotation_deg"] <= 1.1 * before["mean_rotation_deg"], row  # not traded for the centres
