@@ -1,0 +1,74 @@
+"""Input support of a tile's output cells: which cells hold a point, and which lie near one.
+
+Both are exact (the same cells as flooring every point and thresholding ``ndimage.distance_transform_edt``)
+and cheaper: the framing of a tile does them for every tile of a run, on the CPU, ahead of the device.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+
+def point_cells(x, y, left: float, top: float, resolution: float, rows: int, cols: int) -> np.ndarray:
+    """(rows, cols) bool: the cells of the grid (top-left corner, cell size) that hold at least one point.
+
+    The same cells as ``floor((x - left) / resolution)`` in range; ``u >= 0 and u < cols`` is that test before
+    flooring, so only the points inside are converted (truncation is the floor there).
+    """
+    u = np.subtract(x, left)
+    u /= resolution
+    v = np.subtract(top, y)
+    v /= resolution
+    inside = (u >= 0) & (u < cols) & (v >= 0) & (v < rows)
+    if not inside.all():
+        u, v = u[inside], v[inside]
+    has = np.zeros(rows * cols, bool)
+    has[v.astype(np.intp) * cols + u.astype(np.intp)] = True
+    return has.reshape(rows, cols)
+
+
+def near_cells(has: np.ndarray, radius_px: float) -> np.ndarray:
+    """Cells within ``radius_px`` (between cell centres) of a True cell: ``distance_transform_edt(~has) <=
+    radius_px``, exactly, in squared integer distances.
+
+    A cell whose column has a True cell within the radius is near; only the others (few, where the points are
+    dense) look along their row, at each column offset within the radius; many others: scipy's transform.
+    """
+    if has.all() or not has.any():
+        return has.copy()
+    d2_max = _max_square_distance(radius_px)
+    reach = math.isqrt(d2_max)
+    down = _column_distance(has, reach + 1)
+    near = down <= reach
+    r, c = np.nonzero(~near)
+    if r.size * (2 * reach + 1) > 8 * has.size:  # the row scan would cost more than the transform
+        from scipy import ndimage
+
+        return ndimage.distance_transform_edt(~has) <= radius_px
+    # squared column distances, padded so that every offset indexes inside (the pad is never near)
+    d2 = np.pad(down.astype(np.int64) ** 2, ((0, 0), (reach, reach)), constant_values=d2_max + 1)
+    hit = np.zeros(r.size, bool)
+    for dc in range(-reach, reach + 1):
+        hit |= d2[r, c + reach + dc] <= d2_max - dc * dc
+    near[r[hit], c[hit]] = True
+    return near
+
+
+def _max_square_distance(radius_px: float) -> int:
+    """The largest integer d2 with float64 ``sqrt(d2) <= radius_px`` (what the transform's distances are)."""
+    d2 = int(radius_px * radius_px) + 2
+    while math.sqrt(d2) > radius_px:
+        d2 -= 1
+    return d2
+
+
+def _column_distance(has: np.ndarray, cap: int) -> np.ndarray:
+    """(rows, cols) int32: cells to the nearest True cell up or down the same column, at most ``cap``."""
+    rows = has.shape[0]
+    row = np.arange(rows, dtype=np.int32)[:, None]
+    far = np.int32(rows + cap)
+    above = np.maximum.accumulate(np.where(has, row, -far), axis=0)
+    below = np.minimum.accumulate(np.where(has, row, far)[::-1], axis=0)[::-1]
+    return np.minimum(np.minimum(row - above, below - row), cap)
