@@ -69,3 +69,43 @@ def test_cell_queries_are_every_sample_point_converted(subcells):
     expected = frame.xy_to_local((X.ravel()[:, None] + off[None, :, 0]).ravel(),
                                  (Y.ravel()[:, None] + off[None, :, 1]).ravel())
     assert np.array_equal(_cell_queries(frame, left, top, rows, cols, res, off), expected)
+
+
+def _resample_reference(imgf, transform, frame):
+    """The per-cell affine map and stacking of the first implementation, for comparison."""
+    import torch
+    import torch.nn.functional as F
+
+    xs, ys = frame.grid_cell_centres()
+    inv = ~transform
+    X, Y = np.meshgrid(xs, ys)
+    col, row = inv.a * X + inv.b * Y + inv.c, inv.d * X + inv.e * Y + inv.f
+    h, w = imgf.shape[1:]
+    grid = torch.from_numpy(np.stack([(col / w) * 2 - 1, (row / h) * 2 - 1], -1).astype(np.float32))[None]
+    out = F.grid_sample(torch.from_numpy(imgf)[None], grid, mode="bilinear", padding_mode="border",
+                        align_corners=False)[0].numpy()
+    valid = ((col >= 0) & (col <= w) & (row >= 0) & (row <= h)).astype(np.float32)
+    return np.concatenate([out * valid[None], valid[None]], axis=0)
+
+
+@pytest.mark.parametrize("rotated", [False, True])
+@pytest.mark.parametrize("dtype", ["uint8", "uint16", "float32"])
+def test_resample_image_to_frame_is_the_per_cell_map(rotated, dtype):
+    from affine import Affine
+
+    from geoimplicit.dsm.occupancy.normalize import resample_image_to_frame
+
+    rng = np.random.default_rng(2)
+    frame = PatchFrame.from_bounds((770000, 6277000, 770040, 6277030), 0.0)
+    transform = Affine.translation(769990, 6277035) @ Affine.scale(0.2, -0.2)  # covers part of the frame
+    if rotated:
+        transform = transform @ Affine.rotation(7.0)
+    img = (rng.random((3, 150, 180)) * {"uint8": 255, "uint16": 4000, "float32": 3.0}[dtype]).astype(dtype)
+    if dtype == "float32":
+        img[0, 5, 5] = np.nan
+    unit = img.astype(np.float32) / {"uint8": 255.0, "uint16": 65535.0, "float32": 1.0}[dtype]
+    if dtype == "float32":
+        unit = np.nan_to_num(unit / np.nanpercentile(unit, 99))
+    out = np.full((4,) + frame.shape, -1.0, np.float32)
+    assert resample_image_to_frame(img, transform, frame, out=out) is out
+    assert np.array_equal(out, _resample_reference(unit, transform, frame))

@@ -198,7 +198,7 @@ class OccupancyPredictor:
         if self.n_images and images:
             arr = np.zeros((1, self.n_images, 4) + frame.shape, np.float32)
             for k, (a, tr) in enumerate(list(images)[: self.n_images]):
-                arr[0, k] = resample_image_to_frame(a, tr, frame)
+                resample_image_to_frame(a, tr, frame, out=arr[0, k])
             flags = (1, self.n_images)
         return frame, pts, arr, flags
 

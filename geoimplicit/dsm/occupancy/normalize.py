@@ -128,38 +128,52 @@ def low_percentile(a: np.ndarray, q: float) -> float:
     return v_hi - diff * (1 - gamma) if gamma >= 0.5 else v_lo + diff * gamma  # numpy's _lerp
 
 
-def resample_image_to_frame(image: np.ndarray, transform, frame: PatchFrame) -> np.ndarray:
+def resample_image_to_frame(image: np.ndarray, transform, frame: PatchFrame, out=None) -> np.ndarray:
     """Bilinearly sample an image (bands, rows, cols) with an affine ``transform`` at the frame's cell centres.
 
-    Returns (bands + 1, rows, cols) float32: the bands scaled to [0, 1] (uint8 / 255, uint16 / 65535, floats
-    divided by their 99th percentile when above 1) and a last channel that is 1 where the image covers the cell.
+    Returns (bands + 1, rows, cols) float32 (written into ``out`` when given): the bands scaled to [0, 1]
+    (uint8 / 255, uint16 / 65535, floats divided by their 99th percentile when above 1) and a last channel that
+    is 1 where the image covers the cell.
     """
     import torch
     import torch.nn.functional as F
 
-    img = np.asarray(image)
+    imgf = _unit_bands(np.asarray(image))
+    h, w = imgf.shape[1:]
+    col, row = _pixel_coords(~transform, frame)
+    grid = np.empty((1,) + frame.shape + (2,), np.float32)
+    grid[0, ..., 0] = (col / w) * 2 - 1
+    grid[0, ..., 1] = (row / h) * 2 - 1
+    t = torch.from_numpy(np.ascontiguousarray(imgf))[None]
+    sampled = F.grid_sample(t, torch.from_numpy(grid), mode="bilinear", padding_mode="border",
+                            align_corners=False)[0].numpy()
+    if out is None:
+        out = np.empty((len(imgf) + 1,) + frame.shape, np.float32)
+    out[-1] = (col >= 0) & (col <= w) & (row >= 0) & (row <= h)
+    np.multiply(sampled, out[-1], out=out[:-1])
+    return out
+
+
+def _unit_bands(img: np.ndarray) -> np.ndarray:
+    """(bands, rows, cols) float32 in [0, 1] (see :func:`resample_image_to_frame`), NaN as 0."""
     if img.ndim == 2:
         img = img[None]
     if img.dtype == np.uint8:
-        imgf = img.astype(np.float32) / 255.0
-    elif img.dtype == np.uint16:
-        imgf = img.astype(np.float32) / (255.0 if img.max() <= 255 else 65535.0)
-    else:
-        imgf = img.astype(np.float32)
-        top = np.nanpercentile(imgf, 99) if imgf.size else 1.0
-        if top > 1.0:
-            imgf = imgf / top
-    imgf = np.nan_to_num(imgf)
+        return img.astype(np.float32) / 255.0
+    if img.dtype == np.uint16:
+        return img.astype(np.float32) / (255.0 if img.max() <= 255 else 65535.0)
+    imgf = img.astype(np.float32)
+    top = np.nanpercentile(imgf, 99) if imgf.size else 1.0
+    if top > 1.0:
+        imgf = imgf / top
+    return np.nan_to_num(imgf)
+
+
+def _pixel_coords(inv, frame: PatchFrame) -> tuple[np.ndarray, np.ndarray]:
+    """Image (col, row) of the frame's cell centres under the inverse transform ``inv``, broadcastable to the
+    frame's shape: north-up, the column depends on x only and the row on y only (the same numbers: the other
+    term is a zero), so the affine map runs once per grid column and row."""
     xs, ys = frame.grid_cell_centres()
-    inv = ~transform
-    X, Y = np.meshgrid(xs, ys)
-    col = inv.a * X + inv.b * Y + inv.c
-    row = inv.d * X + inv.e * Y + inv.f
-    h, w = imgf.shape[1:]
-    gx = (col / w) * 2 - 1
-    gy = (row / h) * 2 - 1
-    grid = torch.from_numpy(np.stack([gx, gy], -1).astype(np.float32))[None]
-    t = torch.from_numpy(np.ascontiguousarray(imgf))[None]
-    out = F.grid_sample(t, grid, mode="bilinear", padding_mode="border", align_corners=False)[0].numpy()
-    valid = ((col >= 0) & (col <= w) & (row >= 0) & (row <= h)).astype(np.float32)
-    return np.concatenate([out * valid[None], valid[None]], axis=0)
+    if inv.b == 0 and inv.d == 0:
+        return (inv.a * xs + inv.c)[None, :], (inv.e * ys + inv.f)[:, None]
+    return (inv.a * xs[None, :] + inv.b * ys[:, None] + inv.c), (inv.d * xs[None, :] + inv.e * ys[:, None] + inv.f)
