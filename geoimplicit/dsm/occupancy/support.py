@@ -40,14 +40,16 @@ def near_cells(has: np.ndarray, radius_px: float) -> np.ndarray:
         return has.copy()
     d2_max = _max_square_distance(radius_px)
     reach = math.isqrt(d2_max)
-    down = _column_distance(has, reach + 1)
-    near = down <= reach
+    near = _column_near(has, reach)
     r, c = np.nonzero(~near)
+    if r.size == 0:
+        return near
     if r.size * (2 * reach + 1) > 8 * has.size:  # the row scan would cost more than the transform
         from scipy import ndimage
 
         return ndimage.distance_transform_edt(~has) <= radius_px
     # squared column distances, padded so that every offset indexes inside (the pad is never near)
+    down = _column_distance(has, reach + 1)
     d2 = np.pad(down.astype(np.int64) ** 2, ((0, 0), (reach, reach)), constant_values=d2_max + 1)
     hit = np.zeros(r.size, bool)
     for dc in range(-reach, reach + 1):
@@ -62,6 +64,15 @@ def _max_square_distance(radius_px: float) -> int:
     while math.sqrt(d2) > radius_px:
         d2 -= 1
     return d2
+
+
+def _column_near(has: np.ndarray, reach: int) -> np.ndarray:
+    """(rows, cols) bool: a True cell at most ``reach`` cells up or down the same column (running counts)."""
+    rows = has.shape[0]
+    counts = np.zeros((rows + 1,) + has.shape[1:], np.int32)
+    np.cumsum(has, axis=0, out=counts[1:])
+    row = np.arange(rows)
+    return counts[np.minimum(row + reach + 1, rows)] > counts[np.maximum(row - reach, 0)]
 
 
 def _column_distance(has: np.ndarray, cap: int) -> np.ndarray:
