@@ -34,28 +34,34 @@ def near_cells(has: np.ndarray, radius_px: float) -> np.ndarray:
     radius_px``, exactly, in squared integer distances.
 
     A cell whose column has a True cell within the radius is near; only the others (few, where the points are
-    dense) look along their row, at each column offset within the radius; many others: scipy's transform.
+    dense) look along their row, at each column offset within the radius. Sparse or mostly far cells: scipy's
+    transform, which costs less then.
     """
     if has.all() or not has.any():
         return has.copy()
     d2_max = _max_square_distance(radius_px)
     reach = math.isqrt(d2_max)
-    near = _column_near(has, reach)
-    r, c = np.nonzero(~near)
-    if r.size == 0:
-        return near
-    if r.size * (2 * reach + 1) > 8 * has.size:  # the row scan would cost more than the transform
-        from scipy import ndimage
+    window = 2 * reach + 1
+    if np.count_nonzero(has) * window >= has.size:  # else under one True cell per column window
+        near = _column_near(has, reach)
+        r, c = np.nonzero(~near)
+        if r.size * window <= 8 * has.size:
+            near[r, c] = _row_scan(has, r, c, reach, d2_max)
+            return near
+    from scipy import ndimage
 
-        return ndimage.distance_transform_edt(~has) <= radius_px
+    return ndimage.distance_transform_edt(~has) <= radius_px
+
+
+def _row_scan(has: np.ndarray, r: np.ndarray, c: np.ndarray, reach: int, d2_max: int) -> np.ndarray:
+    """For the cells (r, c): a cell at a column offset within ``reach`` has a squared distance <= ``d2_max``."""
     # squared column distances, padded so that every offset indexes inside (the pad is never near)
     down = _column_distance(has, reach + 1)
     d2 = np.pad(down.astype(np.int64) ** 2, ((0, 0), (reach, reach)), constant_values=d2_max + 1)
     hit = np.zeros(r.size, bool)
     for dc in range(-reach, reach + 1):
         hit |= d2[r, c + reach + dc] <= d2_max - dc * dc
-    near[r[hit], c[hit]] = True
-    return near
+    return hit
 
 
 def _max_square_distance(radius_px: float) -> int:
