@@ -114,10 +114,10 @@ def low_percentile(a: np.ndarray, q: float) -> float:
     all of ``a``: the two order statistics it needs lie under a threshold read off a strided sample, and only
     the values under it are partitioned (a tile's reference height: a fifth of the framing time otherwise)."""
     n = a.size
-    pos = (n - 1) * (q / 100)  # numpy's virtual index for the linear method
-    lo = int(math.floor(pos))
     if n < 8192 or not 0 <= q <= 25:
         return np.percentile(a, q)
+    pos = (n - 1) * (q / 100)  # numpy's virtual index for the linear method
+    lo = int(math.floor(pos))
     sample = a[::64]
     rank = min(sample.size - 1, int(sample.size * q / 100 * 1.5) + 16)  # safely above q in the sample
     below = a[a <= np.partition(sample, rank)[rank]]
