@@ -308,7 +308,8 @@ def mosaic(
     all_tags.update({str(k): (v if isinstance(v, str) else json.dumps(v)) for k, v in (tags or {}).items()})
     profile = dict(driver="GTiff", width=cols, height=rows, count=nb + int(alpha), dtype=out_dtype.name, nodata=nodata,
                    crs=rio_crs, transform=grid.transform, tiled=True, blockxsize=256, blockysize=256,
-                   compress="deflate", zlevel=1, predictor=2 if is_int else 3, BIGTIFF="IF_SAFER")
+                   compress="deflate", zlevel=1, predictor=2 if is_int else 3, BIGTIFF="IF_SAFER",
+                   num_threads=str(mosaic_threads()))  # the blocks compressed in GDAL's threads, off this one
     if nb == 3 and out_dtype == np.uint8:
         profile["photometric"] = "RGB"
     int_range = (np.iinfo(out_dtype).min, np.iinfo(out_dtype).max) if is_int else None
@@ -491,7 +492,8 @@ class _BlockBlender:
 def _to_cog(src, output, overwrite, *, predictor="FLOATING_POINT", resampling="AVERAGE") -> None:
     import rasterio.shutil
 
-    with atomic_output(output, overwrite=overwrite) as tmp:
+    # GDAL_NUM_THREADS: the source's blocks decoded and the overviews computed in threads too
+    with atomic_output(output, overwrite=overwrite) as tmp, rasterio.Env(GDAL_NUM_THREADS=str(mosaic_threads())):
         rasterio.shutil.copy(
             src, tmp, driver="COG", COMPRESS="DEFLATE", PREDICTOR=predictor, BLOCKSIZE=256,
             OVERVIEWS="AUTO", RESAMPLING=resampling, BIGTIFF="IF_SAFER",

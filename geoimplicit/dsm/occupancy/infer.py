@@ -99,9 +99,8 @@ class OccupancyPredictor:
                    metres_per_unit: float = 1.0, images=(), true_ortho: bool = False) -> "FramedTile":
         """The CPU half of :meth:`predict_tile` (arguments there): local frame, points, orthos, output cells,
         support, search range. Thread-safe: the tiled run does it ahead of the device, in threads."""
-        from scipy import ndimage
-
         from geoimplicit.dsm.occupancy.extract import subcell_offsets
+        from geoimplicit.dsm.occupancy.support import near_cells, point_cells
 
         cfg, mc, ec = self.cfg, self.cfg.model, self.cfg.extract
         t0 = time.perf_counter()
@@ -113,29 +112,15 @@ class OccupancyPredictor:
             return FramedTile(rows, cols)
         frame, pts, imgs, flags = self._tile_inputs_host(x, y, z, context_bounds, metres_per_unit, images,
                                                          true_ortho)
-        # output cell centres (CRS, float64) -> local metres
-        cx = left + (np.arange(cols) + 0.5) * resolution
-        cy = top - (np.arange(rows) + 0.5) * resolution
-        X, Y = np.meshgrid(cx, cy)
-        off = subcell_offsets(ec.readout_subcells, resolution)  # sub-cell sample points, cell-major order
-        xy = frame.xy_to_local((X.ravel()[:, None] + off[None, :, 0]).ravel(),
-                               (Y.ravel()[:, None] + off[None, :, 1]).ravel())
-        # support: distance from each output cell to the nearest cell holding an input point
-        inv_col = np.floor((x - left) / resolution).astype(np.int64)
-        inv_row = np.floor((top - y) / resolution).astype(np.int64)
-        ok = (inv_col >= 0) & (inv_col < cols) & (inv_row >= 0) & (inv_row < rows)
-        has = np.zeros((rows, cols), bool)
-        has[inv_row[ok], inv_col[ok]] = True
-        max_hole = ec.max_hole_m / metres_per_unit / resolution
-        if has.all():
-            supported = has
-        elif not has.any():
-            supported = np.zeros_like(has)
-        else:
-            supported = ndimage.distance_transform_edt(~has) <= max(max_hole, 1.0)
+        off = subcell_offsets(ec.readout_subcells, resolution)
+        xy = _cell_queries(frame, left, top, rows, cols, resolution, off)
+        # support: within max_hole_m of a cell holding an input point
+        max_hole_px = ec.max_hole_m / metres_per_unit / resolution
+        supported = near_cells(point_cells(x, y, left, top, resolution, rows, cols), max(max_hole_px, 1.0))
+        # the points' local height range, from the two extreme heights (the conversion is monotonic)
         margin = cfg.data.column_margin_m / mc.height_scale_m
-        zlo = float(pts[:, 2].min()) - margin
-        zhi = float(pts[:, 2].max()) + margin
+        zn_min, zn_max = frame.z_to_local([np.min(z), np.max(z)])
+        zlo, zhi = float(zn_min) - margin, float(zn_max) + margin
         self.timings.frame += time.perf_counter() - t0
         return FramedTile(rows, cols, frame, pts, imgs, flags, xy, supported, zlo, zhi, bool(true_ortho))
 
@@ -213,7 +198,7 @@ class OccupancyPredictor:
         if self.n_images and images:
             arr = np.zeros((1, self.n_images, 4) + frame.shape, np.float32)
             for k, (a, tr) in enumerate(list(images)[: self.n_images]):
-                arr[0, k] = resample_image_to_frame(a, tr, frame)
+                resample_image_to_frame(a, tr, frame, out=arr[0, k])
             flags = (1, self.n_images)
         return frame, pts, arr, flags
 
@@ -244,6 +229,18 @@ class FramedTile:
     zlo: float = 0.0
     zhi: float = 0.0
     true_ortho: bool = False
+
+
+def _cell_queries(frame, left: float, top: float, rows: int, cols: int, resolution: float, off) -> np.ndarray:
+    """(rows * cols * n_sub, 2) float32 local metres of the output cells' sample points (cell centres plus the
+    sub-cell offsets ``off``), cell-major: x depends on the column only and y on the row only, so each is
+    converted once per column (row) and broadcast, the same numbers as converting every point."""
+    cx = left + (np.arange(cols) + 0.5) * resolution
+    cy = top - (np.arange(rows) + 0.5) * resolution
+    xy = np.empty((rows, cols, len(off), 2), np.float32)
+    xy[..., 0] = frame.x_to_local(cx[:, None] + off[:, 0])
+    xy[..., 1] = frame.y_to_local(cy[:, None] + off[:, 1])[:, None, :]
+    return xy.reshape(-1, 2)
 
 
 def _to_device(array: np.ndarray, dev):
