@@ -10,7 +10,7 @@ from torch import nn
 
 from geoimplicit.surface.box import SurfaceBox, ray_box
 from geoimplicit.surface.config import SurfaceConfig
-from geoimplicit.surface.networks import GridEncoding, SDFNetwork, sdf_and_gradient
+from geoimplicit.surface.networks import GridEncoding, SDFNetwork, anneal_weights, sdf_and_gradient
 from geoimplicit.surface.render import render_idr, trace_rays
 
 ORIGIN = np.array([770000.0, 6277000.0, 50.0])
@@ -119,6 +119,24 @@ def test_grid_encoding_loads_models_saved_with_one_table_per_level():
     fresh.load_state_dict(old)
     u = torch.rand(32, 3)
     torch.testing.assert_close(fresh(u), enc(u), rtol=0, atol=0)
+
+
+def test_encoding_anneal_opens_bands_coarse_to_fine():
+    """BARF's window: nothing at 0, band k half open at (k + 0.5) / bands, everything at 1; a closed band
+    contributes nothing to the encoding."""
+    w = anneal_weights(4, 0.0)
+    assert torch.equal(w, torch.zeros(4))
+    torch.testing.assert_close(anneal_weights(4, 0.375), torch.tensor([1.0, 0.5, 0.0, 0.0]))
+    assert torch.equal(anneal_weights(4, 1.0), torch.ones(4))
+    net = SDFNetwork(_box(), SurfaceConfig(encoding="frequency", frequencies=4))
+    x = _box().uniform(16)
+    net.anneal_encoding(0.0)
+    enc = net.encoding(torch.rand(16, 3))
+    assert torch.all(enc[:, 3:] == 0)
+    f0 = net.sdf(x)
+    net.anneal_encoding(1.0)
+    assert torch.equal(net.encoding.band_weights, torch.ones(4)) and "band_weights" not in net.state_dict()
+    assert not torch.equal(net.sdf(x), f0)
 
 
 class _Plane(nn.Module):

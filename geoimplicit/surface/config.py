@@ -116,6 +116,9 @@ class SurfaceConfig:
                                                                                      gauge="mean"))
     """Pose corrections (learning rate in pixels per step; gauge ``mean``: the corrections' common similarity
     is removed after every step; with ``--points`` the points hold the scene, ``none`` is then fine)."""
+    encoding_anneal: float = 0.0
+    """Share of the fit over which the SDF encoding's bands (octaves or grid levels) open, coarse to fine, as in
+    BARF (low frequencies first, so that camera corrections meet a smooth field); 0: all open from the start."""
     pose_warmup: int = 200
     """Steps before the pose corrections start to learn (the surface first takes a rough shape)."""
     margin_m: float = 0.0
@@ -168,5 +171,7 @@ class SurfaceConfig:
         if not 0 <= self.iso_share <= 1 or not 0 <= self.iso_upsample < 1:
             raise ConfigError("iso_share must be in [0, 1] and iso_upsample in [0, 1)")
         self.pose.validate()
+        if not 0.0 <= self.encoding_anneal <= 1.0:
+            raise ConfigError("encoding_anneal must be in [0, 1] (a share of the fit)")
         if self.refine_cameras and self.pose.mode == "off":
             raise ConfigError("refine_cameras needs a pose mode (SO3xR3 or SE3), not 'off'")

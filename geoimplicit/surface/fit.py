@@ -246,6 +246,8 @@ class Trainer:
         self.opt.param_groups[0]["lr"] = cfg.lr * decay
         if self.poses.enabled:  # the same decay: Adam's steps on noisy pose gradients would otherwise drift
             self.opt.param_groups[1]["lr"] = self.poses.lr_at(self.step, decay)
+        if cfg.encoding_anneal:
+            self.model.sdf_net.anneal_encoding(frac / cfg.encoding_anneal)
         if self.iso is not None and self.step >= cfg.iso_start and (self.step - cfg.iso_start) % cfg.iso_every == 0:
             self.iso.update(self.model.sdf_net, cfg.iso_upsample)
         terms = self.losses()
@@ -363,6 +365,7 @@ def _finish(trainer: Trainer, model_dir: Path, ckpt: Path, loss: float, seconds:
     from geoimplicit.surface.products import export_iso_points
 
     cfg, inputs = trainer.cfg, trainer.inputs
+    trainer.model.sdf_net.anneal_encoding(1.0)  # as it loads: a time budget may end before the bands are open
     meta = {"train_ids": inputs.train_ids, "steps": trainer.step, "fit_seconds": seconds,
             "views": str(inputs.views.root), "points": inputs.point_files}
     outputs = {"model": trainer.model.save(model_dir / "model.pt", meta), "config": model_dir / "config.json"}

@@ -26,7 +26,8 @@ from torch import nn
 from geoimplicit.surface.box import SurfaceBox
 from geoimplicit.surface.config import SurfaceConfig
 
-__all__ = ["FrequencyEncoding", "GridEncoding", "SDFNetwork", "AppearanceNetwork", "sdf_and_gradient"]
+__all__ = ["FrequencyEncoding", "GridEncoding", "SDFNetwork", "AppearanceNetwork", "sdf_and_gradient",
+           "anneal_weights"]
 
 _PRIMES = (1, 2654435761, 805459861)
 
@@ -37,11 +38,13 @@ class FrequencyEncoding(nn.Module):
     def __init__(self, octaves: int):
         super().__init__()
         self.register_buffer("freqs", math.pi * 2.0 ** torch.arange(octaves, dtype=torch.float32))
+        self.register_buffer("band_weights", torch.ones(octaves), persistent=False)  # see anneal_weights
         self.out_dim = 3 + 6 * octaves
 
     def forward(self, xn: torch.Tensor) -> torch.Tensor:
         arg = (xn[..., None, :] * self.freqs[:, None]).flatten(-2)
-        return torch.cat([xn, torch.sin(arg), torch.cos(arg)], -1)
+        w = self.band_weights.repeat_interleave(3)
+        return torch.cat([xn, w * torch.sin(arg), w * torch.cos(arg)], -1)
 
 
 class GridEncoding(nn.Module):
@@ -70,6 +73,7 @@ class GridEncoding(nn.Module):
         self.register_buffer("is_hashed", torch.as_tensor(self.hashed))
         self.register_buffer("corners", torch.tensor([[i, j, k] for i in (0, 1) for j in (0, 1) for k in (0, 1)]))
         self.table = nn.Parameter(torch.empty(int(sum(sizes)), self.features).uniform_(-1e-4, 1e-4))
+        self.register_buffer("band_weights", torch.ones(self.levels), persistent=False)  # see anneal_weights
         self.out_dim = self.levels * self.features
 
     def level_rows(self, lvl: int) -> slice:
@@ -100,7 +104,7 @@ class GridEncoding(nn.Module):
         feats = table.index_select(0, rows.reshape(-1)).view(n, self.levels, 8, self.features)
         wx, wy, wz = (torch.stack([1 - w[..., a], w[..., a]], -1) for a in range(3))  # (N, L, 2) each
         cw = (wx[..., :, None, None] * wy[..., None, :, None] * wz[..., None, None, :]).reshape(n, self.levels, 8)
-        return (feats * cw[..., None]).sum(2).reshape(n, self.out_dim)
+        return ((feats * cw[..., None]).sum(2) * self.band_weights[:, None]).reshape(n, self.out_dim)
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         # models saved before the single table kept one parameter per level ("tables.<l>")
@@ -111,6 +115,14 @@ class GridEncoding(nn.Module):
             for name in ("offsets", "is_hashed", "corners"):
                 state_dict.setdefault(prefix + name, getattr(self, name))
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+
+def anneal_weights(bands: int, progress: float) -> torch.Tensor:
+    """BARF's coarse-to-fine window over ``bands`` encoding bands (octaves or grid levels) at ``progress`` in
+    [0, 1]: band ``k`` opens smoothly while ``progress * bands`` goes from ``k`` to ``k + 1``; all 1 at 1."""
+    alpha = bands * min(max(progress, 0.0), 1.0)
+    k = torch.arange(bands, dtype=torch.float32)
+    return 0.5 * (1 - torch.cos(math.pi * (alpha - k).clamp(0.0, 1.0)))
 
 
 class SDFNetwork(nn.Module):
@@ -161,6 +173,11 @@ class SDFNetwork(nn.Module):
 
     def sdf(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward(x)[0]
+
+    def anneal_encoding(self, progress: float) -> None:
+        """Open the encoding's bands coarse to fine (:func:`anneal_weights`; 1 = all open, as saved)."""
+        w = self.encoding.band_weights
+        w.copy_(anneal_weights(w.numel(), progress).to(w.device))
 
 
 def sdf_and_gradient(net: SDFNetwork, x: torch.Tensor, create_graph: bool = True):
