@@ -100,10 +100,10 @@ def _can_fork() -> bool:
 
 def _in_processes(fn, jobs, prefetch, processes: int, cancel) -> Iterator[tuple[Any, Any]]:
     """``fn(job[, prefetch(job)])`` in forked processes (they inherit the run's method: no reload); in order."""
-    import multiprocessing
+    from geoimplicit.cores import forked_pool
 
     task = fn if prefetch is None else _with_prefetch(fn, prefetch)
-    with cf.ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("fork")) as pool:
+    with forked_pool(processes) as pool:
         futures = [pool.submit(task, job) for job in jobs]
         try:
             for job, fut in zip(jobs, futures):

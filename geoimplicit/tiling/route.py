@@ -18,7 +18,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from geoimplicit.cores import process_workers
+from geoimplicit.cores import forked_pool, process_workers
 from geoimplicit.outputs import input_fingerprint
 from geoimplicit.progress import CancelCallback, ProgressCallback, check_cancel
 
@@ -158,10 +158,7 @@ def _map_pieces(pieces, workers: int):
     if workers <= 1:
         yield from map(_route_piece, pieces)
         return
-    import concurrent.futures as cf
-    import multiprocessing
-
-    with cf.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
+    with forked_pool(workers) as pool:
         futures = [pool.submit(_route_piece, p) for p in pieces]
         try:
             for fut in futures:
