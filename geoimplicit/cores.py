@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 
 
@@ -55,3 +56,23 @@ def forked_pool(workers: int):
             yield pool
     finally:
         gc.unfreeze()
+
+
+def trim_heap() -> None:
+    """Give the freed heap back to the system where glibc kept it (``malloc_trim``): a worker otherwise held its
+    largest task's memory for the rest of the run. A no-op elsewhere."""
+    libc = _glibc()
+    if libc is not None:
+        libc.malloc_trim(0)
+
+
+@functools.lru_cache(maxsize=1)
+def _glibc():
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        return libc if hasattr(libc, "malloc_trim") else None
+    except OSError:
+        return None
