@@ -115,10 +115,12 @@ def _tree_rss_bytes(root: int) -> int:
 
 
 class PeakRss:
-    """Samples the RSS of this process tree every ``every_s`` in a thread; ``peak`` in bytes."""
+    """Samples the RSS of this process tree every ``every_s`` in a thread; ``peak`` in bytes, and ``by_stage``
+    the peak while each ``stage`` (set by the caller) ran."""
 
     def __init__(self, every_s: float = 0.1):
         self.every_s, self.peak, self._stop = every_s, 0, threading.Event()
+        self.stage, self.by_stage = "", {}
 
     def __enter__(self):
         self.start = _tree_rss_bytes(os.getpid())
@@ -129,7 +131,9 @@ class PeakRss:
 
     def _run(self):
         while not self._stop.wait(self.every_s):
-            self.peak = max(self.peak, _tree_rss_bytes(os.getpid()))
+            v, stage = _tree_rss_bytes(os.getpid()), self.stage
+            self.peak = max(self.peak, v)
+            self.by_stage[stage] = max(self.by_stage.get(stage, 0), v)
 
     def __exit__(self, *exc):
         self._stop.set()
@@ -172,6 +176,7 @@ def timed_run(paths, out_tif: Path, bounds, method: str, options: dict) -> dict:
     def progress(done, total, stage="", message=""):
         now = time.perf_counter()
         marks.setdefault(stage, [now, now])[1] = now
+        mem.stage = stage  # the stage a memory peak belongs to (before the first report: "")
 
     states = run_module._STATES = _KeepPopped(run_module._STATES)
     work = out_tif.with_name(out_tif.stem + "_work")
@@ -188,7 +193,8 @@ def timed_run(paths, out_tif: Path, bounds, method: str, options: dict) -> dict:
     shutil.rmtree(work, ignore_errors=True)
     area = (bounds[2] - bounds[0]) * (bounds[3] - bounds[1]) / 1e6
     r = {"wall_s": wall, "area_km2": area, "km2_per_h": area / wall * 3600, "stages_s": _stages(marks, t0, wall),
-         "rss_start_gb": mem.start / 1e9, "peak_rss_gb": mem.peak / 1e9}
+         "rss_start_gb": mem.start / 1e9, "peak_rss_gb": mem.peak / 1e9,
+         "peak_rss_gb_by_stage": {k or "start": v / 1e9 for k, v in mem.by_stage.items()}}
     if cuda:
         r["peak_gpu_allocated_gb"] = torch.cuda.max_memory_allocated() / 1e9
         r["peak_gpu_reserved_gb"] = torch.cuda.max_memory_reserved() / 1e9

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import os
 
 
@@ -33,3 +35,44 @@ def process_workers() -> int:
     (measured on a shared 2-core machine)."""
     n = usable_cores()
     return 1 if n <= 2 else n
+
+
+@contextlib.contextmanager
+def forked_pool(workers: int):
+    """A ``ProcessPoolExecutor`` of ``workers`` forked processes (they inherit the run's state: no reload).
+
+    The parent's objects are frozen (``gc.freeze``) while the pool forks and runs: a worker's full garbage
+    collection would otherwise write to every object it inherited, copying the parent's pages into each worker
+    (one collection copied 258 MB of a 365 MB parent; frozen, 11 MB). Workers that run more tasks collect more
+    often, so without it the copies grew with the area.
+    """
+    import concurrent.futures as cf
+    import gc
+    import multiprocessing
+
+    gc.freeze()
+    try:
+        with cf.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
+            yield pool
+    finally:
+        gc.unfreeze()
+
+
+def trim_heap() -> None:
+    """Give the freed heap back to the system where glibc kept it (``malloc_trim``): a worker otherwise held its
+    largest task's memory for the rest of the run. A no-op elsewhere."""
+    libc = _glibc()
+    if libc is not None:
+        libc.malloc_trim(0)
+
+
+@functools.lru_cache(maxsize=1)
+def _glibc():
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        return libc if hasattr(libc, "malloc_trim") else None
+    except OSError:
+        return None

@@ -8,15 +8,17 @@ from the lattice. The mosaic is the weighted mean of the tiles covering each pix
 unchanged and seams vanish. Pixels outside the AOI polygon become nodata.
 
 Memory: the mosaic is computed by blocks of ``block_px`` x ``block_px`` pixels, reading only the tile windows
-that touch each block, so it does not grow with the area. The blocks go into a temporary tiled GeoTIFF, which
-GDAL's COG driver then turns into the final COG (DEFLATE, floating-point predictor, 256 px tiles, internal
-overviews) at a temporary name renamed into place when complete.
+that touch each block, with GDAL's block cache bounded (:data:`CACHE_MB`), so it does not grow with the area.
+The blocks go into a temporary tiled GeoTIFF, which GDAL's COG driver then turns into the final COG (DEFLATE,
+floating-point predictor, 256 px tiles, internal overviews) at a temporary name renamed into place when complete.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
+import os
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -36,6 +38,7 @@ log = logging.getLogger(__name__)
 __all__ = ["NODATA", "write_tile", "mosaic", "find_tiles", "TileSource"]
 
 NODATA = -9999.0
+CACHE_MB = 256  # GDAL's block cache during the mosaic (its default, 5 % of the RAM, held the whole output)
 TAG_CORE = "GEOIMPLICIT_TILE_CORE_BOUNDS"
 TAG_OVERLAP = "GEOIMPLICIT_TILE_OVERLAP_PX"
 TAG_ID = "GEOIMPLICIT_TILE_ID"
@@ -195,6 +198,22 @@ class _Handles:
         self.open.clear()
 
 
+def _bounded_gdal_cache(fn):
+    """``fn`` with GDAL's block cache at :data:`CACHE_MB` (unless GDAL_CACHEMAX is set): the blocks written
+    and the COG's source read stayed in the default cache, so the mosaic's memory grew with the area."""
+    @functools.wraps(fn)
+    def bounded(*args, **kw):
+        import rasterio
+
+        if os.environ.get("GDAL_CACHEMAX"):
+            return fn(*args, **kw)
+        with rasterio.Env(GDAL_CACHEMAX=CACHE_MB):
+            return fn(*args, **kw)
+
+    return bounded
+
+
+@_bounded_gdal_cache
 def mosaic(
     tiles: Sequence,
     output,

@@ -151,3 +151,22 @@ def test_cli_gpus_per_worker_matches_local(city, tmp_path, cli, monkeypatch):
     np.testing.assert_array_equal(a.filled(np.nan), b.filled(np.nan))
     r = cli(*args, "--dask-workers", "3", "--gpus-per-worker", "1", "-o", tmp_path / "x.tif")
     assert r.exit_code == 2 and "3 workers x 1 GPU need 3 GPUs, 2 are visible" in r.stderr
+
+
+def _frozen_in_worker(_) -> int:
+    import gc
+
+    return gc.get_freeze_count()
+
+
+def test_forked_pool_workers_do_not_collect_the_parents_objects():
+    """A full collection in a forked worker wrote to every object it inherited, copying the parent's pages into
+    each worker; the pool's workers see those objects frozen, and the parent gets them back after."""
+    import gc
+
+    from geoimplicit.cores import forked_pool
+
+    keep = [[i] for i in range(1000)]  # tracked objects of the parent
+    with forked_pool(2) as pool:
+        frozen = list(pool.map(_frozen_in_worker, range(2)))
+    assert min(frozen) >= len(keep) and gc.get_freeze_count() == 0

@@ -173,3 +173,22 @@ def test_mosaic_of_a_run_index_has_the_dsm_s_tags(tmp_path, cli, sample_data):
         assert b.tags() == a.tags() and b.tags()["stat"] == "median" and "points.laz" in b.tags()["inputs"]
         assert a.units == b.units == ("m",)
         np.testing.assert_array_equal(a.read(1), b.read(1))
+
+
+def test_mosaic_bounds_gdal_block_cache(tmp_path, monkeypatch):
+    """GDAL's default block cache (5 % of the RAM) held the whole mosaic: the blocks and the COG's copy run
+    with the mosaic's own cache size, and a GDAL_CACHEMAX the user set is left alone."""
+    import geoimplicit.mosaic as m
+
+    seen, to_cog = [], m._to_cog
+
+    def spy(*a, **kw):
+        seen.append(rasterio.env.getenv().get("GDAL_CACHEMAX") if rasterio.env.hasenv() else None)
+        return to_cog(*a, **kw)
+
+    monkeypatch.setattr(m, "_to_cog", spy)
+    tg, paths = _write_tiles(tmp_path, lambda xx, yy: 0 * xx + 7.0)
+    mosaic(paths, tmp_path / "a.tif", grid=tg.grid)
+    monkeypatch.setenv("GDAL_CACHEMAX", "512")
+    mosaic(paths, tmp_path / "b.tif", grid=tg.grid)
+    assert seen[0] == m.CACHE_MB and seen[1] != m.CACHE_MB

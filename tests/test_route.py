@@ -64,3 +64,28 @@ def test_route_points_streams_chunks_and_reuses_a_finished_routing(tmp_path):
     marker = (route_dir / "routing.json").stat().st_mtime_ns
     route_points(ds, grid.tiles, tmp_path / "route", fields=("x", "y", "z", "classification"), chunk_size=7_000)
     assert (route_dir / "routing.json").stat().st_mtime_ns == marker
+
+
+def test_a_chunk_read_in_parts_routes_the_same_points_in_the_same_order(tmp_path, monkeypatch):
+    """A worker decodes its chunk ``READ_POINTS`` at a time (its memory): each tile's file holds the same points
+    in the same order as when the whole chunk was read at once (the methods see the same input)."""
+    import geoimplicit.tiling.route as route
+
+    rng = np.random.default_rng(5)
+    n = 30_000
+    pts = {"x": rng.uniform(500_000, 500_090, n), "y": rng.uniform(5_000_000, 5_000_090, n),
+           "z": rng.uniform(100, 120, n)}
+    las = tmp_path / "pts.laz"
+    write_las(las, pts, "EPSG:32632")
+    ds = PointCloudDataset(las)
+    grid = TileGrid.from_aoi(ds.bounds, tile_size=30.0, overlap=4.0, resolution=1.0, crs=ds.crs)
+    routed = {}
+    for read in (n, 1_700):
+        monkeypatch.setattr(route, "READ_POINTS", read)
+        out = route_points(ds, grid.tiles, tmp_path / f"route_{read}", chunk_size=15_000, workers=1)
+        routed[read] = {t.id: load_tile_points(out, t.id) for t in grid.tiles}
+    for tile in grid.tiles:
+        whole, parts = routed[n][tile.id], routed[1_700][tile.id]
+        assert len(whole["x"]) > 0
+        for f in ("x", "y", "z"):
+            np.testing.assert_array_equal(whole[f], parts[f])

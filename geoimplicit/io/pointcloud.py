@@ -400,15 +400,16 @@ class PointCloudDataset:
         return {**self.__dict__, "_reproj": {}}
 
     def file_chunks(self, file_no: int, start: int, count: int, bounds=None, *, fields=("x", "y", "z"),
-                    serial: bool = True) -> Iterator[dict[str, np.ndarray]]:
-        """Points ``start`` to ``start + count`` of file ``file_no`` (one chunk, for a worker process): like
-        :meth:`iter_chunks`; ``serial`` decodes in this thread only (the workers are the parallelism)."""
+                    serial: bool = True, read_size: int | None = None) -> Iterator[dict[str, np.ndarray]]:
+        """Points ``start`` to ``start + count`` of file ``file_no`` (one chunk, for a worker process), in pieces
+        of at most ``read_size`` points (default: all at once): like :meth:`iter_chunks`; ``serial`` decodes in
+        this thread only (the workers are the parallelism)."""
         import laspy
 
         fields = tuple(dict.fromkeys(["x", "y", "z", *[_FIELD_ALIASES.get(f, f) for f in fields]]))
         backend = laspy.LazBackend.Lazrs if serial and laspy.LazBackend.Lazrs.is_available() else None
-        yield from self._iter_file(self.files[file_no], bounds, count, fields, None, start=start, count=count,
-                                   laz_backend=backend)
+        yield from self._iter_file(self.files[file_no], bounds, read_size or count, fields, None, start=start,
+                                   count=count, laz_backend=backend)
 
     def _iter_file(self, f, bounds, chunk_size, fields, classes_arr, *, start=0, count=None, laz_backend=None):
         import laspy

@@ -18,7 +18,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from geoimplicit.cores import process_workers
+from geoimplicit.cores import forked_pool, process_workers, trim_heap
 from geoimplicit.outputs import input_fingerprint
 from geoimplicit.progress import CancelCallback, ProgressCallback, check_cancel
 
@@ -44,7 +44,14 @@ def routing_key(files: Iterable[str | os.PathLike], tiles: Sequence, fields: Seq
 
 
 def assign_to_tiles(x: np.ndarray, y: np.ndarray, tiles: Sequence) -> tuple[np.ndarray, np.ndarray]:
-    """Pairs (point index, tile position) for every tile whose bounds contain a point (overlap included).
+    """Pairs (point index, tile position) for every tile whose bounds contain a point (overlap included)."""
+    pid, tid, _ = _assign(x, y, tiles)
+    return pid, tid
+
+
+def _assign(x: np.ndarray, y: np.ndarray, tiles: Sequence) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`assign_to_tiles` and the group of each pair: 0 a point in its own cell's tile, 1-8 in the
+    neighbour across an edge or corner (the pairs come by group, each in point order).
 
     The overlap may be at most half a tile step: a point belongs to its own lattice cell's tile and, when it
     lies within the overlap of that cell's edges, to the neighbours across those edges. Only the few points
@@ -83,19 +90,19 @@ def assign_to_tiles(x: np.ndarray, y: np.ndarray, tiles: Sequence) -> tuple[np.n
     own = lookup.ravel()[np.clip(row - r0, 0, h - 1) * w + np.clip(col - c0, 0, w - 1)]
     own = np.where(inside, own, -1)
     keep = np.flatnonzero(own >= 0)
-    pairs = [(keep, own[keep])]
+    pairs = [(keep, own[keep], 0)]
     m = margin / step + 1e-12
     ux, uy = fx - col, fy - row  # position inside the own cell, in (0, 1]
     side_c = {-1: ux < m, 1: ux > 1 - m}  # near the left / right edge
     side_r = {-1: uy < m, 1: uy > 1 - m}  # near the top / bottom edge
-    for dr in (-1, 0, 1):
-        for dc in (-1, 0, 1):
-            if dr or dc:
-                near = side_c[dc] if dr == 0 else side_r[dr] if dc == 0 else side_c[dc] & side_r[dr]
-                idx = np.flatnonzero(near)
-                if len(idx):
-                    pairs.append(candidates(idx, dr, dc))
-    return np.concatenate([p for p, _ in pairs]), np.concatenate([t for _, t in pairs])
+    neighbours = [(dr, dc) for dr in (-1, 0, 1) for dc in (-1, 0, 1) if dr or dc]
+    for group, (dr, dc) in enumerate(neighbours, start=1):
+        near = side_c[dc] if dr == 0 else side_r[dr] if dc == 0 else side_c[dc] & side_r[dr]
+        idx = np.flatnonzero(near)
+        if len(idx):
+            pairs.append((*candidates(idx, dr, dc), group))
+    return (np.concatenate([p for p, _, _ in pairs]), np.concatenate([t for _, t, _ in pairs]),
+            np.concatenate([np.full(len(p), g, np.uint8) for p, _, g in pairs]))
 
 
 def route_chunk(total_points: int, workers: int | None = None) -> int:
@@ -127,30 +134,54 @@ def _pieces(dataset, chunk_size: int) -> list[tuple[int, int, int]]:
 _JOB: dict = {}  # the routing a forked worker serves: set in the parent before the pool forks
 
 
+READ_POINTS = 250_000  # points decoded and assigned at a time within a chunk: a worker's memory
+
+
 def _route_piece(piece: tuple[int, int, int]) -> tuple[int, np.ndarray]:
-    """Read one chunk, append each tile's share to ``<tile id>/<file>_<first point>.npy``; (read, counts)."""
+    """Read one chunk, ``READ_POINTS`` at a time, and write each tile's share of it to
+    ``<tile id>/<file>_<first point>.npy``; (points read, points per tile)."""
     j = _JOB
     file_no, start, count = piece
-    counts = np.zeros(len(j["tiles"]), dtype=np.int64)
+    shares: dict[int, dict[int, list[np.ndarray]]] = {}  # tile -> group -> records, in reading order
     read = 0
     for chunk in j["dataset"].file_chunks(file_no, start, count, j["bounds"], fields=j["fields"],
-                                          serial=j["serial"]):
+                                          serial=j["serial"], read_size=READ_POINTS):
         read += len(chunk["x"])
-        pid, tid = assign_to_tiles(chunk["x"], chunk["y"], j["tiles"])
-        # a stable sort of 16-bit keys is a radix sort in numpy: linear in the points
-        order = np.argsort(tid.astype(np.uint16) if len(j["tiles"]) < 65536 else tid, kind="stable")
-        pid, tid = pid[order], tid[order]
-        starts = np.flatnonzero(np.r_[True, tid[1:] != tid[:-1]]) if len(tid) else np.array([], int)
-        for s, e in zip(starts, np.r_[starts[1:], len(tid)]):
-            sel = pid[s:e]
-            rec = np.empty(len(sel), dtype=j["dtype"])
-            for f in j["fields"]:
-                rec[f] = chunk[f][sel]
-            tile_dir = j["route_dir"] / j["tiles"][tid[s]].id
-            tile_dir.mkdir(exist_ok=True)
-            np.save(tile_dir / f"{file_no:05d}_{start:012d}.npy", rec)  # names sort in reading order
-            counts[tid[s]] += len(sel)
+        for t, g, rec in _tile_shares(chunk, j["tiles"], j["fields"], j["dtype"]):
+            shares.setdefault(t, {}).setdefault(g, []).append(rec)
+    counts = np.zeros(len(j["tiles"]), dtype=np.int64)
+    for t, groups in shares.items():
+        tile_dir = j["route_dir"] / j["tiles"][t].id
+        tile_dir.mkdir(exist_ok=True)
+        # by group, then reading order: the order the whole chunk read at once gives (the methods see the same)
+        rec = np.concatenate([r for g in sorted(groups) for r in groups[g]])
+        np.save(tile_dir / f"{file_no:05d}_{start:012d}.npy", rec)  # names sort in reading order
+        counts[t] = len(rec)
     return read, counts
+
+
+def _route_piece_in_worker(piece: tuple[int, int, int]) -> tuple[int, np.ndarray]:
+    """:func:`_route_piece`, then the freed heap given back: a worker routes many chunks and keeps none."""
+    try:
+        return _route_piece(piece)
+    finally:
+        trim_heap()
+
+
+def _tile_shares(chunk: dict, tiles: Sequence, fields: Sequence[str], dtype):
+    """(tile position, group, records) of ``chunk``'s points for every tile and group (:func:`_assign`) it has."""
+    pid, tid, group = _assign(chunk["x"], chunk["y"], tiles)
+    key = tid * 9 + group
+    # a stable sort of 16-bit keys is a radix sort in numpy: linear in the points
+    order = np.argsort(key.astype(np.uint16) if len(tiles) * 9 < 65536 else key, kind="stable")
+    pid, key = pid[order], key[order]
+    starts = np.flatnonzero(np.r_[True, key[1:] != key[:-1]]) if len(key) else np.array([], int)
+    for s, e in zip(starts, np.r_[starts[1:], len(key)]):
+        sel = pid[s:e]
+        rec = np.empty(len(sel), dtype=dtype)
+        for f in fields:
+            rec[f] = chunk[f][sel]
+        yield int(key[s] // 9), int(key[s] % 9), rec
 
 
 def _map_pieces(pieces, workers: int):
@@ -158,11 +189,8 @@ def _map_pieces(pieces, workers: int):
     if workers <= 1:
         yield from map(_route_piece, pieces)
         return
-    import concurrent.futures as cf
-    import multiprocessing
-
-    with cf.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
-        futures = [pool.submit(_route_piece, p) for p in pieces]
+    with forked_pool(workers) as pool:
+        futures = [pool.submit(_route_piece_in_worker, p) for p in pieces]
         try:
             for fut in futures:
                 yield fut.result()
