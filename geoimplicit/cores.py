@@ -66,6 +66,21 @@ def trim_heap() -> None:
         libc.malloc_trim(0)
 
 
+class HeapTrimmed:
+    """``fn(arg)``, then the freed heap given back (:func:`trim_heap`): a forked worker runs many tasks and
+    would otherwise keep its largest one's memory (16 raster workers held 1.5 GB more at the end of their tiles
+    on 4 km², growing with the tiles each ran). Picklable when ``fn`` is."""
+
+    def __init__(self, fn):
+        self.fn = fn
+
+    def __call__(self, arg):
+        try:
+            return self.fn(arg)
+        finally:
+            trim_heap()
+
+
 @functools.lru_cache(maxsize=1)
 def _glibc():
     import ctypes

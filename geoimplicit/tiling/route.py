@@ -18,7 +18,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from geoimplicit.cores import forked_pool, process_workers, trim_heap
+from geoimplicit.cores import HeapTrimmed, forked_pool, process_workers
 from geoimplicit.outputs import input_fingerprint
 from geoimplicit.progress import CancelCallback, ProgressCallback, check_cancel
 
@@ -160,14 +160,6 @@ def _route_piece(piece: tuple[int, int, int]) -> tuple[int, np.ndarray]:
     return read, counts
 
 
-def _route_piece_in_worker(piece: tuple[int, int, int]) -> tuple[int, np.ndarray]:
-    """:func:`_route_piece`, then the freed heap given back: a worker routes many chunks and keeps none."""
-    try:
-        return _route_piece(piece)
-    finally:
-        trim_heap()
-
-
 def _tile_shares(chunk: dict, tiles: Sequence, fields: Sequence[str], dtype):
     """(tile position, group, records) of ``chunk``'s points for every tile and group (:func:`_assign`) it has."""
     pid, tid, group = _assign(chunk["x"], chunk["y"], tiles)
@@ -190,7 +182,7 @@ def _map_pieces(pieces, workers: int):
         yield from map(_route_piece, pieces)
         return
     with forked_pool(workers) as pool:
-        futures = [pool.submit(_route_piece_in_worker, p) for p in pieces]
+        futures = [pool.submit(HeapTrimmed(_route_piece), p) for p in pieces]
         try:
             for fut in futures:
                 yield fut.result()
