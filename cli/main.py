@@ -25,6 +25,7 @@ COMMANDS = {
     "mosaic": "cli.mosaic:mosaic",
     "eval": "cli.evaluate:evaluate",
     "train": "cli.train:train",
+    "train-refiner": "cli.train:train_refiner",
     "nvs": "cli.nvs:nvs",
     "generate": "cli.generate:generate",
     "info": "cli.info:info",

@@ -65,3 +65,41 @@ def train(ctx, config, run_dir, device, resume, steps, time_limit_s, seed, worke
         val_median_abs_error=f"{m.get('occ_median_abs_error', float('nan')):.3f}",
         val_raster_median_abs_error=f"{m.get('raster_median_abs_error', float('nan')):.3f}",
     )
+
+
+@click.command("train-refiner")
+@click.argument("config", type=click.Path(dir_okay=False, exists=True), required=False)
+@click.option("-o", "--output", type=click.Path(dir_okay=False), required=True,
+              help="Refiner weights to write (e.g. geoimplicit/weights/occupancy_refiner_default.pt).")
+@click.option("--weights", type=click.Path(dir_okay=False, exists=True), default=None,
+              help="Occupancy weights whose heights it corrects. Default: the shipped ones.")
+@device_option
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the inputs drawn and the init.")
+@click.option("--epochs", type=click.IntRange(min=1), default=None, help="Override the recipe's epochs.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing OUTPUT.")
+@click.pass_context
+def train_refiner(ctx, config, output, weights, device, seed, epochs, overwrite):
+    """Train the height refiner of an occupancy model (docs/occupancy.md, "Height refiner").
+
+    CONFIG names the training data (data.real, data.real_degradations, data.synthetic_train_seeds); default:
+    geoimplicit/configs/real-edges.yaml, whose real files bench/traindata.sh copies into .traindata/.
+    """
+    from pathlib import Path
+
+    from geoimplicit.device import resolve_device
+    from geoimplicit.dsm.occupancy.checkpoint import DEFAULT_WEIGHTS
+    from geoimplicit.dsm.occupancy.refine_train import RefinerRecipe
+    from geoimplicit.dsm.occupancy.refine_train import train_refiner as run
+    from geoimplicit.errors import OutputExistsError
+
+    config = Path(config) if config else Path(__file__).resolve().parents[1] / "geoimplicit/configs/real-edges.yaml"
+    out = Path(output)
+    if out.exists() and not overwrite:
+        raise OutputExistsError("refiner weights already exist", path=out, hint="pass --overwrite or another -o")
+    recipe = RefinerRecipe(seed=seed) if epochs is None else RefinerRecipe(seed=seed, epochs=epochs)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    report = run(Path(weights) if weights else DEFAULT_WEIGHTS, config, out, recipe=recipe,
+                 device=str(resolve_device(device)), progress=ctx.obj["progress"])
+    ctx.obj["progress"].result(refiner=out, examples=report["examples"],
+                               held_out_rmse_before_m=f"{report['held_out_rmse_before_m']:.3f}",
+                               held_out_rmse_after_m=f"{report['held_out_rmse_after_m']:.3f}")
