@@ -255,6 +255,8 @@ def main(argv=None):
     ap.add_argument("--truths", default="surface", help="truths of the generated scenes: surface,lidar_tin,lidar_tin_trees")
     ap.add_argument("--compare", action="append", default=[], metavar="NAME=WEIGHTS",
                     help="another model to evaluate in the same run (e.g. the previous default)")
+    ap.add_argument("--refiner", action="append", default=[], metavar="auto|none|PATH",
+                    help="height refiner(s) each model is evaluated with (repeatable; default: auto)")
     ap.add_argument("--no-quality", action="store_true",
                     help="skip the quality evaluation (e.g. train the ablation variants on the GPU, then evaluate "
                          "their OUT/ablation/*/model.pt with --compare in another run)")
@@ -290,8 +292,14 @@ def main(argv=None):
             except Exception:  # noqa: BLE001
                 results["ign_error"] = traceback.format_exc()
                 ign = None
-            for name, w in models.items():
+            from geoimplicit.dsm.occupancy.infer import resolve_refiner
+
+            modes = args.refiner or ["auto"]
+            for (name, w), mode in ((m, r) for m in models.items() for r in modes):
                 p = OccupancyPredictor(w, args.device)
+                p.refiner = resolve_refiner(mode, w)
+                p.refiner = None if p.refiner is None else p.refiner.to(p.device)
+                name = name if len(modes) == 1 else f"{name} [refiner {mode}]"
                 t0 = time.perf_counter()
                 rows = quality(p, scenes, ign, p.n_images)
                 results.setdefault("quality", {})[name] = {

@@ -185,13 +185,20 @@ def metrics(err: np.ndarray, bldg: np.ndarray, edge: np.ndarray) -> dict:
             "bias": float(np.mean(err))}
 
 
-def city_rows(city: str, weights: dict, readouts: list[str], device: str) -> dict:
-    """Metrics of every method on one city (pooled over its crops)."""
+def city_rows(city: str, weights: dict, readouts: list[str], device: str, refiners: dict | None = None) -> dict:
+    """Metrics of every method on one city (pooled over its crops). Each weight runs without a refiner
+    (``NAME [readout]``) and with each of ``refiners`` (``NAME+REFINER [readout]``)."""
     from geoimplicit.dsm.occupancy.infer import OccupancyPredictor
+    from geoimplicit.dsm.occupancy.refine import load_refiner
 
     role, crs, crops = CITIES[city]
     errs, info = {}, []
-    preds = {n: OccupancyPredictor(p, device) for n, p in weights.items()}
+    preds = {}
+    for n, p in weights.items():
+        for rn, rp in [("", None)] + list((refiners or {}).items()):
+            pred = OccupancyPredictor(p, device)
+            pred.refiner = None if rp is None else load_refiner(rp)[0].to(pred.device)
+            preds[n + (f"+{rn}" if rn else "")] = pred
     for i, (crop, files) in enumerate(crops):
         dense = read_dense([SHARED / f for f in files])
         bounds = crop_grid(dense)
@@ -255,7 +262,7 @@ def parse_weights(items: list[str]) -> dict:
     for it in items:
         name, sep, path = it.partition("=")
         if not sep or not Path(path).exists():
-            raise SystemExit(f"--weights {it!r}: give NAME=PATH of an existing .pt")
+            raise SystemExit(f"{it!r}: give NAME=PATH of an existing .pt")
         out[name] = path
     return out
 
@@ -264,6 +271,8 @@ def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--weights", action="append", default=[], help="NAME=PATH (repeatable; default: the shipped one)")
     ap.add_argument("--readout", action="append", default=[], help="MODE[/SUBCELLS[/REDUCE]] (repeatable)")
+    ap.add_argument("--refiner", action="append", default=[],
+                    help="NAME=PATH of a height refiner (repeatable; each weight also runs with each)")
     ap.add_argument("--cities", default="amsterdam", help=f"comma list of {', '.join(CITIES)}")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--out", type=Path, required=True)
@@ -272,6 +281,7 @@ def main(argv=None) -> dict:
     from geoimplicit.dsm.occupancy.checkpoint import DEFAULT_WEIGHTS
 
     weights = parse_weights(args.weights) or {"shipped": str(DEFAULT_WEIGHTS)}
+    refiners = parse_weights(args.refiner)
     readouts = args.readout or ["surface"]
     for spec in readouts:
         parse_readout(spec)
@@ -280,9 +290,9 @@ def main(argv=None) -> dict:
     if bad:
         raise SystemExit(f"--cities: unknown {bad}; known: {', '.join(CITIES)}")
     t0 = time.perf_counter()
-    result = {"weights": weights, "readouts": readouts, "density_m2": DENSITY_M2, "resolution_m": RES_M,
+    result = {"weights": weights, "refiners": refiners, "readouts": readouts, "density_m2": DENSITY_M2, "resolution_m": RES_M,
               "gdal_grid": GDAL_ALGO if shutil.which("gdal_grid") else "not installed", "device": args.device,
-              "cities": {c: city_rows(c, weights, readouts, args.device) for c in cities}}
+              "cities": {c: city_rows(c, weights, readouts, args.device, refiners) for c in cities}}
     result["seconds"] = time.perf_counter() - t0
     args.out.mkdir(parents=True, exist_ok=True)
     write_atomic(args.out / "real_cities.json", json.dumps(result, indent=1))

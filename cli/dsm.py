@@ -40,6 +40,9 @@ STATS = ("max", "min", "mean", "median", "idw", "tin", "count", "stdev")  # = ra
               help="[occupancy] Model checkpoint (default: the shipped occupancy_default.pt).")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default=None,
               help="[occupancy, sdf] Compute device; auto takes a CUDA GPU when there is one.")
+@click.option("--refiner", default=None, metavar="auto|none|PATH",
+              help="[occupancy] Height refiner after the surface search (docs/occupancy.md): auto = the shipped "
+                   "one with the shipped weights.")
 @click.option("--true-ortho", is_flag=True,
               help="[occupancy] The orthos are true orthos (every roof on its footprint, e.g. made from a DSM); "
                    "leave it off for ordinary orthos, where roofs lean off their footprints.")
@@ -75,7 +78,7 @@ STATS = ("max", "min", "mean", "median", "idw", "tin", "count", "stdev")  # = ra
 @overwrite_option
 @click.pass_context
 def dsm(ctx, points, ortho, aoi, bbox_crs, bbox, resolution, method, stat, fill_max_hole, no_outlier_removal,
-        exclude_classes, idw_radius, idw_max_points, weights, device, true_ortho, views, surface_config, steps,
+        exclude_classes, idw_radius, idw_max_points, weights, device, true_ortho, refiner, views, surface_config, steps,
         time_budget, refine_cameras, tile_size, overlap, crs,
         assume_crs, workdir, keep_points, scheduler, dask_workers, gpus_per_worker, output, overwrite):
     """Make a DSM (Cloud-Optimized GeoTIFF, float32, nodata -9999) from point clouds on the exact grid asked
@@ -89,6 +92,7 @@ def dsm(ctx, points, ortho, aoi, bbox_crs, bbox, resolution, method, stat, fill_
                       "idw_max_points": idw_max_points, "remove_outliers": False if no_outlier_removal else None,
                       "exclude_classes": exclude_classes}
     options = method_options(method, raster_options, weights=weights, device=device, true_ortho=true_ortho,
+                             refiner=refiner,
                              views=views, surface_config=surface_config, steps=steps, time_budget=time_budget,
                              refine_cameras=refine_cameras)
     from geoimplicit.dsm.method import method_class
@@ -108,11 +112,12 @@ def dsm(ctx, points, ortho, aoi, bbox_crs, bbox, resolution, method, stat, fill_
 
 
 def method_options(method: str, raster_options: dict, *, weights, device, true_ortho, views, surface_config, steps,
-                   time_budget, refine_cameras) -> dict:
+                   time_budget, refine_cameras, refiner=None) -> dict:
     """The options of ``method`` from the command line; another method's options are refused."""
     by_method = {
         "raster": raster_options,
-        "occupancy": {"weights": weights, "device": device, "true_ortho": True if true_ortho else None},
+        "occupancy": {"weights": weights, "device": device, "true_ortho": True if true_ortho else None,
+                      "refiner": refiner},
         "sdf": {"views": views, "config": surface_config, "steps": steps, "time_budget_s": time_budget,
                 "refine_cameras": True if refine_cameras else None, "device": device},
     }

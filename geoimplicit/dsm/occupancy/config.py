@@ -171,6 +171,9 @@ class ExtractConfig:
     readout_reduce: str = "mean"
     """How sub-cell heights make the cell's: ``mean`` (area-weighted: a wall cell gets the mix), ``max`` or ``min``
     (the lower side of a wall: against a field that bleeds roofs past their walls)."""
+    refiner: str = "auto"
+    """Height refiner (refine.py) applied after the search: ``auto`` (the shipped one when these are the weights
+    it was trained on), ``none``, or a path written by ``geoimplicit train-refiner``."""
 
 
 @dataclass

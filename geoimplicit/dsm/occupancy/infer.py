@@ -4,6 +4,7 @@ Per tile: the points (and orthos) of the tile plus ``overlap_m`` of context are 
 encoded once, and the surface search (:mod:`.extract`) runs over every output cell of the tile's core, in
 batches that fill the device. Cells farther than ``max_hole_m`` from any input point are nodata (or, with
 ``fill: prior``, the filled raster prior); cells where no height is occupied are nodata; nothing is invented.
+With a height refiner (``extract.refiner``, :mod:`.refine`) each found height is then corrected from its window.
 The CPU gives the same result as the GPU up to float rounding (bf16 decoding on CUDA: centimetres).
 """
 
@@ -13,11 +14,13 @@ import logging
 import math
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
 from geoimplicit.device import resolve_device
 from geoimplicit.errors import EmptyTileError
+from geoimplicit.dsm.occupancy.refine import cell_stats, refine_heights
 from geoimplicit.progress import check_cancel
 
 log = logging.getLogger(__name__)
@@ -65,6 +68,9 @@ class OccupancyPredictor:
         self.cfg = cfg
         self.amp_dtype = torch.bfloat16 if (amp and self.device.type == "cuda") else None
         self.timings = Timings()
+        self.refiner = resolve_refiner(cfg.extract.refiner, weights)
+        if self.refiner is not None:
+            self.refiner.to(self.device)
 
     @property
     def n_images(self) -> int:
@@ -113,16 +119,21 @@ class OccupancyPredictor:
         frame, pts, imgs, flags = self._tile_inputs_host(x, y, z, context_bounds, metres_per_unit, images,
                                                          true_ortho)
         off = subcell_offsets(ec.readout_subcells, resolution)
+        # the refiner sees a window around each cell: search a grid grown by its radius (no seams at tile edges)
+        m = 0 if self.refiner is None else self.refiner.radius
+        left, top, rows, cols = left - m * resolution, top + m * resolution, rows + 2 * m, cols + 2 * m
         xy = _cell_queries(frame, left, top, rows, cols, resolution, off)
         # support: within max_hole_m of a cell holding an input point
         max_hole_px = ec.max_hole_m / metres_per_unit / resolution
         supported = near_cells(point_cells(x, y, left, top, resolution, rows, cols), max(max_hole_px, 1.0))
+        stats = cell_stats(x, y, z, left, top, rows, cols, resolution) if m else None
         # the points' local height range, from the two extreme heights (the conversion is monotonic)
         margin = cfg.data.column_margin_m / mc.height_scale_m
         zn_min, zn_max = frame.z_to_local([np.min(z), np.max(z)])
         zlo, zhi = float(zn_min) - margin, float(zn_max) + margin
         self.timings.frame += time.perf_counter() - t0
-        return FramedTile(rows, cols, frame, pts, imgs, flags, xy, supported, zlo, zhi, bool(true_ortho))
+        return FramedTile(rows, cols, frame, pts, imgs, flags, xy, supported, zlo, zhi, bool(true_ortho), m, stats,
+                          metres_per_unit)
 
     def search_tile(self, t: "FramedTile", progress=None) -> tuple[np.ndarray, np.ndarray]:
         """The device half of :meth:`predict_tile`: encode, surface search, heights on the tile's grid."""
@@ -173,6 +184,14 @@ class OccupancyPredictor:
         self.timings.tiles += 1
         heights = t.frame.z_from_local(zn).reshape(t.rows, t.cols)
         valid = found.reshape(t.rows, t.cols) & (t.supported | (ec.fill == "prior"))
+        if t.margin:
+            t3 = time.perf_counter()
+            m = t.margin
+            heights = refine_heights(self.refiner, heights, valid, t.stats, metres_per_unit=t.metres_per_unit,
+                                     device=self.device)
+            valid = valid[m:-m, m:-m]
+            out = out[m:-m, m:-m]
+            self.timings.extra["refine"] = self.timings.extra.get("refine", 0.0) + time.perf_counter() - t3
         out[valid] = heights[valid].astype(np.float32)
         return out, valid
 
@@ -229,6 +248,26 @@ class FramedTile:
     zlo: float = 0.0
     zhi: float = 0.0
     true_ortho: bool = False
+    margin: int = 0  # cells the grid is grown by on each side for the refiner (rows/cols include them)
+    stats: np.ndarray | None = None  # refine.cell_stats of the grown grid
+    metres_per_unit: float = 1.0
+
+
+def resolve_refiner(setting: str, weights):
+    """The height refiner ``extract.refiner`` names: ``none``; a path; or ``auto`` = the shipped refiner when the
+    weights are the file it was trained on (its checkpoint records their SHA-256), else none."""
+    from geoimplicit.dsm.occupancy.checkpoint import DEFAULT_WEIGHTS
+    from geoimplicit.dsm.occupancy.refine import DEFAULT_PATH, file_sha256, load_refiner
+
+    if setting == "none":
+        return None
+    if setting != "auto":
+        return load_refiner(setting)[0]
+    path = DEFAULT_WEIGHTS if weights is None else weights
+    if isinstance(path, dict) or not DEFAULT_PATH.exists() or not Path(path).exists():
+        return None
+    refiner, meta = load_refiner(DEFAULT_PATH)
+    return refiner if meta.get("base_weights_sha256") == file_sha256(path) else None
 
 
 def _cell_queries(frame, left: float, top: float, rows: int, cols: int, resolution: float, off) -> np.ndarray:

@@ -16,6 +16,7 @@ class OccupancyMethod:
         weights: checkpoint path (default: the shipped ``geoimplicit/weights/occupancy_default.pt``).
         device: "auto", "cpu" or "cuda".
         true_ortho: the orthos are true orthos (every roof on its footprint), for models that take it.
+        refiner: height refiner, ``auto`` (the shipped one with the shipped weights), ``none`` or a path.
     """
 
     name = "occupancy"
@@ -23,8 +24,9 @@ class OccupancyMethod:
     needs_ortho = True
     needs_gpu = True
 
-    def __init__(self, weights=None, device: str = "auto", true_ortho: bool = False):
+    def __init__(self, weights=None, device: str = "auto", true_ortho: bool = False, refiner: str | None = None):
         from geoimplicit.dsm.occupancy.checkpoint import DEFAULT_WEIGHTS, load_checkpoint
+        from geoimplicit.dsm.occupancy.infer import resolve_refiner
 
         self.weights = weights
         self.device = device or "auto"
@@ -32,8 +34,12 @@ class OccupancyMethod:
         # read once (fails early, naming the file); prepare() builds the model from it in this process
         self._checkpoint = load_checkpoint(weights)
         self._weights_name = str(weights or DEFAULT_WEIGHTS.name)
+        setting = refiner or self._checkpoint_config_refiner()
+        self._refiner = resolve_refiner(setting, weights)  # read now: a bad file fails before any output
+        self._refiner_name = "none" if self._refiner is None else (
+            setting if setting != "auto" else "occupancy_refiner_default.pt")
         # the run's resume key covers these files: new weights at the same path redo the tiles
-        self.model_files = (str(weights or DEFAULT_WEIGHTS),)
+        self.model_files = (str(weights or DEFAULT_WEIGHTS),) + self._refiner_files(setting)
 
     def default_tiling(self, resolution: float, density: float, metres_per_unit: float = 1.0) -> tuple[float, float]:
         """128 m tiles with 16 m of context (about the U-Net's receptive field), in CRS units."""
@@ -48,7 +54,21 @@ class OccupancyMethod:
 
         self._mpu = linear_units(parse_crs(inputs.crs_wkt))[1]
         checkpoint, self._checkpoint = self._checkpoint, None
-        return OccupancyPredictor(checkpoint or self.weights, self.device)
+        predictor = OccupancyPredictor(checkpoint or self.weights, self.device)
+        predictor.refiner = None if self._refiner is None else self._refiner.to(predictor.device)
+        return predictor
+
+    def _checkpoint_config_refiner(self) -> str:
+        from geoimplicit.dsm.occupancy.config import config_from_dict
+
+        return config_from_dict(self._checkpoint["config"], self.weights).extract.refiner
+
+    def _refiner_files(self, setting: str) -> tuple:
+        from geoimplicit.dsm.occupancy.refine import DEFAULT_PATH
+
+        if self._refiner is None:
+            return ()
+        return (str(DEFAULT_PATH if setting == "auto" else setting),)
 
     def prepare_tile(self, tile, points: dict, ortho: list, state):
         """The tile's CPU work (frame, support, cells), done by the tiled run ahead of the device, in threads."""
@@ -73,4 +93,4 @@ class OccupancyMethod:
                                  "device": str(state.device)})
 
     def tags(self) -> dict:
-        return {"method": "occupancy", "weights": self._weights_name}
+        return {"method": "occupancy", "weights": self._weights_name, "refiner": self._refiner_name}
