@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from geoimplicit.cores import usable_cores
+from geoimplicit.jobs.executors import LocalExecutor
 from geoimplicit.tiling.route import route_chunk, route_workers
 
 log = logging.getLogger("bench.speed")
@@ -165,7 +166,7 @@ def _stages(marks: dict, t0: float, wall: float) -> dict:
     return out
 
 
-def timed_run(paths, out_tif: Path, bounds, method: str, options: dict) -> dict:
+def timed_run(paths, out_tif: Path, bounds, method: str, options: dict, executor=None) -> dict:
     """One `geoimplicit dsm` run (plan, route, tiles, mosaic to COG), timed per stage, memory sampled."""
     import torch
 
@@ -188,7 +189,8 @@ def timed_run(paths, out_tif: Path, bounds, method: str, options: dict) -> dict:
     with PeakRss() as mem:
         t0 = time.perf_counter()
         run_module.run_dsm(paths, out_tif, resolution=RESOLUTION, bbox=tuple(bounds), method=method,
-                           method_options=options, workdir=work, overwrite=True, progress=progress)
+                           method_options=options, workdir=work, overwrite=True, progress=progress,
+                           executor=executor)
         wall = time.perf_counter() - t0
     shutil.rmtree(work, ignore_errors=True)
     area = (bounds[2] - bounds[0]) * (bounds[3] - bounds[1]) / 1e6
@@ -273,14 +275,23 @@ def run_all(args, work: Path, results: dict, dump) -> None:
     opts = {"occupancy": {"weights": args.weights, "device": args.device}, "raster": {}}
     methods = args.methods.split(",")
     runs = results.setdefault("runs", {})
+
+    def method_and_options(m):  # "occupancy/none@1": occupancy, refiner none, one tile at a time on the device
+        m, _, threads = m.partition("@")
+        base, _, refiner = m.partition("/")
+        executor = LocalExecutor(device_threads=int(threads)) if threads else None
+        return base, opts[base] | ({"refiner": refiner} if refiner else {}), executor
+
     results["decode_small"] = decode_rates([small["laz"]])
-    if "occupancy" in methods and _on_cuda(args.device):  # warm-up: CUDA context, kernels, allocator
+    if any(m.startswith("occupancy") for m in methods) and _on_cuda(args.device):  # warm-up: CUDA context, kernels, allocator
         b = small["bounds"]
         w = timed_run([small["laz"]], work / "warmup.tif", (b[0], b[1], b[0] + 128, b[1] + 128), "occupancy",
                       opts["occupancy"])
         results["warmup_s"] = w["wall_s"]
     for m in methods:
-        runs[f"{m} small"] = timed_run([small["laz"]], work / f"{m}_small.tif", small["bounds"], m, opts[m])
+        name = m.replace("/", "_").replace("@", "_t")
+        runs[f"{m} small"] = timed_run([small["laz"]], work / f"{name}_small.tif", small["bounds"],
+                                       *method_and_options(m))
         log.info("%s small: %.2f s, %.0f km²/h", m, runs[f"{m} small"]["wall_s"], runs[f"{m} small"]["km2_per_h"])
         dump()
     if args.copies_side < 2:
@@ -293,7 +304,8 @@ def run_all(args, work: Path, results: dict, dump) -> None:
         if need > left:
             runs[f"{m} large"] = {"skipped": f"needs about {need:.0f} s, {left:.0f} s of the budget left"}
             continue
-        runs[f"{m} large"] = timed_run(large["laz"], work / f"{m}_large.tif", large["bounds"], m, opts[m])
+        name = m.replace("/", "_").replace("@", "_t")
+        runs[f"{m} large"] = timed_run(large["laz"], work / f"{name}_large.tif", large["bounds"], *method_and_options(m))
         log.info("%s large: %.2f s, %.0f km²/h", m, runs[f"{m} large"]["wall_s"], runs[f"{m} large"]["km2_per_h"])
         dump()
     if args.budget_s - (time.perf_counter() - t_start) > 30:
@@ -308,7 +320,9 @@ def main(argv=None):
     ap.add_argument("--work", default=None, help="where the LAZ and COGs go (default: a temporary folder)")
     ap.add_argument("--side-m", type=float, default=1000.0, help="side of the small area in metres")
     ap.add_argument("--copies-side", type=int, default=4, help="the large area: this many copies per side")
-    ap.add_argument("--methods", default="occupancy,raster")
+    ap.add_argument("--methods", default="occupancy,raster",
+                    help="comma list; occupancy/REFINER sets the height refiner (auto, none, a path), METHOD@N the "
+                         "tiles in flight on the device (default: the method's)")
     ap.add_argument("--seed", type=int, default=5000)
     ap.add_argument("--budget-s", type=float, default=420.0, help="skip runs that would end after this")
     args = ap.parse_args(argv)

@@ -64,6 +64,17 @@ class TileJob:
         return self.tile.id
 
     @property
+    def device_threads(self) -> int:
+        """Tiles of this method the local executor may run at once on a GPU (its device work is thread-safe);
+        one on the CPU, whose cores the tile's own threads already use."""
+        n = int(getattr(method_class(self.method), "device_threads", 1))
+        if n > 1:
+            from geoimplicit.device import resolve_device
+
+            n = n if resolve_device(self.options.get("device") or "auto").type == "cuda" else 1
+        return n
+
+    @property
     def cpu_parallel(self) -> bool:
         """Tiles of this method may run in worker processes (CPU work, no threads or device of its own)."""
         return bool(getattr(method_class(self.method), "parallel_tiles", False))

@@ -170,3 +170,56 @@ def test_forked_pool_workers_do_not_collect_the_parents_objects():
     with forked_pool(2) as pool:
         frozen = list(pool.map(_frozen_in_worker, range(2)))
     assert min(frozen) >= len(keep) and gc.get_freeze_count() == 0
+
+
+def test_device_threads_overlap_jobs_keep_order_and_load_each_once():
+    import threading
+    import time
+
+    lock, now, peak, loads = threading.Lock(), [0], [0], []
+
+    def fn(job, data):
+        with lock:
+            now[0] += 1
+            peak[0] = max(peak[0], now[0])
+        time.sleep(0.02 * (job % 3))  # uneven jobs: a later one may finish first
+        with lock:
+            now[0] -= 1
+        return data * 10
+
+    def prefetch(job):
+        with lock:
+            loads.append(job)
+        return job + 1
+
+    out = list(LocalExecutor(lookahead=3, device_threads=2).map(fn, range(12), prefetch=prefetch))
+    assert [job for job, _ in out] == list(range(12)) and [r for _, r in out] == [10 * (j + 1) for j in range(12)]
+    assert sorted(loads) == list(range(12))  # each job's inputs read once
+    assert peak[0] == 2
+
+
+def test_device_threads_error_is_raised_in_job_order():
+    def fn(job, data):
+        if job == 3:
+            raise ValueError("tile 3")
+        return data
+
+    seen = []
+    with pytest.raises(ValueError, match="tile 3"):
+        for job, _ in LocalExecutor(lookahead=2, device_threads=2).map(fn, range(8), prefetch=lambda j: j):
+            seen.append(job)
+    assert seen == [0, 1, 2]
+
+
+def test_occupancy_two_tiles_in_flight_give_the_same_dsm(city, tmp_path):
+    """The occupancy method's device work run in two threads at once (what a GPU run does) changes no pixel."""
+    b = scene_bounds(160.0, crs="EPSG:2154", resolution=0.5)
+    bbox = (b[0] + 32, b[1] + 32, b[0] + 96, b[1] + 96)
+    dsms = []
+    for n in (1, 2):
+        out = tmp_path / f"occ{n}.tif"
+        run_dsm(city["points"], out, resolution=0.5, bbox=bbox, method="occupancy", tile_size=32.0, overlap=8.0,
+                method_options={"device": "cpu", "refiner": "auto"}, executor=LocalExecutor(device_threads=n))
+        dsms.append(_read(out)[0])
+    assert dsms[0].count() > 0.9 * dsms[0].size
+    np.testing.assert_array_equal(dsms[0].filled(np.nan), dsms[1].filled(np.nan))

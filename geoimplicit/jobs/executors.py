@@ -24,6 +24,7 @@ from __future__ import annotations
 import concurrent.futures as cf
 import logging
 import os
+import threading
 from typing import Any, Callable, Iterator, Sequence
 
 from geoimplicit.errors import GeoImplicitError, InputError, RunError
@@ -44,14 +45,21 @@ class LocalExecutor:
     processes (each does ``fn(job, prefetch(job))``; default :func:`geoimplicit.cores.process_workers`, 1: in
     turn here).
 
+    Jobs whose ``device_threads`` is N > 1 (a method whose device work is thread-safe) run up to N at once in
+    threads, so that one tile's CPU work (writing it, its index status) overlaps another's device work; results
+    still come in job order. ``device_threads`` here overrides what the jobs say.
+
     ``fn`` then receives ``(job, prefetched)`` when ``prefetch`` is given, else ``job``; and with
     ``job_progress`` also ``progress=`` a callback ``(fraction, message)`` bound to the job (in this process).
     """
 
     name = "local"
 
-    def __init__(self, lookahead: int | None = None, threads: int | None = None, processes: int | None = None):
+    def __init__(self, lookahead: int | None = None, threads: int | None = None, processes: int | None = None,
+                 device_threads: int | None = None):
         from geoimplicit.cores import process_workers, usable_cores
+
+        self.device_threads = device_threads  # None: as the jobs say (``device_threads``, default 1)
 
         self.threads = max(1, threads if threads is not None else min(4, max(2, usable_cores() // 2)))
         self.lookahead = max(0, lookahead if lookahead is not None else 2 * self.threads)
@@ -77,19 +85,52 @@ class LocalExecutor:
                 check_cancel(cancel)
                 yield job, (call(job) if prefetch is None else call(job, prefetch(job)))
             return
+        in_flight = max(1, int(self.device_threads or getattr(jobs[0], "device_threads", 1)))
         with cf.ThreadPoolExecutor(self.threads, thread_name_prefix="prefetch") as pool:
             pending: dict[int, cf.Future] = {}
-            for i, job in enumerate(jobs):
-                for j in range(i, min(len(jobs), i + 1 + self.lookahead)):
-                    if j not in pending:
-                        pending[j] = pool.submit(prefetch, jobs[j])
-                check_cancel(cancel)
-                yield job, call(job, pending.pop(i).result())
-            for fut in pending.values():
-                fut.cancel()
+            submitted = threading.Lock()  # device threads ask for their inputs concurrently
+
+            started: set[int] = set()
+
+            def loaded(i):
+                with submitted:
+                    for j in range(i, min(len(jobs), i + 1 + self.lookahead)):
+                        if j not in started:
+                            started.add(j)
+                            pending[j] = pool.submit(prefetch, jobs[j])
+                    fut = pending.pop(i)
+                return fut.result()
+
+            try:
+                if in_flight == 1:
+                    for i, job in enumerate(jobs):
+                        check_cancel(cancel)
+                        yield job, call(job, loaded(i))
+                else:
+                    yield from _overlapped(jobs, lambda i: call(jobs[i], loaded(i)), in_flight, cancel)
+            finally:
+                for fut in pending.values():
+                    fut.cancel()
 
     def close(self) -> None:
         pass
+
+
+def _overlapped(jobs, run, in_flight: int, cancel) -> Iterator[tuple[Any, Any]]:
+    """``run(i)`` for every job with up to ``in_flight`` of them at once in threads; results in job order.
+    Used for device jobs that say ``device_threads`` > 1: one tile's writing overlaps the next one's compute."""
+    with cf.ThreadPoolExecutor(in_flight, thread_name_prefix="device") as device:
+        running: dict[int, cf.Future] = {}
+        try:
+            for i, job in enumerate(jobs):
+                while len(running) < in_flight and i + len(running) < len(jobs):
+                    check_cancel(cancel)
+                    k = i + len(running)
+                    running[k] = device.submit(run, k)
+                yield job, running.pop(i).result()
+        finally:
+            for fut in running.values():
+                fut.cancel()
 
 
 def _can_fork() -> bool:

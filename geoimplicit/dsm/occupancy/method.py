@@ -23,6 +23,7 @@ class OccupancyMethod:
     point_fields = ("x", "y", "z")
     needs_ortho = True
     needs_gpu = True
+    device_threads = 2  # inference only (thread-safe): one tile is written while the next one is on the device
 
     def __init__(self, weights=None, device: str = "auto", true_ortho: bool = False, refiner: str | None = None):
         from geoimplicit.dsm.occupancy.checkpoint import DEFAULT_WEIGHTS, load_checkpoint
