@@ -130,6 +130,7 @@ def test_subcell_readout_is_the_mean_of_a_finer_grid():
     m = (d["x"] >= ctx[0]) & (d["x"] < ctx[2]) & (d["y"] >= ctx[1]) & (d["y"] < ctx[3])
     pts = [d[k][m][::3] for k in ("x", "y", "z")]
     pred = OccupancyPredictor(None, "cpu")
+    pred.refiner = None  # the field's read-out alone (the refiner is not linear in the cells)
     fine, vf = pred.predict_tile(*pts, core_bounds=core, context_bounds=ctx, resolution=0.25)
     pred.cfg.extract.readout_subcells = 2
     coarse, vc = pred.predict_tile(*pts, core_bounds=core, context_bounds=ctx, resolution=0.5)

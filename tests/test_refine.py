@@ -126,6 +126,21 @@ def test_fit_refiner_learns_a_known_correction():
     assert rep["held_out_rmse_after_m"] < 0.25 * rep["held_out_rmse_before_m"]
 
 
+def test_refiner_applies_only_at_the_cell_size_it_was_trained_for():
+    pts, b = _city_points()
+    pred = OccupancyPredictor(DEFAULT_WEIGHTS, "cpu")
+    pred.refiner = None
+    plain, vp = predict_dsm(pred, pts, b, 1.0)
+    pred.refiner = _random_refiner(3)  # trained for 0.5 m cells
+    assert pred.refiner.resolution_m == 0.5
+    other, vo = predict_dsm(pred, pts, b, 1.0)
+    assert (vp == vo).all() and np.array_equal(plain[vp], other[vo])
+    at_half, vh = predict_dsm(pred, pts, b, 0.5)
+    pred.refiner = None
+    plain_half, _ = predict_dsm(pred, pts, b, 0.5)
+    assert np.abs(at_half - plain_half)[vh].max() > 0.05
+
+
 def test_refiner_files_round_trip_and_bad_files_fail_clearly(tmp_path):
     r = _random_refiner(2)
     r.deadband_m = 0.5
@@ -133,6 +148,7 @@ def test_refiner_files_round_trip_and_bad_files_fail_clearly(tmp_path):
     save_refiner(r, p, base_weights_sha256="abc", recipe={"seed": 1})
     back, meta = load_refiner(p)
     assert meta["base_weights_sha256"] == "abc" and back.deadband_m == 0.5 and back.radius == 2
+    assert back.resolution_m == r.resolution_m
     f = torch.randn(5, CHANNELS * 25)
     assert torch.equal(back(f), r(f))
     with pytest.raises(WeightsError, match="not found"):

@@ -101,6 +101,18 @@ class OccupancyPredictor:
                                  true_ortho=true_ortho)
         return self.search_tile(framed, progress=progress)
 
+    def _refines_at(self, resolution_m: float) -> bool:
+        """The refiner applies at the cell size it was trained for (its windows and counts are per cell)."""
+        if self.refiner is None:
+            return False
+        if abs(resolution_m - self.refiner.resolution_m) <= 1e-6 * self.refiner.resolution_m:
+            return True
+        if not getattr(self, "_said_resolution", False):
+            self._said_resolution = True
+            log.warning("height refiner off: it was trained at %g m cells, this DSM has %g m",
+                        self.refiner.resolution_m, resolution_m)
+        return False
+
     def frame_tile(self, x, y, z, *, core_bounds, resolution: float, context_bounds=None,
                    metres_per_unit: float = 1.0, images=(), true_ortho: bool = False) -> "FramedTile":
         """The CPU half of :meth:`predict_tile` (arguments there): local frame, points, orthos, output cells,
@@ -120,7 +132,7 @@ class OccupancyPredictor:
                                                          true_ortho)
         off = subcell_offsets(ec.readout_subcells, resolution)
         # the refiner sees a window around each cell: search a grid grown by its radius (no seams at tile edges)
-        m = 0 if self.refiner is None else self.refiner.radius
+        m = self.refiner.radius if self._refines_at(resolution * metres_per_unit) else 0
         left, top, rows, cols = left - m * resolution, top + m * resolution, rows + 2 * m, cols + 2 * m
         xy = _cell_queries(frame, left, top, rows, cols, resolution, off)
         # support: within max_hole_m of a cell holding an input point

@@ -34,9 +34,10 @@ DEFAULT_PATH = Path(__file__).resolve().parents[2] / "weights" / "occupancy_refi
 class HeightRefiner(nn.Module):
     """Correction (metres) of each cell's occupancy height from its window (:func:`window_features`)."""
 
-    def __init__(self, radius: int = 3, width: int = 96, deadband_m: float = 0.0):
+    def __init__(self, radius: int = 3, width: int = 96, deadband_m: float = 0.0, resolution_m: float = 0.5):
         super().__init__()
         self.radius, self.width = int(radius), int(width)
+        self.resolution_m = float(resolution_m)  # the cell size it was trained at (it applies there only)
         self.deadband_m = float(deadband_m)  # corrections shrink by this much (metres): flat cells stay as read
         k = 2 * self.radius + 1
         self.net = nn.Sequential(nn.Linear(CHANNELS * k * k, width), nn.SiLU(), nn.Linear(width, width), nn.SiLU(),
@@ -127,7 +128,7 @@ def save_refiner(refiner: HeightRefiner, path, *, base_weights_sha256: str, reci
     path = Path(path)
     tmp = path.with_name(path.name + ".part")
     torch.save({"format": FORMAT, "radius": refiner.radius, "width": refiner.width, "deadband_m": refiner.deadband_m,
-                "state_dict": refiner.state_dict(), "base_weights_sha256": base_weights_sha256,
+                "resolution_m": refiner.resolution_m, "state_dict": refiner.state_dict(), "base_weights_sha256": base_weights_sha256,
                 "recipe": recipe}, tmp)
     tmp.replace(path)
 
@@ -144,7 +145,7 @@ def load_refiner(path) -> tuple[HeightRefiner, dict]:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
         if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
             raise ValueError("not a height refiner checkpoint")
-        model = HeightRefiner(ckpt["radius"], ckpt["width"], ckpt.get("deadband_m", 0.0))
+        model = HeightRefiner(ckpt["radius"], ckpt["width"], ckpt.get("deadband_m", 0.0), ckpt.get("resolution_m", 0.5))
         model.load_state_dict(ckpt["state_dict"])
     except Exception as exc:
         raise WeightsError(f"cannot read height refiner weights ({exc})", path=path,
