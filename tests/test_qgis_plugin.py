@@ -659,6 +659,24 @@ def test_dsm_occupancy_in_qgis_matches_cli(tmp_path):
         assert ours.crs == theirs.crs and ours.transform == theirs.transform
         np.testing.assert_allclose(ours.read(), theirs.read(), atol=1e-3)
     assert job["layers"][str(out)]["renderer"] == "singlebandpseudocolor"
+    # without the height refiner: the CLI's --refiner none, and another DSM than the default one
+    plain = tmp_path / "dsm_plain.tif"
+    runs = _run_harness(tmp_path, [{
+        "id": "plain", "alg": "geoimplicit:dsm",
+        "params": {"POINTS": [str(CITY / "points.laz")], "ORTHO": str(CITY / "ortho.tif"), "TRUE_ORTHO": True,
+                   "AOI": str(CITY / "aoi.geojson"), "METHOD": 0, "RESOLUTION": 0.5, "DEVICE": 1, "NO_REFINER": True,
+                   "OUTPUT": {"load": str(plain)}}}])
+    job = runs["jobs"]["plain"]
+    assert job["ok"], job.get("error")
+    assert "--refiner none" in job["commands"][0]
+    cli_plain = tmp_path / "cli_plain.tif"
+    done = _geoimplicit("dsm", "--points", CITY / "points.laz", "--ortho", CITY / "ortho.tif", "--true-ortho", "--aoi",
+                        CITY / "aoi.geojson", "--resolution", 0.5, "--method", "occupancy", "--device", "cpu",
+                        "--refiner", "none", "-o", cli_plain)
+    assert done.returncode == 0, done.stderr
+    with rasterio.open(plain) as ours, rasterio.open(cli_plain) as theirs, rasterio.open(out) as refined:
+        np.testing.assert_allclose(ours.read(), theirs.read(), atol=1e-3)
+        assert np.abs(ours.read(1) - refined.read(1)).max() > 0.1
 
 
 @pytest.mark.qgis

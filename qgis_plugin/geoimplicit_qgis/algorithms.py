@@ -55,7 +55,7 @@ class ReconstructDsm(GeoImplicitAlgorithm):
                      "--tile-size": "TILE_SIZE", "--overlap": "OVERLAP", "--weights": "WEIGHTS", "--device": "DEVICE",
                      "--ortho": "ORTHO", "--points": "POINTS", "--dask-workers": "DASK_WORKERS",
                      "--scheduler": "SCHEDULER", "--workdir": "WORKDIR", "--stat": "STAT", "--method": "METHOD",
-                     "--fill-max-hole": "FILL_MAX_HOLE", "--true-ortho": "TRUE_ORTHO"}
+                     "--fill-max-hole": "FILL_MAX_HOLE", "--true-ortho": "TRUE_ORTHO", "--refiner": "REFINER"}
     HELP = (
         "<p>A digital surface model (GeoTIFF, float32, nodata set) from LAS/LAZ point clouds, on the exact grid "
         "given by the resolution and the area of interest.</p>"
@@ -103,6 +103,12 @@ class ReconstructDsm(GeoImplicitAlgorithm):
             QgsProcessingParameterFile("WEIGHTS", "Model weights (occupancy; empty = the default model)",
                                        extension="pt", optional=True)
         )
+        self.add_advanced(
+            QgsProcessingParameterFile("REFINER", "Height refiner weights (occupancy; empty = the shipped one, with "
+                                       "the default model)", extension="pt", optional=True)
+        )
+        self.add_advanced(QgsProcessingParameterBoolean(
+            "NO_REFINER", "No height refiner: the occupancy field's heights as read (occupancy)", defaultValue=False))
         self.add_device_parameter()
         self.add_number("DASK_WORKERS", "Run the tiles on a local Dask cluster of N processes (0 = no Dask)", 0,
                         minimum=0, integer=True, advanced=True)
@@ -149,6 +155,11 @@ class ReconstructDsm(GeoImplicitAlgorithm):
             weights = self.parameterAsFile(parameters, "WEIGHTS", context)
             if weights:
                 args += ["--weights", weights]
+            refiner = self.parameterAsFile(parameters, "REFINER", context)
+            if self.parameterAsBoolean(parameters, "NO_REFINER", context):
+                args += ["--refiner", "none"]
+            elif refiner:
+                args += ["--refiner", refiner]
             args += self.optional_device_args(parameters, context)
             if self.parameterAsBoolean(parameters, "TRUE_ORTHO", context):
                 args.append("--true-ortho")
