@@ -12,7 +12,7 @@ FORMATS = ("ply", "obj", "glb")  # = geoimplicit.mesh.io.FORMATS (tested)
 
 
 # the options that mean what they mean for `geoimplicit dsm`: the same objects, so the two never drift apart
-SHARED = ("points", "ortho", "weights", "device", "true_ortho", "views", "surface_config", "steps", "time_budget",
+SHARED = ("points", "ortho", "weights", "device", "true_ortho", "refiner", "views", "surface_config", "steps", "time_budget",
           "refine_cameras", "tile_size", "overlap", "crs", "assume_crs", "workdir", "keep_points", "scheduler",
           "dask_workers", "gpus_per_worker")
 
@@ -38,7 +38,7 @@ SHARED = ("points", "ortho", "weights", "device", "true_ortho", "views", "surfac
 @overwrite_option
 @click.pass_context
 def mesh(ctx, aoi, bbox_crs, bbox, resolution, output, fmt, method, dsm_output, coarse_stride, refine_steps,
-         overwrite, points, ortho, weights, device, true_ortho, views, surface_config, steps, time_budget,
+         overwrite, points, ortho, weights, device, true_ortho, refiner, views, surface_config, steps, time_budget,
          refine_cameras, tile_size, overlap, crs, assume_crs, workdir, keep_points, scheduler, dask_workers,
          gpus_per_worker):
     """Reconstruct the surface as a triangle mesh in the working CRS: per tile, the field is evaluated coarse to
@@ -52,7 +52,7 @@ def mesh(ctx, aoi, bbox_crs, bbox, resolution, output, fmt, method, dsm_output, 
         raise click.BadParameter("at most two ortho images (RGB, then RGB or IRC)", param_hint="--ortho")
     options = method_options(method, {}, weights=weights, device=device, true_ortho=true_ortho, views=views,
                              surface_config=surface_config, steps=steps, time_budget=time_budget,
-                             refine_cameras=refine_cameras)
+                             refine_cameras=refine_cameras, refiner=refiner)
     extract = ExtractOptions(coarse_stride=int(coarse_stride), refine_steps=refine_steps)
     progress = ctx.obj["progress"]
     executor = make_executor(scheduler, dask_workers, gpus_per_worker=gpus_per_worker, needs_gpu=device != "cpu")

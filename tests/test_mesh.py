@@ -215,3 +215,50 @@ def test_box_field_is_closed_with_its_area():
     mesh = extract_box(f, lattice, lo, hi).mesh
     assert len(mesh.boundary_edges()) == 0
     assert mesh.signed_volume() == pytest.approx(4 * 3 * 2, rel=0.03)
+
+
+def test_refined_field_takes_the_corrected_heights_with_vertical_walls():
+    """The height refiner's corrections in the field: a raised cell becomes a 0.5 m column up to its refined
+    height, a lowered one a pit down to it, both with walls half-way between nodes (the cells' edges); the
+    rest of the plane is untouched and the surface stays closed."""
+    from geoimplicit.mesh.occupancy import RefinedField
+
+    lattice = Lattice.around((X0, Y0, X0 + 8, Y0 + 8), 0.0, 0.5, offset=0.5)  # nodes on the cells' centres
+    origin = (X0 + 4.0, Y0 + 4.0, 10.0)
+    plane = height_field(lambda x, y: torch.zeros_like(x), origin)  # ground at 10 m
+    rows = cols = 16
+    raw = np.full((rows, cols), 10.0, np.float32)
+    refined = raw.copy()
+    refined[5, 6], refined[10, 9] = 13.0, 8.0  # one cell raised by 3 m, one lowered by 2 m
+    raw[2, 2] = refined[2, 2] = -9999.0  # no height there: the field is left as it is
+    field = RefinedField(plane, refined, raw, X0, Y0 + 8, 0.5)
+    lo = lattice.index_of(X0 + 0.25, Y0 + 0.25, 0.0, rounding=np.round)
+    hi = lattice.index_of(X0 + 7.75, Y0 + 7.75, 20.0, rounding=np.round)
+    surface = extract_box(field, lattice, lo, hi, options=ExtractOptions(coarse_stride=4))
+    mesh = surface.mesh
+    dsm, valid = mesh_to_dsm(mesh, (X0 + 0.5, Y0 + 0.5, X0 + 7.5, Y0 + 7.5), 0.5)
+    expected = np.full((rows, cols), 10.0)
+    expected[5, 6], expected[10, 9] = 13.0, 8.0
+    assert valid.all() and np.abs(dsm - expected[1:-1, 1:-1]).max() < 1e-4
+    v = mesh.vertices
+    column = (np.abs(v[:, 2] - 11.5) < 1.4) & (np.abs(v[:, 0] - (X0 + 3.25)) < 0.6)
+    assert column.sum() >= 8
+    # its wall vertices (off the node's column) lie on the cell's edges (x = 3.0 or 3.5 m), within the last
+    # bisection bracket (4 steps: 1/16 of the spacing; the last linear step cannot place a jump)
+    off = np.abs(v[column, 0] - X0 - 3.25)
+    wall = off > 0.1
+    assert wall.sum() >= 4 and np.all(np.abs(off[wall] - 0.25) <= 0.5 / 16 + 1e-6)
+    assert len(mesh.nonmanifold_edges()) == 0
+    inner = ~surface.boundary_face
+    assert mesh.n_faces and inner.any()
+
+
+def test_facing_triangle_pairs_are_dropped_and_others_kept():
+    from geoimplicit.mesh.marching import drop_cancelling
+
+    keys = torch.tensor([[10, 20, 30], [30, 20, 10], [5, 6, 7], [6, 7, 5], [1, 2, 3], [40, 50, 60], [50, 40, 60]])
+    cell = torch.arange(len(keys))
+    kept_keys, kept_cell = drop_cancelling(keys, cell)
+    # (10,20,30)/(30,20,10) and (40,50,60)/(50,40,60) face each other; (5,6,7)/(6,7,5) is one orientation twice
+    assert kept_cell.tolist() == [2, 3, 4]
+    assert torch.equal(kept_keys, keys[[2, 3, 4]])

@@ -56,7 +56,32 @@ def march_cells(cells: torch.Tensor, g: torch.Tensor) -> tuple[torch.Tensor, tor
     cell, slot = torch.nonzero(tri[..., 0] >= 0, as_tuple=True)
     local = tri[cell, slot]  # (T, 3)
     nodes = cells[cell][:, None, :] + tab["edge_origin"][local]
-    return edge_key(nodes, tab["edge_axis"][local]), cell
+    return drop_cancelling(edge_key(nodes, tab["edge_axis"][local]), cell)
+
+
+_MIX = [0x2545F4914F6CDD1D, 0x1B873593A4B7C2E1, 0x3C6EF372FE94F82B]  # odd multipliers of the key hash
+
+
+def drop_cancelling(tri_keys: torch.Tensor, cell: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Without pairs of triangles on the same three edges and of opposite orientation.
+
+    Two cells that share a face can both lay a triangle on that face's edges, facing each other: a sheet of no
+    thickness (a field with a layer thinner than a cell against a discontinuity, as the height refiner's
+    corrections make). The pair encloses nothing and would leave its edges shared by four triangles.
+    """
+    if len(tri_keys) < 2:
+        return tri_keys, cell
+    ordered, perm = torch.sort(tri_keys, dim=1)
+    odd = ((perm[:, 0] > perm[:, 1]).long() + (perm[:, 0] > perm[:, 2]).long() + (perm[:, 1] > perm[:, 2]).long()) % 2
+    # one sort of a hash of the three keys (wrapping int64 products), then the neighbours compared in full
+    mix = ordered * torch.tensor(_MIX, device=ordered.device)
+    order = torch.argsort(mix[:, 0] ^ mix[:, 1] ^ mix[:, 2])
+    a, b = order[:-1], order[1:]
+    pair = (ordered[a] == ordered[b]).all(1) & (odd[a] != odd[b])
+    keep = torch.ones(len(tri_keys), dtype=torch.bool, device=tri_keys.device)
+    keep[a[pair]] = False
+    keep[b[pair]] = False
+    return tri_keys[keep], cell[keep]
 
 
 def crossing_t(ga: torch.Tensor, gb: torch.Tensor) -> torch.Tensor:

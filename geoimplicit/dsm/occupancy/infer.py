@@ -147,8 +147,9 @@ class OccupancyPredictor:
         return FramedTile(rows, cols, frame, pts, imgs, flags, xy, supported, zlo, zhi, bool(true_ortho), m, stats,
                           metres_per_unit)
 
-    def search_tile(self, t: "FramedTile", progress=None) -> tuple[np.ndarray, np.ndarray]:
-        """The device half of :meth:`predict_tile`: encode, surface search, heights on the tile's grid."""
+    def search_tile(self, t: "FramedTile", progress=None, raw: dict | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """The device half of :meth:`predict_tile`: encode, surface search, heights on the tile's grid.
+        ``raw``: a dict that receives the heights before the refiner (``raw["heights"]``, NODATA where none)."""
         import torch
 
         from geoimplicit.dsm.occupancy.extract import reduce_subcells, search_model
@@ -196,6 +197,9 @@ class OccupancyPredictor:
         self.timings.tiles += 1
         heights = t.frame.z_from_local(zn).reshape(t.rows, t.cols)
         valid = found.reshape(t.rows, t.cols) & (t.supported | (ec.fill == "prior"))
+        if raw is not None:
+            m = t.margin
+            raw["heights"] = np.where(valid, heights, NODATA).astype(np.float32)[m:t.rows - m, m:t.cols - m]
         if t.margin:
             t3 = time.perf_counter()
             m = t.margin
