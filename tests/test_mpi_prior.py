@@ -72,6 +72,28 @@ def test_fit_start_from_surface_matches_its_alphas():
     torch.testing.assert_close(mpi[:, :3], colour[None].expand(4, -1, -1, -1).clamp(0.02, 0.98), atol=1e-4, rtol=0)
 
 
+def test_views_colour_at_the_surface_is_the_views_colour():
+    """Views rendered from a coloured surface give that colour back at its height (the fit's colour start from
+    the prior), and the fallback where no view sees the texture."""
+    from geoimplicit.mpi.prior.surface import surface_mpi, views_colour_at_surface
+
+    planes = geo_planes((-8, -8, 8, 8), 0.5, 0.0, 6.0, 5)  # 32 x 32 texels, heights 6, 4.5, 3, 1.5, 0
+    height = torch.full((32, 32), 2.0)
+    height[8:20, 10:24] = 4.5  # a roof
+    yy, xx = torch.meshgrid(torch.linspace(0, 1, 32), torch.linspace(0, 1, 32), indexing="ij")
+    colour = torch.stack([0.2 + 0.6 * xx, 0.8 - 0.6 * yy, 0.3 + 0.4 * xx * yy])
+    mpi = surface_mpi(planes, height, colour)
+    cams = [camera_tensors(_cam(o, size=48, f=240.0), ORIGIN) for o in ((0, 0), (12, 0), (0, -12))]
+    imgs = [render_mpi(mpi, planes.A, c)["rgb"].detach() for c in cams]
+    grey = torch.full_like(colour, 0.5)
+    got = views_colour_at_surface(planes, cams, imgs, height, grey)
+    inner = (slice(None), slice(4, 28), slice(4, 28))
+    assert float((got - colour)[inner].abs().mean()) < 0.02  # the grey fallback is 0.15 away
+    # a texture beyond every view's footprint: the fallback
+    far = geo_planes((200, 200, 216, 216), 0.5, 0.0, 6.0, 5)
+    torch.testing.assert_close(views_colour_at_surface(far, cams, imgs, height, grey), grey)
+
+
 # ------------------------------------------------------------------------------------------- plane sweep
 def test_sweep_features_agree_at_the_ground_height():
     """Two views of a textured plane at local height 3: the colour spread across the views is least on the
@@ -237,7 +259,7 @@ def test_fit_starts_from_the_prior(trained, city_views, tmp_path):
     from geoimplicit.io.cameras import ViewSet
     from geoimplicit.mpi.fit import FitConfig, fit_mpi, scene_geometry
     from geoimplicit.mpi.prior import predict_surface
-    from geoimplicit.mpi.prior.surface import plane_gaps, planes_at_surface
+    from geoimplicit.mpi.prior.surface import plane_gaps, planes_at_surface, views_colour_at_surface
     from geoimplicit.mpi.scene import MPIScene
 
     run, _, _ = trained
@@ -259,6 +281,10 @@ def test_fit_starts_from_the_prior(trained, city_views, tmp_path):
     alpha = 1 - torch.exp(-mpi[:, 3] * gaps)
     first = torch.as_tensor(scene.planes.values, dtype=torch.float32)[(alpha > 0.5).float().argmax(0)]
     assert float((first - surf["height"]).abs().max()) <= float(gaps[:-1].max()) + 1e-3
+    # colours: the train views' at the prior's surface (not the network's), on every plane (colour_share baked)
+    colour = views_colour_at_surface(scene.planes, cams, imgs, surf["height"]).clamp(0.02, 0.98)
+    torch.testing.assert_close(mpi[:, :3], colour[None].expand_as(mpi[:, :3]), atol=2e-3, rtol=0)
+    assert float((colour - surf["colour"]).abs().mean()) > 0.01  # the network's colour would fail the check
     with pytest.raises(ConfigError, match="geo layout"):
         fit_mpi(views, tmp_path / "f", FitConfig(layout="fronto", prior=str(run / "model.pt"), device="cpu"))
 
