@@ -198,6 +198,23 @@ def test_training_writes_a_resumable_run(trained):
         train_prior(other, run, device="cpu", resume=True)
 
 
+def test_training_warm_starts_from_weights(trained, tmp_path):
+    """``init``: a new run starts from given weights (not from a random network); another network is refused."""
+    from geoimplicit.mpi.prior.checkpoint import load_prior_checkpoint
+    from geoimplicit.mpi.prior.train import PriorTrainConfig, train_prior
+
+    run, _, _ = trained
+    cfg = PriorTrainConfig.from_dict({**TINY, "steps": 0, "val_scenes": 0, "scenes": 1})
+    out = train_prior(cfg, tmp_path / "warm", device="cpu", init=run / "model.pt")
+    got, want = load_prior_checkpoint(out["model"])["model"], load_prior_checkpoint(run / "model.pt")["model"]
+    assert out["steps"] == 0 and all(torch.equal(got[k], want[k]) for k in want)
+    cold = load_prior_checkpoint(train_prior(cfg, tmp_path / "cold", device="cpu")["model"])["model"]
+    assert not all(torch.equal(cold[k], want[k]) for k in want)
+    other = PriorTrainConfig.from_dict({**TINY, "steps": 0, "arch": {**TINY["arch"], "width": 6}})
+    with pytest.raises(WeightsError, match="another network"):
+        train_prior(other, tmp_path / "other", device="cpu", init=run / "model.pt")
+
+
 def test_training_learns_heights():
     """Repeating one example, the height loss through the whole network (features, sweep, cost U-Net,
     refinement) must fall: the gradients reach every part."""
@@ -343,6 +360,8 @@ def test_cli_train_prior(cli, tmp_path):
     r = cli("nvs", "train-prior", cfg, "-o", tmp_path / "run", "--device", "cpu", "--export", export)
     assert r.exit_code == 0, r.output
     assert export.exists() and "steps: 2" in r.stdout
+    r = cli("nvs", "train-prior", cfg, "-o", tmp_path / "run_w", "--device", "cpu", "--init", export, "--steps", "1")
+    assert r.exit_code == 0 and "steps: 1" in r.stdout, r.output
     r = cli("nvs", "train-prior", cfg, "-o", tmp_path / "run2", "--device", "cpu", "--export", export)
     assert_clean_error(r, "prior.pt", "--overwrite")
     assert not (tmp_path / "run2").exists()  # refused before anything was written
