@@ -211,10 +211,13 @@ def evaluate(ctx, model_dir, views_dir, out_dir, device, overwrite):
               help="Override workers: processes rendering training scenes while it trains.")
 @click.option("--export", type=click.Path(dir_okay=False), default=None,
               help="Also copy the final weights here (e.g. geoimplicit/weights/mpi_prior_default.pt).")
+@click.option("--init", "init", default=None,
+              help="Start from these weights (default = the shipped ones, or a path; same network): a warm start "
+                   "with a new optimiser and schedule. Ignored when --resume finds RUN_DIR/last.pt.")
 @device_option
 @overwrite_option
 @click.pass_context
-def train_prior(ctx, config, run_dir, resume, time_limit_s, steps, workers, export, device, overwrite):
+def train_prior(ctx, config, run_dir, resume, time_limit_s, steps, workers, export, init, device, overwrite):
     """Train the across-scene MPI prior on generated scenes as CONFIG (YAML/JSON, or a packaged name such as
     mpi_prior.yaml) says; stops at the time limit or the steps and writes RUN_DIR/model.pt."""
     from pathlib import Path
@@ -234,7 +237,8 @@ def train_prior(ctx, config, run_dir, resume, time_limit_s, steps, workers, expo
             setattr(cfg, key, value)
     if export and Path(export).exists() and not overwrite:
         raise OutputExistsError("the export file exists", path=export, hint="pass --overwrite or another --export")
-    summary = run(cfg, run_dir, device=device, resume=resume, overwrite=overwrite, progress=ctx.obj["progress"])
+    summary = run(cfg, run_dir, device=device, resume=resume, overwrite=overwrite, init=init,
+                  progress=ctx.obj["progress"])
     exported = export_weights(summary["model"], export) if export else None
     m = summary["metrics"]
     ctx.obj["progress"].result(

@@ -72,6 +72,28 @@ def test_fit_start_from_surface_matches_its_alphas():
     torch.testing.assert_close(mpi[:, :3], colour[None].expand(4, -1, -1, -1).clamp(0.02, 0.98), atol=1e-4, rtol=0)
 
 
+def test_views_colour_at_the_surface_is_the_views_colour():
+    """Views rendered from a coloured surface give that colour back at its height (the fit's colour start from
+    the prior), and the fallback where no view sees the texture."""
+    from geoimplicit.mpi.prior.surface import surface_mpi, views_colour_at_surface
+
+    planes = geo_planes((-8, -8, 8, 8), 0.5, 0.0, 6.0, 5)  # 32 x 32 texels, heights 6, 4.5, 3, 1.5, 0
+    height = torch.full((32, 32), 2.0)
+    height[8:20, 10:24] = 4.5  # a roof
+    yy, xx = torch.meshgrid(torch.linspace(0, 1, 32), torch.linspace(0, 1, 32), indexing="ij")
+    colour = torch.stack([0.2 + 0.6 * xx, 0.8 - 0.6 * yy, 0.3 + 0.4 * xx * yy])
+    mpi = surface_mpi(planes, height, colour)
+    cams = [camera_tensors(_cam(o, size=48, f=240.0), ORIGIN) for o in ((0, 0), (12, 0), (0, -12))]
+    imgs = [render_mpi(mpi, planes.A, c)["rgb"].detach() for c in cams]
+    grey = torch.full_like(colour, 0.5)
+    got = views_colour_at_surface(planes, cams, imgs, height, grey)
+    inner = (slice(None), slice(4, 28), slice(4, 28))
+    assert float((got - colour)[inner].abs().mean()) < 0.02  # the grey fallback is 0.15 away
+    # a texture beyond every view's footprint: the fallback
+    far = geo_planes((200, 200, 216, 216), 0.5, 0.0, 6.0, 5)
+    torch.testing.assert_close(views_colour_at_surface(far, cams, imgs, height, grey), grey)
+
+
 # ------------------------------------------------------------------------------------------- plane sweep
 def test_sweep_features_agree_at_the_ground_height():
     """Two views of a textured plane at local height 3: the colour spread across the views is least on the
@@ -176,6 +198,23 @@ def test_training_writes_a_resumable_run(trained):
         train_prior(other, run, device="cpu", resume=True)
 
 
+def test_training_warm_starts_from_weights(trained, tmp_path):
+    """``init``: a new run starts from given weights (not from a random network); another network is refused."""
+    from geoimplicit.mpi.prior.checkpoint import load_prior_checkpoint
+    from geoimplicit.mpi.prior.train import PriorTrainConfig, train_prior
+
+    run, _, _ = trained
+    cfg = PriorTrainConfig.from_dict({**TINY, "steps": 0, "val_scenes": 0, "scenes": 1})
+    out = train_prior(cfg, tmp_path / "warm", device="cpu", init=run / "model.pt")
+    got, want = load_prior_checkpoint(out["model"])["model"], load_prior_checkpoint(run / "model.pt")["model"]
+    assert out["steps"] == 0 and all(torch.equal(got[k], want[k]) for k in want)
+    cold = load_prior_checkpoint(train_prior(cfg, tmp_path / "cold", device="cpu")["model"])["model"]
+    assert not all(torch.equal(cold[k], want[k]) for k in want)
+    other = PriorTrainConfig.from_dict({**TINY, "steps": 0, "arch": {**TINY["arch"], "width": 6}})
+    with pytest.raises(WeightsError, match="another network"):
+        train_prior(other, tmp_path / "other", device="cpu", init=run / "model.pt")
+
+
 def test_training_learns_heights():
     """Repeating one example, the height loss through the whole network (features, sweep, cost U-Net,
     refinement) must fall: the gradients reach every part."""
@@ -237,7 +276,7 @@ def test_fit_starts_from_the_prior(trained, city_views, tmp_path):
     from geoimplicit.io.cameras import ViewSet
     from geoimplicit.mpi.fit import FitConfig, fit_mpi, scene_geometry
     from geoimplicit.mpi.prior import predict_surface
-    from geoimplicit.mpi.prior.surface import plane_gaps, planes_at_surface
+    from geoimplicit.mpi.prior.surface import plane_gaps, planes_at_surface, views_colour_at_surface
     from geoimplicit.mpi.scene import MPIScene
 
     run, _, _ = trained
@@ -259,6 +298,10 @@ def test_fit_starts_from_the_prior(trained, city_views, tmp_path):
     alpha = 1 - torch.exp(-mpi[:, 3] * gaps)
     first = torch.as_tensor(scene.planes.values, dtype=torch.float32)[(alpha > 0.5).float().argmax(0)]
     assert float((first - surf["height"]).abs().max()) <= float(gaps[:-1].max()) + 1e-3
+    # colours: the train views' at the prior's surface (not the network's), on every plane (colour_share baked)
+    colour = views_colour_at_surface(scene.planes, cams, imgs, surf["height"]).clamp(0.02, 0.98)
+    torch.testing.assert_close(mpi[:, :3], colour[None].expand_as(mpi[:, :3]), atol=2e-3, rtol=0)
+    assert float((colour - surf["colour"]).abs().mean()) > 0.01  # the network's colour would fail the check
     with pytest.raises(ConfigError, match="geo layout"):
         fit_mpi(views, tmp_path / "f", FitConfig(layout="fronto", prior=str(run / "model.pt"), device="cpu"))
 
@@ -317,6 +360,8 @@ def test_cli_train_prior(cli, tmp_path):
     r = cli("nvs", "train-prior", cfg, "-o", tmp_path / "run", "--device", "cpu", "--export", export)
     assert r.exit_code == 0, r.output
     assert export.exists() and "steps: 2" in r.stdout
+    r = cli("nvs", "train-prior", cfg, "-o", tmp_path / "run_w", "--device", "cpu", "--init", export, "--steps", "1")
+    assert r.exit_code == 0 and "steps: 1" in r.stdout, r.output
     r = cli("nvs", "train-prior", cfg, "-o", tmp_path / "run2", "--device", "cpu", "--export", export)
     assert_clean_error(r, "prior.pt", "--overwrite")
     assert not (tmp_path / "run2").exists()  # refused before anything was written

@@ -14,7 +14,8 @@ import torch
 
 from geoimplicit.mpi.planes import PlaneSet, geo_planes
 
-__all__ = ["surface_weights", "surface_alpha", "surface_mpi", "init_from_surface", "planes_at_surface"]
+__all__ = ["surface_weights", "surface_alpha", "surface_mpi", "init_from_surface", "planes_at_surface",
+           "views_colour_at_surface"]
 
 
 def plane_gaps(planes: PlaneSet) -> np.ndarray:
@@ -76,3 +77,19 @@ def planes_at_surface(planes: PlaneSet, height: torch.Tensor, mix: float, seen: 
     res = planes.resolution
     bounds = (planes.left, planes.top - planes.height * res, planes.left + planes.width * res, planes.top)
     return geo_planes(bounds, res, h_lo, h_hi, origin=planes.origin, crs=planes.crs, heights=heights)
+
+
+@torch.no_grad()
+def views_colour_at_surface(planes: PlaneSet, cams, images, height: torch.Tensor,
+                            fallback: float | torch.Tensor = 0.5) -> torch.Tensor:
+    """The train views' mean colour (3, h, w) at the surface ``height`` on ``planes`` (their plane-sweep means,
+    tent-weighted between the two planes around it); ``fallback`` (grey, or a (3, h, w) colour) where the views
+    do not see it."""
+    from geoimplicit.mpi.fit import plane_sweep_mean
+
+    mean, _, cnt = plane_sweep_mean(planes, cams, images, height.device, return_variance=True)
+    w = surface_weights(planes.values, height) * (cnt > 0)  # only planes some view sees
+    seen = w.sum(0)
+    colour = (w[:, None] * mean).sum(0) / seen.clamp_min(1e-6)
+    fallback = torch.as_tensor(fallback, dtype=colour.dtype, device=colour.device).expand_as(colour)
+    return torch.where(seen[None] > 0.5, colour, fallback)

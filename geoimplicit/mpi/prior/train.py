@@ -227,8 +227,9 @@ def _lr(cfg: PriorTrainConfig, step: int, elapsed: float) -> float:
     return cfg.lr * warm * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(frac, 1.0))))
 
 
-def _start(cfg: PriorTrainConfig, run_dir: Path, device, resume: bool, overwrite: bool):
-    """Checks of the run folder, then (network, optimiser, step, training seconds), resumed from ``last.pt``."""
+def _start(cfg: PriorTrainConfig, run_dir: Path, device, resume: bool, overwrite: bool, init=None):
+    """Checks of the run folder, then (network, optimiser, step, training seconds), resumed from ``last.pt``;
+    a run not resumed starts from the weights ``init`` (a warm start: new optimiser, step 0) when given."""
     from geoimplicit.mpi.prior.checkpoint import load_prior_checkpoint
 
     last = run_dir / "last.pt"
@@ -252,7 +253,22 @@ def _start(cfg: PriorTrainConfig, run_dir: Path, device, resume: bool, overwrite
         opt.load_state_dict(blob["optimizer"])
         step, elapsed = int(blob["step"]), float(blob["elapsed_s"])
         log.info("resuming at step %d (%.0f s trained)", step, elapsed)
+    elif init is not None:
+        _warm_start(net, init)
     return net, opt, step, elapsed
+
+
+def _warm_start(net, init) -> None:
+    """Load the weights of ``init`` (``default`` or a path), which must have the network's architecture."""
+    from geoimplicit.errors import WeightsError
+    from geoimplicit.mpi.prior.checkpoint import load_prior_checkpoint, resolve_weights
+
+    blob = load_prior_checkpoint(init)
+    if blob.get("arch") != net.arch.to_dict():
+        raise WeightsError("the --init weights have another network than the config's", path=resolve_weights(init),
+                           hint=f"their arch: {blob.get('arch')}; set it in the config or start without --init")
+    net.load_state_dict(blob["model"])
+    log.info("warm start from %s (step %s of its run)", resolve_weights(init), blob.get("step"))
 
 
 def _train_step(net, opt, scene, cfg: PriorTrainConfig, rng, device, lr: float) -> dict:
@@ -268,9 +284,9 @@ def _train_step(net, opt, scene, cfg: PriorTrainConfig, rng, device, lr: float) 
 
 
 def train_prior(cfg: PriorTrainConfig, run_dir, *, device="auto", resume: bool = False, overwrite: bool = False,
-                progress=None, cancel=None) -> dict:
-    """Train the prior as ``cfg`` says into ``run_dir``; returns ``{"model", "run_dir", "steps", "metrics",
-    "train_s"}``."""
+                init=None, progress=None, cancel=None) -> dict:
+    """Train the prior as ``cfg`` says into ``run_dir`` (from the weights ``init`` unless resumed); returns
+    ``{"model", "run_dir", "steps", "metrics", "train_s"}``."""
     from geoimplicit.device import resolve_device
     from geoimplicit.mpi.prior.checkpoint import save_prior
     from geoimplicit.mpi.prior.data import ScenePool, load_scene
@@ -278,7 +294,7 @@ def train_prior(cfg: PriorTrainConfig, run_dir, *, device="auto", resume: bool =
 
     run_dir = Path(run_dir)
     device = resolve_device(device)
-    net, opt, step, elapsed = _start(cfg, run_dir, device, resume, overwrite)
+    net, opt, step, elapsed = _start(cfg, run_dir, device, resume, overwrite, init)
     val_seeds = {cfg.val_first_seed + i for i in range(cfg.val_scenes)}
     train_seeds = [cfg.first_seed + i for i in range(cfg.scenes)]
     first = max(1, cfg.workers)  # training starts on these while the validation scenes render
