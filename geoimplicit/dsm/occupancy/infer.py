@@ -137,8 +137,9 @@ class OccupancyPredictor:
         xy = _cell_queries(frame, left, top, rows, cols, resolution, off)
         # support: within max_hole_m of a cell holding an input point
         max_hole_px = ec.max_hole_m / metres_per_unit / resolution
-        supported = near_cells(point_cells(x, y, left, top, resolution, rows, cols), max(max_hole_px, 1.0))
         stats = cell_stats(x, y, z, left, top, rows, cols, resolution) if m else None
+        has = stats[3] > 0 if m else point_cells(x, y, left, top, resolution, rows, cols)  # points binned once
+        supported = near_cells(has, max(max_hole_px, 1.0))
         # the points' local height range, from the two extreme heights (the conversion is monotonic)
         margin = cfg.data.column_margin_m / mc.height_scale_m
         zn_min, zn_max = frame.z_to_local([np.min(z), np.max(z)])

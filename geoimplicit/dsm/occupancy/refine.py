@@ -55,23 +55,32 @@ class HeightRefiner(nn.Module):
 
 
 def cell_stats(x, y, z, left: float, top: float, rows: int, cols: int, resolution: float) -> np.ndarray:
-    """(4, rows, cols) float32: max, mean, min of the points' z per cell (NaN where none) and their count."""
-    col = np.floor((np.asarray(x) - left) / resolution).astype(np.int64)
-    row = np.floor((top - np.asarray(y)) / resolution).astype(np.int64)
-    ok = (col >= 0) & (col < cols) & (row >= 0) & (row < rows)
-    flat, zz = row[ok] * cols + col[ok], np.asarray(z, np.float64)[ok]
+    """(4, rows, cols) float32: max, mean, min of the points' z per cell (NaN where none) and their count.
+
+    The points' cells are :func:`.support.cell_index` (the floored cells in range); the count > 0 is
+    :func:`.support.point_cells` of the same grid, so a tile's framing bins its points once.
+    """
+    from geoimplicit.dsm.occupancy.support import cell_index
+
+    flat, idx = cell_index(x, y, left, top, resolution, rows, cols)
+    zz = np.asarray(z, np.float64)
+    if idx is not None:
+        zz = zz.take(idx)
     n = rows * cols
     count = np.bincount(flat, minlength=n).astype(np.float64)
     with np.errstate(invalid="ignore", divide="ignore"):
-        mean = np.bincount(flat, zz, minlength=n) / count
+        mean = np.bincount(flat, zz, minlength=n) / count  # sums in point order, as before: the same means
     zmax = np.full(n, -np.inf)
     zmin = np.full(n, np.inf)
     np.maximum.at(zmax, flat, zz)
     np.minimum.at(zmin, flat, zz)
     none = count == 0
-    for a in (zmax, zmin, mean):
-        a[none] = np.nan
-    return np.stack([zmax, mean, zmin, count]).reshape(4, rows, cols).astype(np.float32)
+    out = np.empty((4, n), np.float32)
+    for k, a in enumerate((zmax, mean, zmin, count)):
+        out[k] = a  # float32 straight into the output (no float64 stack)
+        if k < 3:
+            out[k][none] = np.nan
+    return out.reshape(4, rows, cols)
 
 
 def window_features(height: torch.Tensor, found: torch.Tensor, stats: torch.Tensor, radius: int) -> torch.Tensor:

@@ -14,19 +14,33 @@ import numpy as np
 def point_cells(x, y, left: float, top: float, resolution: float, rows: int, cols: int) -> np.ndarray:
     """(rows, cols) bool: the cells of the grid (top-left corner, cell size) that hold at least one point.
 
-    The same cells as ``floor((x - left) / resolution)`` in range; ``u >= 0 and u < cols`` is that test before
-    flooring, so only the points inside are converted (truncation is the floor there).
+    The same cells as ``floor((x - left) / resolution)`` in range (:func:`cell_index`).
+    """
+    has = np.zeros(rows * cols, bool)
+    has[cell_index(x, y, left, top, resolution, rows, cols)[0]] = True
+    return has.reshape(rows, cols)
+
+
+def cell_index(x, y, left: float, top: float, resolution: float, rows: int, cols: int):
+    """(flat cell index of each point inside the grid, the indices of those points or None when all are).
+
+    The cells of ``floor((x - left) / resolution)`` and ``floor((top - y) / resolution)`` in range;
+    ``u >= 0 and u < cols`` is that test before flooring, so only the points inside are converted (truncation is
+    the floor there). The points inside are gathered by index: a boolean mask of a tile's points (two thirds
+    inside, in no order) costs about three times as much per array.
     """
     u = np.subtract(x, left)
     u /= resolution
     v = np.subtract(top, y)
     v /= resolution
     inside = (u >= 0) & (u < cols) & (v >= 0) & (v < rows)
-    if not inside.all():
-        u, v = u[inside], v[inside]
-    has = np.zeros(rows * cols, bool)
-    has[v.astype(np.intp) * cols + u.astype(np.intp)] = True
-    return has.reshape(rows, cols)
+    idx = None if inside.all() else np.flatnonzero(inside)
+    if idx is not None:
+        u, v = u.take(idx), v.take(idx)
+    flat = v.astype(np.intp)
+    flat *= cols
+    flat += u.astype(np.intp)
+    return flat, idx
 
 
 def near_cells(has: np.ndarray, radius_px: float) -> np.ndarray:
