@@ -642,7 +642,7 @@ def _save_checkpoint(path: Path, model, opt, poses: CameraOptimizer, step: int) 
 
 
 def _load_checkpoint(path: Path, model, opt, poses: CameraOptimizer, device) -> int:
-    blob = torch.load(path, map_location=device, weights_only=False)
+    blob = torch.load(path, map_location=device, weights_only=True)  # plain data: no pickled code
     model.load_state_dict(blob["model"])
     opt.load_state_dict(blob["optim"])
     if blob.get("poses") is not None:

@@ -105,7 +105,7 @@ class MPIScene:
                 "no fitted MPI here (model.pt missing)", path=model_dir, hint="run 'geoimplicit nvs fit' first"
             )
         try:
-            blob = torch.load(path, map_location="cpu", weights_only=False)
+            blob = torch.load(path, map_location="cpu", weights_only=True)  # plain data: no pickled code
         except Exception as exc:  # noqa: BLE001
             raise WeightsError(f"cannot read the MPI ({exc})", path=path, hint="re-run 'geoimplicit nvs fit'") from None
         if not isinstance(blob, dict) or blob.get("format") != MODEL_FORMAT:
