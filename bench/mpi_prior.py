@@ -124,6 +124,7 @@ def main(argv=None) -> list[dict]:
                     help="fit preset (auto: best on CUDA, cpu otherwise)")
     ap.add_argument("--planes", type=int, default=None, help="override the preset's planes")
     ap.add_argument("--steps", type=int, default=None, help="override the preset's steps (the scratch fit's)")
+    ap.add_argument("--fit", default="{}", help='other FitConfig fields as JSON, e.g. \'{"empty_alpha": 0.005}\'')
     ap.add_argument("--fractions", default="0.05,0.1,0.2,0.333",
                     help="steps of the prior-started fits, as fractions of --steps")
     ap.add_argument("--methods", default="scratch,sweep,prior,fit",
@@ -148,6 +149,7 @@ def main(argv=None) -> list[dict]:
         base["planes"] = args.planes
     if args.steps is not None:
         base["steps"] = args.steps
+    base.update(json.loads(args.fit))
     fractions = [float(f) for f in args.fractions.split(",") if f]
     device = "cuda" if torch.cuda.is_available() and args.device != "cpu" else "cpu"
     rows = []
@@ -166,7 +168,8 @@ def main(argv=None) -> list[dict]:
         sets = {"3": _three(train), "all": train}
         for name in args.train_sets.split(","):
             ids = sets[name]
-            head = {"seed": seed, "crs": args.crs, "size": args.size, "train_views": len(ids), "planes": base["planes"]}
+            head = {"seed": seed, "crs": args.crs, "size": args.size, "train_views": len(ids), "planes": base["planes"],
+                    **({"fit": json.loads(args.fit)} if json.loads(args.fit) else {})}
             work = out / f"s{seed}_{name}"
             ref = None
             if "scratch" in methods:

@@ -315,3 +315,29 @@ def test_coarse_loss_compares_block_means():
     got = _view_loss({"rgb": render}, view, cfg, 1.0, level=2)
     torch.testing.assert_close(got, (blocks(render) - blocks(view)).abs().mean())
     torch.testing.assert_close(_view_loss({"rgb": render}, view, cfg, 1.0), (render - view).abs().mean())
+
+
+@pytest.mark.parametrize("empty_alpha", [0.02, 0.002])
+def test_start_empty_alpha_sets_the_haze_above_the_sweep_surface(views, tmp_path, empty_alpha):
+    """A 0-step geo fit is the plane-sweep start: every texel has one nearly opaque plane and every other plane
+    has alpha ``empty_alpha`` (alpha = 1 - exp(-density x its gap to the next plane))."""
+    from geoimplicit.mpi.fit import FitConfig, fit_mpi
+    from geoimplicit.mpi.prior.surface import plane_gaps
+    from geoimplicit.mpi.scene import MPIScene
+
+    fit_mpi(views, tmp_path / "m", FitConfig(planes=12, steps=0, layout="geo", empty_alpha=empty_alpha,
+                                             device="cpu"), overwrite=True)
+    scene = MPIScene.load(tmp_path / "m")
+    gaps = torch.as_tensor(plane_gaps(scene.planes), dtype=torch.float32)[:, None, None]
+    alpha = 1.0 - torch.exp(-scene.mpi()[:-1, 3] * gaps[:-1])  # the backdrop plane's gap is nominal
+    winner = alpha > 0.5
+    assert 0.5 < winner.float().sum(0).float().mean() <= 1.0  # about one opaque plane per texel line
+    np.testing.assert_allclose(alpha[~winner].numpy(), empty_alpha, rtol=0.02)
+
+
+def test_empty_alpha_out_of_range_is_a_config_error():
+    from geoimplicit.errors import ConfigError
+    from geoimplicit.mpi.fit import FitConfig
+
+    with pytest.raises(ConfigError, match="empty_alpha"):
+        FitConfig(empty_alpha=0.0).validate()

@@ -108,6 +108,10 @@ class FitConfig:
     init_density: bool = True
     """Start plane densities from plane-sweep stereo: along each texel's line of planes, the plane where the
     train views agree best (lowest colour variance, box-filtered) starts nearly opaque, the others nearly empty."""
+    empty_alpha: float = 0.02
+    """Alpha of every plane of the start away from its surface (plane sweep or prior), so that each still gets
+    gradients. The planes above a surface add up: with ``n`` of them it is seen through a haze of opacity
+    ``1 - (1 - empty_alpha) ** n`` (0.62 for 48 planes at 0.02)."""
     colour_share: float = 0.0
     """``direct`` generator: 0 = free colour per plane (ImMPI); 1 = one colour per texel shared by all planes
     (a 2.5D prior: views cannot be explained by per-plane colours over wrong geometry); baked in at the end."""
@@ -193,6 +197,8 @@ class FitConfig:
             raise ConfigError("adaptive_mix must be in [0, 1]")
         if not 0.0 <= (self.coarse_to_fine or 0.0) <= 1.0 or not 0 <= self.coarse_levels <= 6:
             raise ConfigError("coarse_to_fine must be in [0, 1] and coarse_levels in 0..6")
+        if not 0.0 < self.empty_alpha < 0.5:
+            raise ConfigError(f"empty_alpha must be in (0, 0.5), not {self.empty_alpha!r}")
         if self.prior_colour not in ("views", "network"):
             raise ConfigError(f"prior_colour must be 'views' or 'network', not {self.prior_colour!r}")
         if self.prior != "none" and (self.layout != "geo" or self.model != "direct"):
@@ -474,7 +480,7 @@ def fit_mpi(
         colour = surface["colour"]
         if cfg.prior_colour == "views":  # grey where no view sees the texel, like the plane-sweep start
             colour = views_colour_at_surface(planes, base_cams, img_list, surface["height"])
-        init_from_surface(model, planes, surface["height"], colour)
+        init_from_surface(model, planes, surface["height"], colour, alpha_min=cfg.empty_alpha)
     elif cfg.init_from_views and cfg.model == "direct":
         _init_from_views(model, planes, base_cams, img_list, cfg, device)
 
@@ -507,7 +513,8 @@ def _init_from_views(model, planes: PlaneSet, base_cams, img_list, cfg: FitConfi
     mean, var, cnt = plane_sweep_mean(planes, base_cams, img_list, device, return_variance=True)
     gaps = np.abs(np.diff(planes.values))
     ratio = torch.as_tensor(np.append(gaps, planes.spacing) / planes.spacing, dtype=torch.float32)
-    dens = sweep_density(var, cnt, cfg.sweep_window, spacing_ratio=ratio) if cfg.init_density else None
+    empty = -math.log1p(-cfg.empty_alpha)  # density per plane spacing of that alpha
+    dens = sweep_density(var, cnt, cfg.sweep_window, empty=empty, spacing_ratio=ratio) if cfg.init_density else None
     if cfg.colour_share > 0 and dens is not None:
         # start every plane from the colour of its texel's plane-sweep winner
         best = dens.argmax(0)[None, None].expand(1, 3, -1, -1)
