@@ -30,13 +30,14 @@ class ReconstructMesh(GeoImplicitAlgorithm):
                      "--tile-size": "TILE_SIZE", "--overlap": "OVERLAP", "--weights": "WEIGHTS", "--device": "DEVICE",
                      "--ortho": "ORTHO", "--points": "POINTS", "--dask-workers": "DASK_WORKERS",
                      "--scheduler": "SCHEDULER", "--workdir": "WORKDIR", "--format": "FORMAT",
-                     "--dsm-output": "DSM", "--true-ortho": "TRUE_ORTHO"}
+                     "--dsm-output": "DSM", "--true-ortho": "TRUE_ORTHO", "--refiner": "REFINER"}
     HELP = (
         "<p>A triangle mesh of the surface (roofs, walls, ground, trees) from LAS/LAZ point clouds and, optionally, "
         "ortho-images: the neural occupancy field of <i>Reconstruct DSM</i> is evaluated coarse to fine in every "
         "tile (multiresolution iso-surface extraction) and meshed by marching cubes, with the vertices moved onto "
         "the surface, normals from the field and colours from the first ortho. Tiles are stitched without cracks "
-        "and the mesh is clipped to the area of interest.</p>"
+        "and the mesh is clipped to the area of interest. The height refiner of <i>Reconstruct DSM</i> corrects "
+        "the field as it does the DSM (the mesh's roofs are the DSM's; its walls vertical).</p>"
         "<p><b>Resolution</b>: the lattice spacing in CRS units (0.5 m: a vertex about every 0.5 m). "
         "<b>Format</b>: PLY keeps coordinates in the CRS as doubles (with a <code>comment crs</code> line); OBJ "
         "and glTF store offsets from a local origin written in the file, and a .prj beside it. "
@@ -61,6 +62,12 @@ class ReconstructMesh(GeoImplicitAlgorithm):
         self.add_number("OVERLAP", "Tile overlap (CRS units, 0 = method default)", 0.0, minimum=0.0, advanced=True)
         self.add_advanced(QgsProcessingParameterFile(
             "WEIGHTS", "Model weights (empty = the default model)", extension="pt", optional=True))
+        self.add_advanced(QgsProcessingParameterFile(
+            "REFINER", "Height refiner weights (empty = the shipped one, with the default model)", extension="pt",
+            optional=True))
+        self.add_advanced(QgsProcessingParameterBoolean(
+            "NO_REFINER", "No height refiner: the occupancy field as it is (the DSM's heights before the refiner)",
+            defaultValue=False))
         self.add_device_parameter()
         self.add_number("DASK_WORKERS", "Run the tiles on a local Dask cluster of N processes (0 = no Dask)", 0,
                         minimum=0, integer=True, advanced=True)
@@ -102,6 +109,11 @@ class ReconstructMesh(GeoImplicitAlgorithm):
         weights = self.parameterAsFile(parameters, "WEIGHTS", context)
         if weights:
             args += ["--weights", weights]
+        refiner = self.parameterAsFile(parameters, "REFINER", context)
+        if self.parameterAsBoolean(parameters, "NO_REFINER", context):
+            args += ["--refiner", "none"]
+        elif refiner:
+            args += ["--refiner", refiner]
         args += self.optional_device_args(parameters, context)
         if self.parameterAsBoolean(parameters, "TRUE_ORTHO", context):
             args.append("--true-ortho")
