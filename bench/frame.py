@@ -55,10 +55,16 @@ def _former_point_cells(x, y, left, top, resolution, rows, cols):
     return has.reshape(rows, cols)
 
 
-def _former_cell_stats(x, y, z, left, top, rows, cols, resolution):
+def _former_framing_cell_stats(x, y, z, left, top, rows, cols, resolution):
     """refine.cell_stats before the shared binning, and the point cells it did not share (the former framing
     binned the points twice)."""
     _former_point_cells(x, y, left, top, resolution, rows, cols)
+    return former_cell_stats(x, y, z, left, top, rows, cols, resolution)
+
+
+def former_cell_stats(x, y, z, left, top, rows, cols, resolution):
+    """refine.cell_stats before it shared the framing's binning (issue 21): the reference the tests and
+    ``--compare`` check the shared binning against."""
     col = np.floor((np.asarray(x) - left) / resolution).astype(np.int64)
     row = np.floor((top - np.asarray(y)) / resolution).astype(np.int64)
     ok = (col >= 0) & (col < cols) & (row >= 0) & (row < rows)
@@ -82,7 +88,7 @@ def former_framing(enabled: bool = True):
 
     saved = infer.cell_stats, support.point_cells
     if enabled:
-        infer.cell_stats, support.point_cells = _former_cell_stats, _former_point_cells
+        infer.cell_stats, support.point_cells = _former_framing_cell_stats, _former_point_cells
     try:
         yield
     finally:

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
+from bench.frame import former_cell_stats
 from geoimplicit.dsm.occupancy.normalize import PatchFrame, low_percentile
 from geoimplicit.dsm.occupancy.support import near_cells, point_cells
 
@@ -111,24 +112,6 @@ def test_resample_image_to_frame_is_the_per_cell_map(rotated, dtype):
     assert np.array_equal(out, _resample_reference(unit, transform, frame))
 
 
-def _former_cell_stats(x, y, z, left, top, rows, cols, resolution):
-    """refine.cell_stats before it shared the framing's binning (issue 21), kept as the reference."""
-    col = np.floor((np.asarray(x) - left) / resolution).astype(np.int64)
-    row = np.floor((top - np.asarray(y)) / resolution).astype(np.int64)
-    ok = (col >= 0) & (col < cols) & (row >= 0) & (row < rows)
-    flat, zz = row[ok] * cols + col[ok], np.asarray(z, np.float64)[ok]
-    n = rows * cols
-    count = np.bincount(flat, minlength=n).astype(np.float64)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        mean = np.bincount(flat, zz, minlength=n) / count
-    zmax, zmin = np.full(n, -np.inf), np.full(n, np.inf)
-    np.maximum.at(zmax, flat, zz)
-    np.minimum.at(zmin, flat, zz)
-    for a in (zmax, zmin, mean):
-        a[count == 0] = np.nan
-    return np.stack([zmax, mean, zmin, count]).reshape(4, rows, cols).astype(np.float32)
-
-
 @pytest.mark.parametrize("inside", ["some", "all", "none"])
 def test_cell_stats_are_the_former_formula_and_count_the_point_cells(inside):
     from geoimplicit.dsm.occupancy.refine import cell_stats
@@ -147,7 +130,7 @@ def test_cell_stats_are_the_former_formula_and_count_the_point_cells(inside):
         z[5] = np.nan
         got = cell_stats(x, y, z, left, top, rows, cols, res)
         assert got.dtype == np.float32 and got.shape == (4, rows, cols)
-        assert np.array_equal(got, _former_cell_stats(x, y, z, left, top, rows, cols, res), equal_nan=True)
+        assert np.array_equal(got, former_cell_stats(x, y, z, left, top, rows, cols, res), equal_nan=True)
         assert np.array_equal(got[3] > 0, point_cells(x, y, left, top, res, rows, cols))
-    assert np.array_equal(cell_stats([], [], [], 0, 3, 3, 2, 1.0), _former_cell_stats([], [], [], 0, 3, 3, 2, 1.0),
+    assert np.array_equal(cell_stats([], [], [], 0, 3, 3, 2, 1.0), former_cell_stats([], [], [], 0, 3, 3, 2, 1.0),
                           equal_nan=True)
