@@ -369,7 +369,8 @@ def qgis_runs(tmp_path_factory):
         jobs.append({"id": "mesh_no_refiner", "alg": "geoimplicit:mesh",
                      "params": {"POINTS": [str(city / "points.laz")], "AOI": str(city / "aoi.geojson"),
                                 "RESOLUTION": 0.5, "TILE_SIZE": 24, "FORMAT": 0, "DEVICE": 1, "NO_REFINER": True,
-                                "OUTPUT": str(out / "mesh_no_refiner.ply")}})
+                                "OUTPUT": str(out / "mesh_no_refiner.ply"),
+                                "DSM": str(out / "mesh_no_refiner_dsm.tif")}})
     if _cli_has("dsm") and _cli_has("mosaic"):  # the tiles of the DSM run above, mosaicked again
         jobs.append({"id": "mosaic", "alg": "geoimplicit:mosaic",
                      "params": {"TILE_SOURCE": str(out / "dsm_raster_work" / "tiles.gpkg"),
@@ -573,17 +574,18 @@ def test_dsm_raster_in_qgis_matches_cli_and_is_styled(qgis_runs):
 @pytest.mark.qgis
 @needs_qgis
 @_skip_unless_cli("mesh")
-def test_mesh_in_qgis_matches_cli(qgis_runs):
-    job = qgis_runs["runs"]["jobs"]["mesh"]
+@pytest.mark.parametrize("job_name, extra", [("mesh", ()), ("mesh_no_refiner", ("--refiner", "none"))])
+def test_mesh_in_qgis_matches_cli(qgis_runs, job_name, extra):
+    job = qgis_runs["runs"]["jobs"][job_name]
     assert job["ok"], job.get("error")
     city = qgis_runs["city"]
-    path = Path(job["results"]["OUTPUT"])
-    cli_out = qgis_runs["root"] / "cli_mesh.ply"
+    ours = Path(job["results"]["OUTPUT"]).read_bytes()
+    cli_out = qgis_runs["root"] / f"cli_{job_name}.ply"
     done = _geoimplicit("mesh", "--points", city / "points.laz", "--aoi", city / "aoi.geojson", "--resolution",
-                        "0.5", "--tile-size", 24, "--device", "cpu", "-o", cli_out)
+                        "0.5", "--tile-size", 24, "--device", "cpu", *extra, "-o", cli_out)
     assert done.returncode == 0, done.stderr
-    assert path.read_bytes() == cli_out.read_bytes()  # the same command, the same mesh
-    assert b"comment crs EPSG:" in path.read_bytes()[:2000]
+    assert ours == cli_out.read_bytes()  # the same command, the same mesh
+    assert b"comment crs EPSG:" in ours[:2000]
     assert Path(job["results"]["DSM"]).is_file() and Path(job["results"]["TILES"]).is_file()
     assert job["progress"] and job["progress"][-1] == 100.0
 
@@ -591,18 +593,10 @@ def test_mesh_in_qgis_matches_cli(qgis_runs):
 @pytest.mark.qgis
 @needs_qgis
 @_skip_unless_cli("mesh")
-def test_mesh_in_qgis_without_the_refiner_matches_cli(qgis_runs):
-    job = qgis_runs["runs"]["jobs"]["mesh_no_refiner"]
-    assert job["ok"], job.get("error")
-    city = qgis_runs["city"]
-    cli_out = qgis_runs["root"] / "cli_mesh_no_refiner.ply"
-    done = _geoimplicit("mesh", "--points", city / "points.laz", "--aoi", city / "aoi.geojson", "--resolution",
-                        "0.5", "--tile-size", 24, "--device", "cpu", "--refiner", "none", "-o", cli_out)
-    assert done.returncode == 0, done.stderr
-    ours = Path(job["results"]["OUTPUT"]).read_bytes()
-    assert ours == cli_out.read_bytes()
-    refined = Path(qgis_runs["runs"]["jobs"]["mesh"]["results"]["OUTPUT"]).read_bytes()
-    assert ours != refined  # the parameter reached the run: the refiner changes this city's mesh
+def test_the_refiner_parameter_reaches_the_mesh_run(qgis_runs):
+    jobs = qgis_runs["runs"]["jobs"]
+    refined, plain = (Path(jobs[name]["results"]["OUTPUT"]).read_bytes() for name in ("mesh", "mesh_no_refiner"))
+    assert plain != refined  # the refiner changes this city's mesh, so NO_REFINER was passed on
 
 
 @pytest.mark.qgis
