@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from cli.options import device_option, overwrite_option
+from geoimplicit.errors import ConfigError
 
 
 @click.group("nvs")
@@ -44,6 +45,9 @@ def nvs():
               help="Geo layout: texture over the most nadir view's footprint, or over all train views' footprints "
                    "(what off-nadir test views see near the edges; slower; preset: union, cpu: nadir).")
 @click.option("--refine-cameras", is_flag=True, help="Learn small pose corrections per view; writes cameras/.")
+@click.option("--refine-rounds", type=click.IntRange(min=1), default=None,
+              help="--refine-cameras: fits in a row, each from the cameras the one before refined (default 4; "
+                   "each costs a whole fit; rounds/ keeps each round's cameras).")
 @click.option("--geo-products", is_flag=True, help="Geo layout: also write true_ortho.tif and height.tif.")
 @click.option("--aoi", default=None, type=click.Path(dir_okay=False),
               help="Tiled fit: one geo-MPI per tile of this AOI (GeoJSON/GPKG/SHP, any CRS) from the views that "
@@ -71,7 +75,7 @@ def nvs():
 @overwrite_option
 @click.pass_context
 def fit(ctx, views_dir, views_opt, model_dir, preset, prior, planes, layout, model_kind, steps, image_scale,
-        colour_share, extent, refine_cameras,
+        colour_share, extent, refine_cameras, refine_rounds,
         geo_products, aoi, tile_size, overlap, resolution, height_range, min_view_coverage, scheduler, dask_workers,
         gpus_per_worker, resume, device, overwrite):
     """Fit an MPI to the train views of VIEWS_DIR (Images/, Cams/, view_split.txt); with --aoi, one geo-MPI per
@@ -88,7 +92,7 @@ def fit(ctx, views_dir, views_opt, model_dir, preset, prior, planes, layout, mod
     if aoi is not None:
         if settings["layout"] != "geo":
             raise click.BadParameter("--aoi fits geo-layout MPIs", param_hint="--layout")
-        if refine_cameras or geo_products or prior != "none":
+        if refine_cameras or refine_rounds or geo_products or prior != "none":
             raise click.BadParameter("not available with --aoi", param_hint="--refine-cameras/--geo-products/--prior")
         from geoimplicit.jobs.executors import make_executor
         from geoimplicit.mpi.tiled import fit_tiled
@@ -109,6 +113,11 @@ def fit(ctx, views_dir, views_opt, model_dir, preset, prior, planes, layout, mod
         raise click.BadParameter("--tile-size, --overlap, --resolution, --height-range, --scheduler, "
                                  "--dask-workers and --gpus-per-worker are options of the tiled fit",
                                  param_hint="--aoi")
+    if refine_rounds is not None:
+        if not refine_cameras:
+            raise ConfigError("--refine-rounds: rounds of camera refinement need --refine-cameras",
+                              hint="add --refine-cameras or leave out --refine-rounds")
+        settings["refine_rounds"] = refine_rounds
     cfg = FitConfig(model=model_kind, refine_cameras=refine_cameras, device=device, **settings)
     cfg.validate()
     if prior != "none":  # a missing or foreign weights file is named before anything runs

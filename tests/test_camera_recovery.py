@@ -34,16 +34,18 @@ def test_perturbed_views_move_train_cameras_by_exactly_the_known_amounts(tmp_pat
 
 
 @pytest.mark.slow
-def test_refinement_recovers_most_of_a_known_perturbation(tmp_path):
-    """0.1 deg / 1 m on 6 train views of 96 px: CPU, about 5 minutes. Coarse to fine (the default with
-    refine_cameras) took the reprojection error from 0.93 to 0.44 px of 1.78 in the bench's small run."""
+def test_refinement_rounds_recover_most_of_a_known_perturbation(tmp_path):
+    """0.3 deg / 3 m on 6 train views of 96 px, three rounds of 200 steps: CPU, about a minute. In the bench's
+    exploration (seed 7301) the rounds took the reprojection error from 2.00 px after one round to 0.86 px after
+    three (of 3.5 px given, aligned)."""
     cr = _bench()
     truth = cr.make_views(7301, tmp_path, 64.0, 96, 8, 2)
-    pv = cr.perturbed_views(truth, tmp_path / "p", 0.1, 1.0, 7301)
-    fit = {**cr.SMALL["fit"], "planes": 16, "steps": 300}
-    row = cr.run_fit("refine_0.1_1", pv, truth, tmp_path / "fits", fit, "cpu")
-    before, after = row["before_aligned"], row["after"]
-    assert row["before"]["mean_rotation_deg"] == pytest.approx(0.1) and row["before"]["mean_centre"] == pytest.approx(1.0)
-    assert after["mean_reprojection_px"] <= 0.4 * before["mean_reprojection_px"], row
-    assert after["mean_centre"] <= 0.45 * before["mean_centre"], row
+    pv = cr.perturbed_views(truth, tmp_path / "p", 0.3, 3.0, 7301)
+    row = cr.run_fit("refine_0.3_3", pv, truth, tmp_path / "fits", {**cr.SMALL["fit"], "refine_rounds": 3}, "cpu")
+    before, first, after = row["before_aligned"], row["rounds"][0], row["after"]
+    assert row["before"]["mean_rotation_deg"] == pytest.approx(0.3) and row["before"]["mean_centre"] == pytest.approx(3.0)
+    assert len(row["rounds"]) == 2
+    assert after["mean_reprojection_px"] <= 0.35 * before["mean_reprojection_px"], row
+    assert after["mean_reprojection_px"] <= 0.6 * first["mean_reprojection_px"], row  # the rounds, not one fit
+    assert after["mean_centre"] <= 0.5 * before["mean_centre"], row
     assert after["mean_rotation_deg"] <= 1.1 * before["mean_rotation_deg"], row  # not traded for the centres

@@ -243,6 +243,41 @@ def test_refine_cameras_writes_cameras(views, tmp_path):
     assert "cameras" in res.outputs
 
 
+def test_refine_rounds_are_fits_in_a_row_from_the_cameras_before_and_resume_skips_finished_rounds(views, tmp_path):
+    """Two rounds = a one-round fit, then a one-round fit of the views with the cameras it refined."""
+    import shutil
+
+    from geoimplicit.io.cameras import read_cameras_dir, write_camera
+    from geoimplicit.mpi.fit import FitConfig, fit_mpi
+
+    cfg = dict(planes=4, steps=6, refine_cameras=True, layout="geo", device="cpu")
+    calls = []
+    fit_mpi(views, tmp_path / "two", FitConfig(**cfg, refine_rounds=2), progress=lambda *a: calls.append(a[:2]))
+    assert calls[-1] == (12, 12) and sorted(calls) == calls  # one progress over both rounds
+    fit_mpi(views, tmp_path / "first", FitConfig(**cfg, refine_rounds=1))
+    chained = tmp_path / "views_refined"
+    shutil.copytree(views, chained)
+    for vid, cam in read_cameras_dir(tmp_path / "first" / "cameras").items():
+        write_camera(chained / "Cams" / f"{vid}.txt", cam)
+    fit_mpi(chained, tmp_path / "second", FitConfig(**cfg, refine_rounds=1))
+    two, second = read_cameras_dir(tmp_path / "two" / "cameras"), read_cameras_dir(tmp_path / "second" / "cameras")
+    first_round = read_cameras_dir(tmp_path / "two" / "rounds" / "round_1" / "cameras")
+    for vid in two:
+        np.testing.assert_allclose(first_round[vid].P, read_cameras_dir(tmp_path / "first" / "cameras")[vid].P)
+        np.testing.assert_allclose(two[vid].P, second[vid].P, rtol=1e-9, atol=1e-9)
+    assert not (tmp_path / "two" / "rounds" / "round_1" / "model.pt").exists()  # only the round's cameras kept
+
+    done = tmp_path / "two" / "rounds" / "round_1" / "round.json"
+    stamp = done.stat().st_mtime_ns
+    (tmp_path / "two" / "model.pt").unlink()  # as if killed in the last round
+    calls.clear()
+    fit_mpi(views, tmp_path / "two", FitConfig(**cfg, refine_rounds=2), resume=True,
+            progress=lambda *a: calls.append(a[:2]))
+    assert done.stat().st_mtime_ns == stamp and calls[0][0] > 6  # round 1 not fitted again
+    for vid, cam in read_cameras_dir(tmp_path / "two" / "cameras").items():
+        np.testing.assert_allclose(cam.P, second[vid].P, rtol=1e-9, atol=1e-9)
+
+
 def test_cli_round_trip(views, fitted, cli, tmp_path):
     model_dir, _ = fitted
     if importlib.util.find_spec("imageio_ffmpeg") is None:  # an install without it (the GPU machine): clean error
@@ -287,6 +322,14 @@ def test_cli_malformed_camera_clean_error(views, fitted, cli, tmp_path):
     assert_clean_error(r, "000.txt", "line 2")
     r = cli("nvs", "fit", tmp_path / "nope", "-o", tmp_path / "m")
     assert_clean_error(r, "nope")
+    r = cli("nvs", "fit", views, "-o", tmp_path / "rr", "--refine-rounds", "2", "--device", "cpu")
+    assert_clean_error(r, "--refine-rounds", "--refine-cameras")
+    assert not (tmp_path / "rr").exists()  # refused before anything was written
+    r = cli("nvs", "fit", views, "-o", tmp_path / "rr", "--planes", "4", "--steps", "2", "--device", "cpu",
+            "--refine-cameras", "--refine-rounds", "2")
+    assert r.exit_code == 0, r.output
+    assert sorted(p.name for p in (tmp_path / "rr" / "rounds").iterdir()) == ["round_1"]
+    assert (tmp_path / "rr" / "cameras").is_dir()
     r = cli("nvs", "render", tmp_path, "--cams", bad, "-o", tmp_path / "r2")
     assert_clean_error(r, "model.pt")
 

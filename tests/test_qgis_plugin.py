@@ -389,6 +389,9 @@ def qgis_runs(tmp_path_factory):
                      "params": {"VIEWS": str(scene / "views"), "LAYOUT": 1, "PLANES": 8, "STEPS": 5,
                                 "GEO_PRODUCTS": True, "DEVICE": 1, "COLOUR_SHARE": 0.8, "EXTENT": 1,
                                 "OUTPUT": str(out / "mpi")}})
+        jobs.append({"id": "nvs_fit_refine", "alg": "geoimplicit:nvs_fit",
+                     "params": {"VIEWS": str(scene / "views"), "LAYOUT": 1, "PLANES": 4, "STEPS": 3, "DEVICE": 1,
+                                "REFINE_CAMERAS": True, "REFINE_ROUNDS": 2, "OUTPUT": str(out / "mpi_refined")}})
         if _cli_has("nvs", "render"):
             jobs.append({"id": "nvs_render", "alg": "geoimplicit:nvs_render",
                          "params": {"MODEL": str(out / "mpi"), "CAMS": str(scene / "views" / "Cams"), "DEVICE": 1,
@@ -708,6 +711,22 @@ def test_nvs_fit_in_qgis_loads_geo_products(qgis_runs):
     height = job["layers"][res["HEIGHT"]]
     assert height["renderer"] == "singlebandpseudocolor" and height["crs"] == crs
     assert job["layers"][res["TRUE_ORTHO"]]["valid"]
+    assert job["progress"] == sorted(job["progress"]) and job["progress"][-1] == 100.0
+
+
+@pytest.mark.qgis
+@needs_qgis
+@_skip_unless_cli("nvs", "fit")
+def test_nvs_fit_in_qgis_refines_cameras_in_rounds(qgis_runs):
+    job = qgis_runs["runs"]["jobs"]["nvs_fit_refine"]
+    assert job["ok"], job.get("error")
+    assert "--refine-cameras --refine-rounds 2" in job["commands"][0]
+    model = Path(job["results"]["OUTPUT"])
+    assert [p.name for p in (model / "rounds").iterdir()] == ["round_1"]  # two rounds: one before the last
+    from geoimplicit.io.cameras import ViewSet
+
+    train = ViewSet.load(qgis_runs["views"]).train_ids
+    assert sorted(p.stem for p in (model / "cameras").glob("*.txt")) == sorted(train)
     assert job["progress"] == sorted(job["progress"]) and job["progress"][-1] == 100.0
 
 

@@ -386,7 +386,8 @@ class NovelViewsFit(GeoImplicitAlgorithm):
     GROUP = VIEWS_GROUP
     COMMAND = "nvs fit"
     OPTION_PARAMS = {"--planes": "PLANES", "--layout": "LAYOUT", "--steps": "STEPS", "--device": "DEVICE",
-                     "--geo-products": "GEO_PRODUCTS", "--refine-cameras": "REFINE_CAMERAS"}
+                     "--geo-products": "GEO_PRODUCTS", "--refine-cameras": "REFINE_CAMERAS",
+                     "--refine-rounds": "REFINE_ROUNDS"}
     HELP = (
         "<p>Fits a multiplane image (ImMPI) to a view set in the LEVIR-NVS layout (Images/, Cams/, optional "
         "Depths/ and Track/, view_split.txt) on its train views, with photometric losses. The model folder is "
@@ -396,7 +397,8 @@ class NovelViewsFit(GeoImplicitAlgorithm):
         "(ImMPI); <i>geo</i> = horizontal planes at heights of the world CRS, so that the MPI renders straight "
         "down into map space: with <b>Geo products</b> it also writes a true-ortho image and a height raster "
         "(GeoTIFFs), loaded into the project. <b>Refine cameras</b> learns small pose corrections per view "
-        "(for noisy camera files) and writes the corrected cameras.</p>"
+        "(for noisy camera files) and writes the corrected cameras; each of its <b>Refinement rounds</b> is a whole "
+        "fit from the cameras the round before refined.</p>"
     )
 
     def initAlgorithm(self, config=None):  # noqa: N802
@@ -411,6 +413,8 @@ class NovelViewsFit(GeoImplicitAlgorithm):
         self.addParameter(QgsProcessingParameterBoolean(
             "GEO_PRODUCTS", "Geo products: true-ortho and height rasters (geo layout)", defaultValue=False))
         self.add_advanced(QgsProcessingParameterBoolean("REFINE_CAMERAS", "Refine cameras", defaultValue=False))
+        self.add_number("REFINE_ROUNDS", "Refinement rounds (refine cameras)", 4, minimum=1, integer=True,
+                        advanced=True)
         self.add_advanced(QgsProcessingParameterEnum("GENERATOR", "Generator of the planes", options=GENERATORS,
                                                      defaultValue=0))
         self.add_number("IMAGE_SCALE", "Fit on images resized by", 1.0, minimum=1e-6, advanced=True)
@@ -442,7 +446,8 @@ class NovelViewsFit(GeoImplicitAlgorithm):
         if geo:
             args.append("--geo-products")
         if self.parameterAsBoolean(parameters, "REFINE_CAMERAS", context):
-            args.append("--refine-cameras")
+            args += ["--refine-cameras", "--refine-rounds",
+                     str(self.parameterAsInt(parameters, "REFINE_ROUNDS", context))]
         args += self.optional_device_args(parameters, context)
         args += self.extra_args(parameters, context)
         args += ["--overwrite", "-o", output]
