@@ -39,6 +39,21 @@ def test_nvs_fit_prints_progress_lines_with_time_left_when_not_a_terminal(cli, v
     assert len(long) == 1 and "min for the 34 steps left" in long[0] and "--preset cpu" in long[0], long
 
 
+def test_the_time_left_of_a_refining_fit_counts_the_rounds_to_come(cli, views, tmp_path, monkeypatch, caplog):
+    import geoimplicit.mpi.fit as fit_module
+
+    monkeypatch.setattr(fit_module, "LONG_FIT_SECONDS", 0.0)
+    with caplog.at_level(logging.INFO):
+        r = cli("nvs", "fit", views, "-o", tmp_path / "m", "--planes", "4", "--steps", "40", "--device", "cpu",
+                "--refine-cameras", "--refine-rounds", "2")
+    assert r.exit_code == 0, r.output
+    long = [rec.getMessage() for rec in caplog.records if rec.levelno == logging.WARNING and "a step on" in
+            rec.getMessage()]
+    # round 1 of 2: 34 of its steps after the 6 timed ones, and the 40 of round 2
+    assert "min for the 74 steps left (this round and 1 more)" in long[0] and "--refine-rounds" in long[0], long
+    assert "min for the 34 steps left" in long[1] and "more)" not in long[1], long  # the last round: its own
+
+
 def test_log_lines_rate_estimate_and_throttle(monkeypatch, capsys):
     clock = [100.0]
     monkeypatch.setattr("cli.progress.time.monotonic", lambda: clock[0])
