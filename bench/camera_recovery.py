@@ -33,7 +33,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
 import os
 import shutil
 import sys
@@ -106,43 +105,14 @@ def heldout_psnr(model_dir: Path, cams, images, device) -> float:
 
 
 def heldout_psnr_pose_aligned(model_dir: Path, cams, images, device, steps: int) -> float:
-    """Mean PSNR (dB) after each held-out camera's pose is refined against the frozen MPI (BARF's and NeRF--'s
-    test-time protocol: ``steps`` Adam steps of the L1 loss on views averaged over 2^k-pixel blocks, k from 4
-    to 0 over the first half; the given camera as the start). Tells pose errors that the train views cannot
-    show (e.g. a drift of the whole block) from a worse scene."""
-    import torch
-    import torch.nn.functional as F
-
-    from geoimplicit.geometry.pose import CameraOptimizerConfig, camera_optimizer
-    from geoimplicit.geometry.tensors import camera_tensors
-    from geoimplicit.mpi.composite import render_mpi
-    from geoimplicit.mpi.metrics import psnr
+    """Mean PSNR (dB) after each held-out camera's pose is aligned to the frozen MPI
+    (:func:`geoimplicit.mpi.evaluate.align_pose_to_scene`, the test-time protocol of ``nvs eval --align-poses``)."""
+    from geoimplicit.mpi.evaluate import align_pose_to_scene
     from geoimplicit.mpi.scene import MPIScene
 
     scene = MPIScene.load(model_dir, device)
-    mpi, A = scene.mpi(), scene.planes.A
-    vals = []
-    for cam, img in zip(cams, images):
-        local = cam.with_origin(scene.origin)
-        rc = camera_tensors(local, None, device=scene.device, width=img.shape[1], height=img.shape[0])
-        pose = camera_optimizer(CameraOptimizerConfig(mode="SO3xR3", gauge="none"), [local]).to(scene.device)
-        opt = torch.optim.Adam([pose.pose_adjustment], lr=0.05)
-        target = torch.from_numpy(img).permute(2, 0, 1).to(scene.device)
-        for step in range(steps):
-            level = max(0, math.ceil(4 * (1 - 2 * step / steps)))
-            rgb = render_mpi(mpi, A, pose.apply(rc, 0))["rgb"]
-            ref = target
-            if level:
-                rgb, ref = (F.avg_pool2d(x, 2**level, ceil_mode=True) for x in (rgb, ref))
-            loss = (rgb - ref).abs().mean()
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            for g in opt.param_groups:
-                g["lr"] = 0.05 * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * step / steps)))
-            opt.step()
-        with torch.no_grad():
-            vals.append(float(psnr(render_mpi(mpi, A, pose.apply(rc, 0))["rgb"].clamp(0, 1), target)))
-    return float(np.mean(vals))
+    aligned = [align_pose_to_scene(scene, cam, img, steps) for cam, img in zip(cams, images)]
+    return heldout_psnr(model_dir, aligned, images, device)
 
 
 def _aligned_errors(cameras_dir: Path, ids: list[str], true_train) -> dict:

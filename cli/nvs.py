@@ -195,15 +195,19 @@ def render(ctx, model_dir, cams_dir, out_dir, video, fps, size, device, overwrit
 @click.argument("views_dir", type=click.Path(file_okay=False))
 @click.option("-o", "--output", "out_dir", type=click.Path(file_okay=False), required=True,
               help="Report folder (report.json, index.html, images/).")
+@click.option("--align-poses", type=click.IntRange(min=0), default=0, metavar="STEPS",
+              help="First align each test camera to the fitted MPI in STEPS steps of photometric pose refinement "
+                   "(BARF's test-time protocol, for fits made with --refine-cameras; 200 is plenty); the report "
+                   "keeps the given cameras' PSNR too.")
 @device_option
 @overwrite_option
 @click.pass_context
-def evaluate(ctx, model_dir, views_dir, out_dir, device, overwrite):
+def evaluate(ctx, model_dir, views_dir, out_dir, align_poses, device, overwrite):
     """PSNR, SSIM and depth error of MODEL_DIR on the test views of VIEWS_DIR."""
     from geoimplicit.mpi.evaluate import evaluate_views
 
     report = evaluate_views(model_dir, views_dir, out_dir, device=device, overwrite=overwrite,
-                            progress=ctx.obj["progress"])
+                            align_poses=align_poses, progress=ctx.obj["progress"])
     mean = report["mean"]
     ctx.obj["progress"].result(**report["outputs"], psnr=f"{mean['psnr']:.2f}", ssim=f"{mean['ssim']:.4f}")
 

@@ -400,6 +400,9 @@ def qgis_runs(tmp_path_factory):
             jobs.append({"id": "nvs_eval", "alg": "geoimplicit:nvs_eval",
                          "params": {"MODEL": str(out / "mpi"), "VIEWS": str(scene / "views"), "DEVICE": 1,
                                     "OUTPUT": str(out / "nvs_report")}})
+            jobs.append({"id": "nvs_eval_aligned", "alg": "geoimplicit:nvs_eval",
+                         "params": {"MODEL": str(out / "mpi"), "VIEWS": str(scene / "views"), "DEVICE": 1,
+                                    "ALIGN_POSES": 10, "OUTPUT": str(out / "nvs_report_aligned")}})
     expected["runs"] = _run_harness(root, jobs)
     return expected
 
@@ -760,6 +763,12 @@ def test_nvs_eval_in_qgis_gives_html_and_numbers(qgis_runs):
     report = json.loads((Path(res["OUTPUT"]) / "report.json").read_text())
     assert res["PSNR"] == pytest.approx(report["mean"]["psnr"], abs=0.01)
     assert res["SSIM"] == pytest.approx(report["mean"]["ssim"], abs=1e-4)
+    aligned = qgis_runs["runs"]["jobs"]["nvs_eval_aligned"]
+    assert aligned["ok"], aligned.get("error")
+    assert "--align-poses 10" in aligned["commands"][0] and "--align-poses" not in job["commands"][0]
+    report = json.loads((Path(aligned["results"]["OUTPUT"]) / "report.json").read_text())
+    assert report["test_pose_alignment_steps"] == 10 and "psnr_given_pose" in report["mean"]
+    assert aligned["results"]["PSNR"] == pytest.approx(report["mean"]["psnr"], abs=0.01)
 
 
 # ---------------------------------------------------------------- zip and qgis_process ------------------------

@@ -523,8 +523,11 @@ class NovelViewsEval(GeoImplicitAlgorithm):
     HELP = (
         "<p>PSNR and SSIM of a fitted multiplane image on the test views of its view set (view_split.txt), and "
         "the depth error where the view set has Depths/. Writes report.json and an HTML page with rendered, "
-        "true and error images side by side (shown in the results viewer).</p>"
+        "true and error images side by side (shown in the results viewer). <b>Align test poses</b> (steps, 0 = "
+        "off) first aligns each test camera to the fitted MPI, BARF's test-time protocol for fits made with "
+        "<i>Refine cameras</i>; the report keeps the given cameras' PSNR too.</p>"
     )
+    OPTION_PARAMS = {"--align-poses": "ALIGN_POSES", "--device": "DEVICE"}
 
     def initAlgorithm(self, config=None):  # noqa: N802
         self.addParameter(
@@ -535,6 +538,8 @@ class NovelViewsEval(GeoImplicitAlgorithm):
             QgsProcessingParameterFile("VIEWS", "View set folder (LEVIR-NVS layout)",
                                        behavior=QgsProcessingParameterFile.Folder)
         )
+        self.add_number("ALIGN_POSES", "Align test poses to the fit first (steps, 0 = off)", 0, minimum=0,
+                        integer=True, advanced=True)
         self.add_device_parameter()
         self.add_extra_args_parameter()
         self.addParameter(QgsProcessingParameterFolderDestination("OUTPUT", "Report folder"))
@@ -547,6 +552,9 @@ class NovelViewsEval(GeoImplicitAlgorithm):
         views = self.parameterAsFile(parameters, "VIEWS", context)
         output = self.parameterAsString(parameters, "OUTPUT", context)
         args = ["nvs", "eval", model, views] + self.optional_device_args(parameters, context)
+        steps = self.parameterAsInt(parameters, "ALIGN_POSES", context)
+        if steps:
+            args += ["--align-poses", str(steps)]
         args += self.extra_args(parameters, context)
         args += ["--overwrite", "-o", output]
         announced = self.run_geoimplicit(args, feedback, outputs=[output])
