@@ -446,13 +446,13 @@ def fit_mpi(
         return FitResult(model_dir, 0, 0.0, float("nan"), float("nan"), {"model": model_dir / "model.pt"})
     for r in range(1, rounds):
         views = _camera_round(views, ids, model_dir / "rounds" / f"round_{r}", cfg, resume,
-                              _round_progress(progress, r - 1, rounds), cancel, rounds_after=rounds - r)
+                              _round_progress(progress, r - 1, rounds), cancel, (r - 1, rounds))
     return _fit_once(views, ids, model_dir, cfg, resume=resume, progress=_round_progress(progress, rounds - 1, rounds),
-                     cancel=cancel)
+                     cancel=cancel, round_of=(rounds - 1, rounds))
 
 
 def _camera_round(views: ViewSet, ids: list[str], round_dir: Path, cfg: FitConfig, resume: bool, progress,
-                  cancel, rounds_after: int) -> ViewSet:
+                  cancel, round_of: tuple[int, int]) -> ViewSet:
     """One round of camera refinement: ``views`` with its train cameras replaced by the ones the round refined
     (read back when a resumed fit finds the round finished, ``round.json``)."""
     from geoimplicit.io.cameras import read_cameras_dir
@@ -460,7 +460,7 @@ def _camera_round(views: ViewSet, ids: list[str], round_dir: Path, cfg: FitConfi
     done = round_dir / "round.json"
     if not (resume and done.exists()):
         res = _fit_once(views, ids, round_dir, cfg, resume=resume, progress=progress, cancel=cancel,
-                        rounds_after=rounds_after)
+                        round_of=round_of)
         (round_dir / "model.pt").unlink()  # only its cameras are needed
         tmp = round_dir / ".round.json.partial"
         tmp.write_text(json.dumps({"steps": res.steps, "seconds": res.seconds, "train_psnr": res.train_psnr}))
@@ -482,7 +482,7 @@ def _round_progress(progress, r: int, rounds: int):
 
 
 def _fit_once(views: ViewSet, ids: list[str], model_dir: Path, cfg: FitConfig, *, resume: bool, progress,
-              cancel, rounds_after: int = 0) -> FitResult:
+              cancel, round_of: tuple[int, int] = (0, 1)) -> FitResult:
     """One fit of an MPI (and of the pose corrections) to the train views ``ids`` of ``views``."""
     ckpt_path = model_dir / "checkpoint.pt"
     device = resolve_device(cfg.device)
@@ -543,7 +543,7 @@ def _fit_once(views: ViewSet, ids: list[str], model_dir: Path, cfg: FitConfig, *
     (model_dir / "config.json").write_text(json.dumps(cfg_dict, indent=2))
     t0 = time.perf_counter()
     loss_val = _optimise(model, poses, opt, planes, base_cams, img_list, cfg, rng, device, start, ckpt_path,
-                         progress, cancel, rounds_after)
+                         progress, cancel, round_of)
     seconds = time.perf_counter() - t0
 
     if cfg.colour_share:
@@ -602,9 +602,9 @@ def _view_loss(out: dict, target: torch.Tensor, cfg: FitConfig, depth_span: floa
 
 
 def _optimise(model, poses: CameraOptimizer, opt, planes: PlaneSet, base_cams, img_list, cfg: FitConfig, rng,
-              device, start: int, ckpt_path: Path, progress, cancel, rounds_after: int = 0) -> float:
-    """The optimisation loop from step ``start``; returns the last loss (``rounds_after``: whole fits still to
-    come, for the estimate of the time left)."""
+              device, start: int, ckpt_path: Path, progress, cancel, round_of=(0, 1)) -> float:
+    """The optimisation loop from step ``start``; returns the last loss (``round_of``: this fit's round and the
+    number of rounds, for the estimate of the time left)."""
     plane_gaps = torch.as_tensor(np.append(np.abs(np.diff(planes.values)), planes.spacing), dtype=torch.float32,
                                  device=device)
     depth_span = float(np.ptp(planes.values)) or 1.0
@@ -612,7 +612,7 @@ def _optimise(model, poses: CameraOptimizer, opt, planes: PlaneSet, base_cams, i
     last_checkpoint = time.perf_counter()
     loss_val = float("nan")
     n_views = len(base_cams)
-    timer = _StepTimer(start, cfg.steps, device, rounds_after)
+    timer = _StepTimer(start, cfg.steps, device, round_of)
     for step in range(start, cfg.steps):
         check_cancel(cancel)
         frac = step / max(1, cfg.steps)
@@ -658,9 +658,10 @@ class _StepTimer:
     """Times the steps after the first (which pays for warm-up) and, after ``probe`` of them, logs the fit's
     estimated duration: a warning, with what makes it shorter, when it exceeds :data:`LONG_FIT_SECONDS`."""
 
-    def __init__(self, start: int, steps: int, device, rounds_after: int = 0, probe: int = 5):
+    def __init__(self, start: int, steps: int, device, round_of=(0, 1), probe: int = 5):
         self.first, self.steps, self.device, self.probe = start + 1, steps, device, probe
-        self.rounds_after = rounds_after
+        self.rounds_after = round_of[1] - round_of[0] - 1
+        self.warn = round_of[0] == 0  # a long fit is announced once, in its first round
         self.t0 = None
 
     def step_done(self, done: int) -> None:
@@ -673,7 +674,7 @@ class _StepTimer:
             msg = "MPI fit: %.2f s a step on %s, about %.1f min for the %d steps left"
             if self.rounds_after:
                 msg += f" (this round and {self.rounds_after} more)"
-            if left > LONG_FIT_SECONDS:
+            if left > LONG_FIT_SECONDS and self.warn:
                 log.warning(msg + "; fewer --steps or --planes, a smaller --image-scale, --preset cpu/fast"
                             + (" or fewer --refine-rounds" if self.rounds_after else "") + " are faster",
                             per_step, self.device, left / 60, steps_left)
