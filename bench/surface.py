@@ -87,21 +87,11 @@ def make_scene(seed: int, out: Path, size_m: float, view_size: int, n_views: int
 
 
 def perturbed_views(views: Path, out: Path, angle_deg: float, shift_m: float, seed: int) -> Path:
-    """A copy of ``views`` whose train cameras are moved by exactly ``angle_deg`` (random axis) and
-    ``shift_m`` (random direction) each; test cameras stay true."""
-    import shutil
+    """A copy of ``views`` whose train cameras are each perturbed by exactly ``angle_deg`` and ``shift_m``
+    (:func:`geoimplicit.synthetic.views.perturbed_view_set`)."""
+    from geoimplicit.synthetic.views import perturbed_view_set
 
-    from geoimplicit.geometry.align import perturb_camera
-    from geoimplicit.io.cameras import ViewSet, write_camera
-
-    if (out / "view_split.txt").exists():
-        return out
-    shutil.copytree(views, out)
-    vs = ViewSet.load(out)
-    rng = np.random.default_rng([seed, int(angle_deg * 1000), int(shift_m * 1000)])
-    for vid in vs.train_ids:
-        write_camera(out / "Cams" / f"{vid}.txt", perturb_camera(vs.cameras[vid], rng, angle_deg, shift_m))
-    return out
+    return perturbed_view_set(views, out, angle_deg, shift_m, seed)
 
 
 # ------------------------------------------------------------------------------------------------ one variant

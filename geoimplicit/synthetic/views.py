@@ -403,3 +403,26 @@ def _write_depth(path: Path, depth: np.ndarray) -> None:
         with rasterio.open(path, "w", driver="GTiff", width=depth.shape[1], height=depth.shape[0], count=1,
                            dtype="float32", compress="deflate", predictor=3, tiled=False) as ds:
             ds.write(depth.astype(np.float32), 1)
+
+
+def perturbed_view_set(views: Path, out: Path, angle_deg: float, shift: float, seed: int) -> Path:
+    """A copy of the view set ``views`` in ``out`` whose train cameras are each turned by exactly ``angle_deg``
+    (random axis through the centre) and moved by exactly ``shift`` CRS units (random direction); the test
+    cameras stay true (a known error for camera-refinement benchmarks; reused when ``out`` is complete)."""
+    import shutil
+
+    from geoimplicit.geometry.align import perturb_camera
+    from geoimplicit.io.cameras import ViewSet
+
+    out = Path(out)
+    if (out / "view_split.txt").exists():
+        return out
+    tmp = out.with_name(f".{out.name}.partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(views, tmp)
+    vs = ViewSet.load(tmp)
+    rng = np.random.default_rng([seed, round(angle_deg * 1000), round(shift * 1000)])
+    for vid in vs.train_ids:
+        write_camera(tmp / "Cams" / f"{vid}.txt", perturb_camera(vs.cameras[vid], rng, angle_deg, shift))
+    tmp.rename(out)
+    return out
