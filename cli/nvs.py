@@ -93,7 +93,8 @@ def fit(ctx, views_dir, views_opt, model_dir, preset, prior, planes, layout, mod
         if settings["layout"] != "geo":
             raise click.BadParameter("--aoi fits geo-layout MPIs", param_hint="--layout")
         if refine_cameras or refine_rounds or geo_products or prior != "none":
-            raise click.BadParameter("not available with --aoi", param_hint="--refine-cameras/--geo-products/--prior")
+            raise click.BadParameter("not available with --aoi",
+                                     param_hint="--refine-cameras/--refine-rounds/--geo-products/--prior")
         from geoimplicit.jobs.executors import make_executor
         from geoimplicit.mpi.tiled import fit_tiled
 

@@ -31,13 +31,10 @@ def align_pose_to_scene(scene, camera, image: np.ndarray, steps: int = 200, lr: 
     source as the train ones sits in a slightly different frame than the fit's (a deformation of the whole block
     that the train views cannot show); aligned first, the held-out PSNR scores the scene, not that frame.
     """
-    import math
-
-    import torch.nn.functional as F
-
     from geoimplicit.geometry.pose import CameraOptimizerConfig, camera_optimizer
     from geoimplicit.geometry.tensors import camera_tensors
     from geoimplicit.mpi.composite import render_mpi
+    from geoimplicit.mpi.fit import block_average, cosine_decay, pyramid_level
 
     mpi, A = scene.mpi(), scene.planes.A
     local = camera.with_origin(scene.origin)
@@ -47,14 +44,12 @@ def align_pose_to_scene(scene, camera, image: np.ndarray, steps: int = 200, lr: 
     opt = torch.optim.Adam([pose.pose_adjustment], lr=lr)
     target = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).to(scene.device)
     for step in range(steps):
-        level = max(0, math.ceil(4 * (1 - 2 * step / steps)))
-        rgb, ref = render_mpi(mpi, A, pose.apply(rc, 0))["rgb"], target
-        if level:
-            rgb, ref = (F.avg_pool2d(x, 2**level, ceil_mode=True) for x in (rgb, ref))
+        rgb = render_mpi(mpi, A, pose.apply(rc, 0))["rgb"]
+        rgb, ref = block_average((rgb, target), pyramid_level(step / steps, 0.5, 4))
         loss = (rgb - ref).abs().mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        opt.param_groups[0]["lr"] = lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * step / steps)))
+        opt.param_groups[0]["lr"] = lr * cosine_decay(step / steps)
         opt.step()
     aligned = local.moved(pose.motion_inverses_numpy()[0]).with_origin(-np.asarray(scene.origin))
     aligned.width, aligned.height = camera.width, camera.height

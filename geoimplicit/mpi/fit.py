@@ -16,8 +16,7 @@ import logging
 import math
 import os
 import time
-import dataclasses
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -470,7 +469,7 @@ def _camera_round(views: ViewSet, ids: list[str], round_dir: Path, cfg: FitConfi
     for vid in ids:  # written at the input images' scale
         cams[vid] = refined[vid]
         cams[vid].width, cams[vid].height = views.cameras[vid].width, views.cameras[vid].height
-    return dataclasses.replace(views, cameras=cams)
+    return replace(views, cameras=cams)
 
 
 def _round_progress(progress, r: int, rounds: int):
@@ -582,15 +581,30 @@ def _init_from_views(model, planes: PlaneSet, base_cams, img_list, cfg: FitConfi
 def coarse_level(cfg: FitConfig, frac: float) -> int:
     """Pyramid level of the photometric loss at fraction ``frac`` of the fit (see ``coarse_to_fine``)."""
     share = cfg.coarse_to_fine if cfg.coarse_to_fine is not None else (0.5 if cfg.refine_cameras else 0.0)
+    return pyramid_level(frac, share, cfg.coarse_levels)
+
+
+def pyramid_level(frac: float, share: float, levels: int) -> int:
+    """Coarse to fine: ``levels`` at the start, falling to 0 at fraction ``share`` of the steps (0 after)."""
     if frac >= share:
         return 0
-    return int(math.ceil(cfg.coarse_levels * (1.0 - frac / share)))
+    return int(math.ceil(levels * (1.0 - frac / share)))
+
+
+def block_average(images, level: int):
+    """``images`` (each (C, H, W)) averaged over blocks of 2^level pixels (as they are for level 0)."""
+    if not level:
+        return tuple(images)
+    return tuple(F.avg_pool2d(x, 2**level, ceil_mode=True) for x in images)
+
+
+def cosine_decay(frac: float) -> float:
+    """Learning-rate factor at fraction ``frac`` of a fit: 1 falling along a half cosine to 0.1."""
+    return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * frac))
 
 
 def _view_loss(out: dict, target: torch.Tensor, cfg: FitConfig, depth_span: float, level: int = 0) -> torch.Tensor:
-    rgb, ref = out["rgb"], target
-    if level:  # the same block average of render and view (coarse to fine)
-        rgb, ref = (F.avg_pool2d(x, 2**level, ceil_mode=True) for x in (rgb, ref))
+    rgb, ref = block_average((out["rgb"], target), level)  # the same block average of render and view
     loss = cfg.l1_weight * (rgb - ref).abs().mean()
     if cfg.ssim_weight:
         loss = loss + cfg.ssim_weight * (1 - ssim(rgb, ref))
@@ -616,7 +630,7 @@ def _optimise(model, poses: CameraOptimizer, opt, planes: PlaneSet, base_cams, i
     for step in range(start, cfg.steps):
         check_cancel(cancel)
         frac = step / max(1, cfg.steps)
-        decay = 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * frac))
+        decay = cosine_decay(frac)
         opt.param_groups[0]["lr"] = cfg.lr * decay
         if poses.enabled:
             opt.param_groups[1]["lr"] = poses.lr_at(step, decay)
