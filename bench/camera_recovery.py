@@ -34,7 +34,6 @@ import argparse
 import json
 import logging
 import os
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -45,6 +44,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 log = logging.getLogger("bench.camera_recovery")
+
 
 def test_pose_steps() -> int:
     """Steps of the held-out poses' test-time alignment (``--test-pose-steps``, passed to the fits' processes
@@ -74,22 +74,12 @@ def make_views(seed: int, out: Path, size_m: float, view_size: int, n_views: int
                            workers=min(16, os.cpu_count() or 1))
 
 
-def perturbed_views(views: Path, out: Path, angle_deg: float, shift_m: float, seed: int) -> Path:
-    """A copy of ``views`` whose train cameras are each perturbed by exactly ``angle_deg`` and ``shift_m``
-    (:func:`geoimplicit.synthetic.views.perturbed_view_set`)."""
-    from geoimplicit.synthetic.views import perturbed_view_set
-
-    return perturbed_view_set(views, out, angle_deg, shift_m, seed)
-
-
-def heldout_psnr(model_dir: Path, cams, images, device) -> float:
-    """Mean PSNR (dB) of the MPI rendered with ``cams`` against ``images``."""
+def heldout_psnr(scene, cams, images) -> float:
+    """Mean PSNR (dB) of the fitted MPI ``scene`` rendered with ``cams`` against ``images``."""
     import torch
 
     from geoimplicit.mpi.metrics import psnr
-    from geoimplicit.mpi.scene import MPIScene
 
-    scene = MPIScene.load(model_dir, device)
     vals = []
     for cam, img in zip(cams, images):
         rgb = scene.render(cam, width=img.shape[1], height=img.shape[0])["rgb"]
@@ -97,15 +87,13 @@ def heldout_psnr(model_dir: Path, cams, images, device) -> float:
     return float(np.mean(vals))
 
 
-def heldout_psnr_pose_aligned(model_dir: Path, cams, images, device, steps: int) -> float:
+def heldout_psnr_pose_aligned(scene, cams, images, steps: int) -> float:
     """Mean PSNR (dB) after each held-out camera's pose is aligned to the frozen MPI
     (:func:`geoimplicit.mpi.evaluate.align_pose_to_scene`, the test-time protocol of ``nvs eval --align-poses``)."""
     from geoimplicit.mpi.evaluate import align_pose_to_scene
-    from geoimplicit.mpi.scene import MPIScene
 
-    scene = MPIScene.load(model_dir, device)
-    aligned = [align_pose_to_scene(scene, cam, img, steps) for cam, img in zip(cams, images)]
-    return heldout_psnr(model_dir, aligned, images, device)
+    return heldout_psnr(scene, [align_pose_to_scene(scene, cam, img, steps) for cam, img in zip(cams, images)],
+                        images)
 
 
 def _aligned_errors(cameras_dir: Path, ids: list[str], true_train) -> dict:
@@ -122,6 +110,7 @@ def measure(model_dir: Path, truth, used, device) -> dict:
     """Pose errors before / after (gauge removed) and held-out PSNR with the true test cameras."""
     from geoimplicit.geometry.align import align_cameras, camera_errors, transform_camera
     from geoimplicit.io.cameras import read_cameras_dir
+    from geoimplicit.mpi.scene import MPIScene
 
     ids = list(truth.train_ids)
     true_train = [truth.cameras[i] for i in ids]
@@ -142,11 +131,11 @@ def measure(model_dir: Path, truth, used, device) -> dict:
     images = [truth.read_image(i) for i in truth.test_ids]
     to_fit = sim.inverse()  # true world -> the fit's gauge
     test = [transform_camera(truth.cameras[i], to_fit) for i in truth.test_ids]
-    out["heldout_psnr"] = heldout_psnr(model_dir, test, images, device)
-    out["heldout_psnr_raw"] = heldout_psnr(model_dir, [truth.cameras[i] for i in truth.test_ids], images, device)
+    scene = MPIScene.load(model_dir, device)
+    out["heldout_psnr"] = heldout_psnr(scene, test, images)
+    out["heldout_psnr_raw"] = heldout_psnr(scene, [truth.cameras[i] for i in truth.test_ids], images)
     if test_pose_steps():
-        out["heldout_psnr_pose_aligned"] = heldout_psnr_pose_aligned(model_dir, test, images, device,
-                                                                      test_pose_steps())
+        out["heldout_psnr_pose_aligned"] = heldout_psnr_pose_aligned(scene, test, images, test_pose_steps())
     return out
 
 
@@ -213,6 +202,8 @@ def _score(row: dict) -> float:
 
 
 def run(args) -> dict:
+    from geoimplicit.synthetic.views import perturbed_view_set
+
     preset = SMALL if args.small else FULL
     fit = {**preset["fit"], **json.loads(args.fit)}
     if args.steps is not None:
@@ -230,7 +221,7 @@ def run(args) -> dict:
     if candidates:  # choose the pose settings on a validation seed, then measure the held-out seeds once
         truth = make_views(args.validation_seed, out, *size)
         a, s = perts[0]
-        pv = perturbed_views(truth, out / f"seed_{args.validation_seed}" / f"views_{a:g}_{s:g}", a, s,
+        pv = perturbed_view_set(truth, out / f"seed_{args.validation_seed}" / f"views_{a:g}_{s:g}", a, s,
                              args.validation_seed)
         jobs = [(args.validation_seed, f"val{k}_{a:g}_{s:g}", pv, truth, pose) for k, pose in enumerate(candidates)]
         val = _run_all(jobs, args, fit, out, rows, t_all)
@@ -246,7 +237,7 @@ def run(args) -> dict:
         log.info("seed %d: views in %.1f s", seed, time.perf_counter() - t0)
         jobs.append((seed, "exact", truth, truth, None))
         for a, s in perts:
-            pv = perturbed_views(truth, out / f"seed_{seed}" / f"views_{a:g}_{s:g}", a, s, seed)
+            pv = perturbed_view_set(truth, out / f"seed_{seed}" / f"views_{a:g}_{s:g}", a, s, seed)
             jobs += [(seed, f"fixed_{a:g}_{s:g}", pv, truth, None), (seed, f"refine_{a:g}_{s:g}", pv, truth, chosen)]
             if args.compare_single:
                 jobs.append((seed, f"single_{a:g}_{s:g}", pv, truth, chosen))

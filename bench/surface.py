@@ -86,14 +86,6 @@ def make_scene(seed: int, out: Path, size_m: float, view_size: int, n_views: int
     return d
 
 
-def perturbed_views(views: Path, out: Path, angle_deg: float, shift_m: float, seed: int) -> Path:
-    """A copy of ``views`` whose train cameras are each perturbed by exactly ``angle_deg`` and ``shift_m``
-    (:func:`geoimplicit.synthetic.views.perturbed_view_set`)."""
-    from geoimplicit.synthetic.views import perturbed_view_set
-
-    return perturbed_view_set(views, out, angle_deg, shift_m, seed)
-
-
 # ------------------------------------------------------------------------------------------------ one variant
 def run_variant(args) -> dict:
     """Fit one variant and measure it (runs in its own process)."""
@@ -101,13 +93,14 @@ def run_variant(args) -> dict:
 
     from geoimplicit.io.cameras import ViewSet
     from geoimplicit.surface.fit import fit_surface
+    from geoimplicit.synthetic.views import perturbed_view_set
 
     spec = VARIANTS[args.variant]
     scene_dir = Path(args.scene)
     views = scene_dir / "views"
     if "perturb" in spec:
         a, s = spec["perturb"]
-        views = perturbed_views(views, Path(args.work) / "views", a, s, args.seed)
+        views = perturbed_view_set(views, Path(args.work) / "views", a, s, args.seed)
     cfg = {**json.loads(args.fit), "steps": args.steps, "time_budget_s": args.budget_s, "device": args.device,
            "seed": args.seed}
     cfg.update({k: v for k, v in spec.items() if k != "perturb"})
