@@ -7,7 +7,7 @@ import pytest
 import rasterio
 import shapely
 
-from geoimplicit.errors import InputError, NoDataError, OutputExistsError
+from geoimplicit.errors import DiskFullError, InputError, NoDataError, OutputExistsError
 from geoimplicit.mosaic import NODATA, find_tiles, mosaic, write_tile
 from geoimplicit.tiling.grid import TileGrid
 
@@ -178,12 +178,14 @@ def test_mosaic_of_a_run_index_has_the_dsm_s_tags(tmp_path, cli, sample_data):
 def test_mosaic_bounds_gdal_block_cache(tmp_path, monkeypatch):
     """GDAL's default block cache (5 % of the RAM) held the whole mosaic: the blocks and the COG's copy run
     with the mosaic's own cache size, and a GDAL_CACHEMAX the user set is left alone."""
+    from rasterio._env import get_gdal_config
+
     import geoimplicit.mosaic as m
 
     seen, to_cog = [], m._to_cog
 
     def spy(*a, **kw):
-        seen.append(rasterio.env.getenv().get("GDAL_CACHEMAX") if rasterio.env.hasenv() else None)
+        seen.append(get_gdal_config("GDAL_CACHEMAX"))  # GDAL's own (global) setting, seen by the COG threads
         return to_cog(*a, **kw)
 
     monkeypatch.setattr(m, "_to_cog", spy)
@@ -192,3 +194,23 @@ def test_mosaic_bounds_gdal_block_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("GDAL_CACHEMAX", "512")
     mosaic(paths, tmp_path / "b.tif", grid=tg.grid)
     assert seen[0] == m.CACHE_MB and seen[1] != m.CACHE_MB
+
+
+def test_a_failed_cog_conversion_leaves_neither_output(tmp_path, monkeypatch):
+    """The DSM and its filled mask are converted together: when one fails, neither appears, nor any temporary."""
+    import geoimplicit.mosaic as m
+
+    to_cog = m._to_cog
+
+    def fail_on_mask(src, dst, **kw):
+        if kw["resampling"] == "NEAREST":
+            raise OSError(28, "No space left on device")
+        return to_cog(src, dst, **kw)
+
+    monkeypatch.setattr(m, "_to_cog", fail_on_mask)
+    tg, paths = _write_tiles(tmp_path, lambda xx, yy: 0 * xx + 7.0)
+    out = tmp_path / "out"
+    out.mkdir()
+    with pytest.raises(DiskFullError):
+        mosaic(paths, out / "dsm.tif", grid=tg.grid, filled_output=out / "dsm_filled.tif")
+    assert sorted(p.name for p in out.iterdir()) == []

@@ -20,9 +20,11 @@ from geoimplicit.tiling.route import load_tile_points, route_points
 SAMPLE = Path(__file__).resolve().parents[1] / "sample_data" / "synthetic_city" / "points.laz"
 
 
-def _dsm(tmp_path, name, workers, threads, monkeypatch):
+def _dsm(tmp_path, name, workers, threads, monkeypatch, uncompressed_blocks_bytes=2 << 30):
     monkeypatch.setattr(route_module, "route_workers", lambda total, chunk, w=None: workers)
     monkeypatch.setattr(mosaic_module, "mosaic_threads", lambda: threads)
+    monkeypatch.setattr(mosaic_module, "cog_threads", lambda: threads)
+    monkeypatch.setattr(mosaic_module, "UNCOMPRESSED_BLOCKS_BYTES", uncompressed_blocks_bytes)
     out = tmp_path / f"{name}.tif"
     run_dsm(str(SAMPLE), out, resolution=0.5, method="raster", tile_size=40.0, workdir=tmp_path / f"{name}_work",
             executor=LocalExecutor(processes=workers))
@@ -30,7 +32,8 @@ def _dsm(tmp_path, name, workers, threads, monkeypatch):
 
 
 def test_raster_dsm_bytes_do_not_depend_on_workers_or_threads(tmp_path, monkeypatch):
-    serial = _dsm(tmp_path, "serial", 1, 1, monkeypatch)
+    """Nor on the mosaic's temporary blocks file being compressed (large areas) or not."""
+    serial = _dsm(tmp_path, "serial", 1, 1, monkeypatch, uncompressed_blocks_bytes=0)
     parallel = _dsm(tmp_path, "parallel", 2, 4, monkeypatch)
     assert serial[0] == parallel[0] and serial[1] == parallel[1]
 
