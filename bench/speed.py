@@ -166,9 +166,15 @@ def _stages(marks: dict, t0: float, wall: float) -> dict:
     return out
 
 
-def timed_run(paths, out_tif: Path, bounds, method: str, options: dict, executor=None) -> dict:
-    """One `geoimplicit dsm` run (plan, route, tiles, mosaic to COG), timed per stage, memory sampled."""
+def timed_run(paths, out_tif: Path, bounds, method: str, options: dict, executor=None,
+              stacks: bool = False) -> dict:
+    """One `geoimplicit dsm` run (plan, route, tiles, mosaic to COG), timed per stage, memory sampled;
+    ``stacks``: the threads' Python stacks sampled too (:mod:`bench.stacks`)."""
+    import contextlib
+
     import torch
+
+    from bench.stacks import StackSampler
 
     from geoimplicit import run as run_module
 
@@ -186,7 +192,8 @@ def timed_run(paths, out_tif: Path, bounds, method: str, options: dict, executor
     if cuda:
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
-    with PeakRss() as mem:
+    sampler = StackSampler() if stacks else contextlib.nullcontext()
+    with PeakRss() as mem, sampler:
         t0 = time.perf_counter()
         run_module.run_dsm(paths, out_tif, resolution=RESOLUTION, bbox=tuple(bounds), method=method,
                            method_options=options, workdir=work, overwrite=True, progress=progress,
@@ -197,6 +204,8 @@ def timed_run(paths, out_tif: Path, bounds, method: str, options: dict, executor
     r = {"wall_s": wall, "area_km2": area, "km2_per_h": area / wall * 3600, "stages_s": _stages(marks, t0, wall),
          "rss_start_gb": mem.start / 1e9, "peak_rss_gb": mem.peak / 1e9,
          "peak_rss_gb_by_stage": {k or "start": v / 1e9 for k, v in mem.by_stage.items()}}
+    if stacks:
+        r["thread_stacks"] = sampler.top()
     if cuda:
         r["peak_gpu_allocated_gb"] = torch.cuda.max_memory_allocated() / 1e9
         r["peak_gpu_reserved_gb"] = torch.cuda.max_memory_reserved() / 1e9
@@ -280,7 +289,7 @@ def run_all(args, work: Path, results: dict, dump) -> None:
         m, _, threads = m.partition("@")
         base, _, refiner = m.partition("/")
         executor = LocalExecutor(device_threads=int(threads)) if threads else None
-        return base, opts[base] | ({"refiner": refiner} if refiner else {}), executor
+        return base, opts[base] | ({"refiner": refiner} if refiner else {}), executor, args.stacks
 
     results["decode_small"] = decode_rates([small["laz"]])
     if any(m.startswith("occupancy") for m in methods) and _on_cuda(args.device):  # warm-up: CUDA context, kernels, allocator
@@ -324,6 +333,7 @@ def main(argv=None):
                     help="comma list; occupancy/REFINER sets the height refiner (auto, none, a path), METHOD@N the "
                          "tiles in flight on the device (default: the method's)")
     ap.add_argument("--seed", type=int, default=5000)
+    ap.add_argument("--stacks", action="store_true", help="sample the threads' stacks in every run (in the JSON)")
     ap.add_argument("--budget-s", type=float, default=420.0, help="skip runs that would end after this")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")

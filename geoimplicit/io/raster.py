@@ -6,6 +6,7 @@ CRS, or a requested resolution, goes through a :class:`rasterio.vrt.WarpedVRT` o
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import warnings
@@ -322,6 +323,25 @@ def _predictor(dtype) -> int:
     return 3 if np.issubdtype(dtype, np.floating) else 2
 
 
+@functools.lru_cache(maxsize=1)
+def fast_codec_profile() -> dict:
+    """ZSTD level 1 where this GDAL has it (rasterio's wheels do), else DEFLATE level 1."""
+    import rasterio
+    import rasterio.shutil
+
+    probe = "/vsimem/geoimplicit_zstd_probe.tif"
+    try:
+        with rasterio.open(probe, "w", driver="GTiff", width=1, height=1, count=1, dtype="uint8",
+                           transform=Affine.translation(0, 1), compress="zstd") as ds:
+            ds.write(np.zeros((1, 1, 1), np.uint8))
+        with rasterio.open(probe) as ds:
+            ok = ds.compression is not None and ds.compression.name.lower() == "zstd"
+        rasterio.shutil.delete(probe)
+    except rasterio.errors.RasterioError:
+        ok = False
+    return {"compress": "zstd", "zstd_level": 1} if ok else {"compress": "deflate", "zlevel": 1}
+
+
 def write_geotiff(
     path,
     array: np.ndarray,
@@ -335,6 +355,7 @@ def write_geotiff(
     band_units: Sequence[str | None] | str | None = None,
     overwrite: bool = False,
     overviews: bool = True,
+    fast_codec: bool = False,
 ) -> Path:
     """Write a tiled (256 x 256), DEFLATE-compressed GeoTIFF atomically; a Cloud-Optimized GeoTIFF if ``cog``.
 
@@ -350,6 +371,8 @@ def write_geotiff(
             or one a band (None for a band without unit).
         overwrite: replace an existing file.
         overviews: build internal overviews (always for COGs when the image exceeds one tile).
+        fast_codec: ZSTD level 1 instead of DEFLATE level 6 (not for COGs), for files that are read again soon
+            (a run's tiles): 3-4x faster to write, about the same size (:func:`fast_codec_profile`).
 
     Returns:
         the final path.
@@ -390,6 +413,9 @@ def write_geotiff(
         compress="deflate", predictor=_predictor(arr.dtype), zlevel=6, BIGTIFF="IF_SAFER",
         interleave="pixel" if count in (3, 4) and arr.dtype == np.uint8 else "band",
     )
+    if fast_codec and not cog:
+        del profile["zlevel"]
+        profile.update(fast_codec_profile())
     resampling = Resampling.average if floating else Resampling.nearest
 
     def _fill(ds):

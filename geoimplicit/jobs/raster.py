@@ -107,7 +107,7 @@ def write_raster_tile(path, array: np.ndarray, tile, *, nodata, band_names: Sequ
                 TAG_OVERLAP: str(int(round(tile.overlap / grid.resolution))), "AREA_OR_POINT": "Area"}
     all_tags.update({k: str(v) for k, v in (tags or {}).items()})
     write_geotiff(path, arr, grid.transform, grid.crs, nodata=nodata, tags=all_tags,
-                  band_descriptions=list(band_names), overwrite=True, overviews=False)
+                  band_descriptions=list(band_names), overwrite=True, overviews=False, fast_codec=True)
     return Path(path)
 
 
