@@ -37,7 +37,7 @@ from geoimplicit.tiling.grid import GridSpec
 
 log = logging.getLogger(__name__)
 
-__all__ = ["NODATA", "write_tile", "mosaic", "find_tiles", "TileSource"]
+__all__ = ["NODATA", "write_tile", "mosaic", "find_tiles", "TileSource", "TileFeed", "MosaicAborted"]
 
 NODATA = -9999.0
 CACHE_MB = 256  # GDAL's block cache during the mosaic (its default, 5 % of the RAM, held the whole output)
@@ -78,6 +78,77 @@ class TileSource:
     tags: dict = field(default_factory=dict)  # the tile's dataset tags
     units: tuple = ()  # band units ("m", "ft" or "")
     descriptions: tuple = ()  # band names
+    opened: bool = True  # False: a tile of a feed not read yet
+
+
+def _place(s: TileSource, grid: GridSpec, bands: list[int], *, opened: bool) -> None:
+    """Check that a tile lies on the mosaic's pixel grid and has the bands, and give it its window."""
+    if not GridSpec(s.bounds, s.resolution).is_aligned_with(grid):
+        raise InputError("tile is not on the mosaic's pixel grid (other resolution or origin)", path=s.path,
+                         hint="mosaic tiles made with one tile grid")
+    s.window = grid.window(s.bounds)
+    if opened and s.count < max(bands):
+        raise InputError(f"tile has {s.count} bands, the mosaic asks for band {max(bands)}", path=s.path)
+
+
+class TileFeed:
+    """The tiles of a mosaic written while they are still being made (:func:`mosaic` ``feed=``): each tile's path,
+    bounds and overlap (pixels) known up front, each one announced by :meth:`finished` (written: its file is
+    complete; not written: an empty tile, no file). :meth:`abort` makes the waiting mosaic raise
+    :class:`MosaicAborted`."""
+
+    def __init__(self, planned: Sequence[tuple]):
+        self.planned = [(Path(p), tuple(b), int(o)) for p, b, o in planned]
+        self._index = {p: i for i, (p, _, _) in enumerate(self.planned)}
+        self._written: dict[int, bool] = {}
+        self._aborted = False
+        self._cond = threading.Condition()
+        self.all_finished = threading.Event()
+
+    def finished(self, path, written: bool) -> None:
+        with self._cond:
+            self._written[self._index[Path(path)]] = bool(written)
+            if len(self._written) == len(self.planned):
+                self.all_finished.set()
+            self._cond.notify_all()
+
+    def abort(self) -> None:
+        with self._cond:
+            self._aborted = True
+            self._cond.notify_all()
+
+    def planned_sources(self, grid: GridSpec) -> list[TileSource]:
+        out = []
+        for p, b, ov in self.planned:
+            w = grid.window(b)
+            out.append(TileSource(p, b, (int(w.height), int(w.width)), grid.resolution, ov, 0, opened=False))
+        return out
+
+    def _wait(self, indices: Sequence[int]) -> list[int]:
+        """Block until the tiles ``indices`` are finished; those written."""
+        with self._cond:
+            while not self._aborted and not all(i in self._written for i in indices):
+                self._cond.wait()
+            if self._aborted:
+                raise MosaicAborted("the tiles' run stopped")
+            return [i for i in indices if self._written[i]]
+
+    def when_finished(self, blocks, buckets: dict, live: dict, sources: list, place) -> Iterable:
+        """``blocks`` in order, each once its tiles are finished: their written ones read (``sources``,
+        ``place``) and put in ``live`` for the blender."""
+        for block in blocks:
+            key = block[4]
+            written = self._wait(buckets.get(key, ()))
+            for i in written:
+                if not sources[i].opened:
+                    sources[i] = _open_sources([sources[i].path])[0][0]
+                    place(i)
+            live[key] = written
+            yield block
+
+
+class MosaicAborted(Exception):
+    """The run that feeds a mosaic stopped before all its tiles were finished."""
 
 
 def _open_sources(paths: Sequence) -> tuple[list[TileSource], object]:
@@ -234,6 +305,8 @@ def mosaic(
     nodata: float = NODATA,
     units=None,
     alpha: bool = False,
+    feed: "TileFeed | None" = None,
+    scratch=None,
     progress: ProgressCallback | None = None,
     cancel: CancelCallback | None = None,
 ) -> Path:
@@ -259,6 +332,11 @@ def mosaic(
         units: band unit(s) ("m", "ft"); default: the tiles' units, else the CRS's height unit for a band the
             tiles call "height" (DSM tiles).
         alpha: add an alpha band after the blended ones (255 valid, 0 nodata), e.g. for an RGB image.
+        feed: tiles still being made (:class:`TileFeed`; ``tiles`` is then ignored and ``grid`` needed): each
+            block is blended as soon as every tile over it is finished, and progress is reported from when
+            the last tile is.
+        scratch: folder of the temporary blocks files (default: beside the output), e.g. a run's work folder,
+            where a killed run's leftovers are cleared when it resumes.
 
     Raises:
         NoDataError: no tile, or no valid pixel at all.
@@ -270,7 +348,9 @@ def mosaic(
 
     from geoimplicit import __version__
 
-    tiles = [Path(t) for t in tiles]
+    if feed is not None and grid is None:
+        raise ValueError("mosaic: a feed of tiles needs the output grid")
+    tiles = [Path(t) for t in tiles] if feed is None else [p for p, _, _ in feed.planned]
     check_output(output, overwrite, inputs=tiles, folder=False)
     if filled_output is not None:
         check_output(filled_output, overwrite, inputs=tiles + [output], folder=False)
@@ -284,7 +364,10 @@ def mosaic(
         raise InputError("a filled mask is only made for a single-band mosaic")
     if not tiles:
         raise NoDataError("no tiles to mosaic", path=output, hint="check that the run produced tiles")
-    sources, tile_crs = _open_sources(tiles)
+    if feed is None:
+        sources, tile_crs = _open_sources(tiles)
+    else:
+        sources, tile_crs = feed.planned_sources(grid), None
     res = sources[0].resolution
     if grid is None:
         core = []
@@ -296,13 +379,7 @@ def mosaic(
         grid = GridSpec((core[:, 0].min(), core[:, 1].min(), core[:, 2].max(), core[:, 3].max()), res,
                         crs if tile_crs is None else tile_crs)
     for s in sources:
-        sg = GridSpec(s.bounds, s.resolution)
-        if not sg.is_aligned_with(grid):
-            raise InputError("tile is not on the mosaic's pixel grid (other resolution or origin)", path=s.path,
-                             hint="mosaic tiles made with one tile grid")
-        s.window = grid.window(s.bounds)
-        if s.count < max(bands):
-            raise InputError(f"tile has {s.count} bands, the mosaic asks for band {max(bands)}", path=s.path)
+        _place(s, grid, bands, opened=feed is None)
     _infer_feather(sources, grid)
     from geoimplicit.io.crs import to_rasterio_crs
 
@@ -326,9 +403,6 @@ def mosaic(
     total = n_blocks_r * n_blocks_c
     weight_cache: dict[tuple, np.ndarray] = {}
 
-    all_tags = {**shared_tags(sources), "AREA_OR_POINT": "Area", "software": f"geoimplicit {__version__}",
-                "resolution": repr(grid.resolution), "tiles": str(len(sources))}
-    all_tags.update({str(k): (v if isinstance(v, str) else json.dumps(v)) for k, v in (tags or {}).items()})
     profile = dict(driver="GTiff", width=cols, height=rows, count=nb + int(alpha), dtype=out_dtype.name, nodata=nodata,
                    crs=rio_crs, transform=grid.transform, tiled=True, blockxsize=256, blockysize=256,
                    compress="deflate", zlevel=1, predictor=2 if is_int else 3, BIGTIFF="IF_SAFER",
@@ -338,10 +412,12 @@ def mosaic(
     int_range = (np.iinfo(out_dtype).min, np.iinfo(out_dtype).max) if is_int else None
     want_filled = filled_output is not None
     block_profile = _block_file_profile(profile, rows * cols * (nb + int(alpha)) * out_dtype.itemsize)
-    tmp = partial_path(Path(output).with_name(Path(output).stem + "_blocks.tif"))
-    tmp_f = partial_path(Path(output).with_name(Path(output).stem + "_filled_blocks.tif")) if want_filled else None
+    folder = Path(scratch) if scratch is not None else Path(output).parent
+    tmp = partial_path(folder / (Path(output).stem + "_blocks.tif"))
+    tmp_f = partial_path(folder / (Path(output).stem + "_filled_blocks.tif")) if want_filled else None
     n_valid = 0
-    blend = _BlockBlender(sources, buckets, bands, want_filled, weight_cache, grid, aoi, nodata, out_dtype, int_range)
+    live = buckets if feed is None else {}  # with a feed: a block's written tiles, once they are all finished
+    blend = _BlockBlender(sources, live, bands, want_filled, weight_cache, grid, aoi, nodata, out_dtype, int_range)
     try:
         dst = rasterio.open(tmp, "w", **block_profile)
         dst_f = None
@@ -352,6 +428,9 @@ def mosaic(
             done = 0
             blocks = [(br * bx, bc * bx, min(bx, rows - br * bx), min(bx, cols - bc * bx), (br, bc))
                       for br in range(n_blocks_r) for bc in range(n_blocks_c)]
+            if feed is not None:
+                blocks = feed.when_finished(blocks, buckets, live, sources, lambda i: _place(
+                    sources[i], grid, bands, opened=True))
             for (r0, c0, h, w, _), (out, valid, fo) in _ordered_map(blend, blocks, cancel):
                 n_valid += int(valid.sum())
                 dst.write(out, indexes=list(range(1, nb + 1)), window=Window(c0, r0, w, h))
@@ -360,16 +439,22 @@ def mosaic(
                 if want_filled:
                     dst_f.write(fo, 1, window=Window(c0, r0, w, h))
                 done += 1
-                if progress is not None:
+                if progress is not None and (feed is None or feed.all_finished.is_set()):
                     progress(done, total, "mosaic", f"block {done}/{total}")
+            used = [s for s in sources if s.opened]
+            if not used:
+                raise NoDataError("the mosaic has no tile", path=output, hint="check that the AOI overlaps the data")
+            all_tags = {**shared_tags(used), "AREA_OR_POINT": "Area", "software": f"geoimplicit {__version__}",
+                        "resolution": repr(grid.resolution), "tiles": str(len(used))}
+            all_tags.update({str(k): (v if isinstance(v, str) else json.dumps(v)) for k, v in (tags or {}).items()})
             dst.update_tags(**all_tags)
-            for k, unit in enumerate(_band_units(sources, bands, out_crs, units), start=1):
+            for k, unit in enumerate(_band_units(used, bands, out_crs, units), start=1):
                 if unit:
                     dst.set_band_unit(k, unit)
             if nb == 1:
                 dst.set_band_description(1, str((tags or {}).get("band", "height")))
             else:
-                with rasterio.open(sources[0].path) as ds0:
+                with rasterio.open(used[0].path) as ds0:
                     names = ds0.descriptions
                 for k, b in enumerate(bands):
                     if names[b - 1]:

@@ -325,14 +325,7 @@ def run_dsm(points, output, *, resolution: float, aoi=None, bbox=None, bbox_crs=
             tg = plan.tilegrid
             tags = {**plan.method.tags(), "inputs": list(plan.inputs.points) + list(plan.inputs.ortho),
                     "tile_size": tg.tile_size, "overlap": tg.overlap}
-            results = _run_tiles(plan, tags, executor, progress, cancel)
-            excluded = sum(int(r.stats.get("excluded_by_class", 0)) for r in results)
-            why = getattr(plan.method, "why_empty", lambda stats: None)({"excluded_by_class": excluded})
-            nothing, hint = why or ("no tile holds points: the DSM would be empty",
-                                    "check that the AOI/bbox overlaps the point clouds")
-            done = finished_tiles(workdir, tg.tiles, DSM_PRODUCT, nothing=nothing, hint=hint)
-            DSM_PRODUCT.merge(workdir, done, outputs, tilegrid=tg, aoi=plan.clip, tags=tags, overwrite=overwrite,
-                              progress=progress, cancel=cancel)
+            _run_tiles_and_merge(plan, tags, outputs, executor, overwrite, progress, cancel)
     finally:
         _METHODS.pop(plan.run_key, None), _STATES.pop(plan.run_key, None)
     if not keep_points and (workdir / "points").exists():
@@ -340,9 +333,11 @@ def run_dsm(points, output, *, resolution: float, aoi=None, bbox=None, bbox_crs=
     return {**outputs, "tiles": workdir / INDEX_NAME}
 
 
-def _run_tiles(plan: RunPlan, tags: dict, executor, progress, cancel) -> list:
+def _run_tiles_and_merge(plan: RunPlan, tags: dict, outputs: dict, executor, overwrite: bool, progress,
+                         cancel) -> None:
     """Open the run index (resuming; ``tags`` kept in it for ``geoimplicit mosaic``), route the points to the
-    unfinished tiles, run their jobs; their results."""
+    unfinished tiles, run their jobs while the mosaic is written behind them, block by block as the tiles over
+    each block finish (:meth:`RasterProduct.start_merge`); the merge alone where every tile was finished."""
     from geoimplicit.tiling.route import route_points
 
     tg, workdir = plan.tilegrid, plan.workdir
@@ -351,14 +346,35 @@ def _run_tiles(plan: RunPlan, tags: dict, executor, progress, cancel) -> list:
     todo = unfinished(workdir, tg.tiles, statuses, DSM_PRODUCT)
     log.info("%d tiles of %g %s (overlap %g), %d to do", len(tg.tiles), tg.tile_size, plan.dataset.units,
              tg.overlap, len(todo))
-    if not todo:
-        return []
-    check_cancel(cancel)
-    route_points(plan.dataset, tg.tiles, workdir / "points", fields=plan.method.point_fields, progress=progress,
-                 cancel=cancel)
-    jobs = [TileJob(t, plan.method_name, plan.options, plan.inputs, str(workdir), plan.run_key) for t in todo]
-    return run_jobs(jobs, total=len(tg.tiles), executor=executor, needs_gpu=plan.method.needs_gpu,
-                    progress=progress, cancel=cancel)
+    merge_kw = dict(tilegrid=tg, aoi=plan.clip, tags=tags, overwrite=overwrite, progress=progress, cancel=cancel)
+    stream, results = None, []
+    try:
+        if todo:
+            check_cancel(cancel)
+            stream = DSM_PRODUCT.start_merge(workdir, tg.tiles, outputs, **merge_kw)
+            left = {t.id for t in todo}
+            for t in tg.tiles:
+                if t.id not in left:
+                    stream.tile_finished(t.id, statuses.get(t.id) == "done")
+            route_points(plan.dataset, tg.tiles, workdir / "points", fields=plan.method.point_fields,
+                         progress=progress, cancel=cancel)
+            jobs = [TileJob(t, plan.method_name, plan.options, plan.inputs, str(workdir), plan.run_key) for t in todo]
+            results = run_jobs(jobs, total=len(tg.tiles), executor=executor, needs_gpu=plan.method.needs_gpu,
+                               progress=progress, cancel=cancel,
+                               on_result=lambda r: stream.tile_finished(r.tile_id, r.status == "done"))
+        excluded = sum(int(r.stats.get("excluded_by_class", 0)) for r in results)
+        why = getattr(plan.method, "why_empty", lambda stats: None)({"excluded_by_class": excluded})
+        nothing, hint = why or ("no tile holds points: the DSM would be empty",
+                                "check that the AOI/bbox overlaps the point clouds")
+        done = finished_tiles(workdir, tg.tiles, DSM_PRODUCT, nothing=nothing, hint=hint)
+        if stream is not None:
+            stream.finish()
+        else:
+            DSM_PRODUCT.merge(workdir, done, outputs, **merge_kw)
+    except BaseException:
+        if stream is not None:
+            stream.abort()
+        raise
 
 
 @contextlib.contextmanager

@@ -18,8 +18,9 @@ def _plane(xx, yy):
     return 120.0 + 0.3 * (xx - X0) - 0.2 * (yy - Y0)
 
 
-def _write_tiles(tmp_path, fn, crs="EPSG:32632", res=0.5, holes=False):
-    tg = TileGrid.from_aoi((X0, Y0, X0 + 140, Y0 + 45), tile_size=16, overlap=3, resolution=res, crs=crs)
+def _write_tiles(tmp_path, fn, crs="EPSG:32632", res=0.5, holes=False, size=(140, 45), tile_size=16):
+    tg = TileGrid.from_aoi((X0, Y0, X0 + size[0], Y0 + size[1]), tile_size=tile_size, overlap=3, resolution=res,
+                           crs=crs)
     paths = []
     for t in tg.tiles:
         xs, ys = t.grid.pixel_centers()
@@ -238,3 +239,65 @@ def test_tiles_are_written_with_the_fast_codec_and_the_cog_does_not_depend_on_it
     b = mosaic(deflated, tmp_path / "b.tif", grid=tg.grid, filled_output=tmp_path / "b_filled.tif")
     assert a.read_bytes() == b.read_bytes()
     assert (tmp_path / "a_filled.tif").read_bytes() == (tmp_path / "b_filled.tif").read_bytes()
+
+
+def _feed_for(tg, paths):
+    from geoimplicit.mosaic import TileFeed
+
+    overlap_px = int(round(tg.overlap / tg.grid.resolution))
+    return TileFeed([(p, t.bounds, overlap_px) for p, t in zip(paths, tg.tiles)])
+
+
+def test_a_mosaic_fed_while_its_tiles_are_made_blends_early_and_gives_the_same_bytes(tmp_path, monkeypatch):
+    """Tiles announced one by one (an empty one without a file): blocks are blended before the last tile is
+    finished, and the COGs are the batch mosaic's bytes."""
+    import threading
+
+    import geoimplicit.mosaic as m
+
+    tg, paths = _write_tiles(tmp_path, _plane, holes=True, size=(140, 300), tile_size=40)  # 3 rows of blocks
+    written = [p.exists() for p in paths]
+    batch = mosaic([p for p, w in zip(paths, written) if w], tmp_path / "batch.tif", grid=tg.grid,
+                   filled_output=tmp_path / "batch_filled.tif", block_px=256)
+    blended, call = threading.Event(), m._BlockBlender.__call__
+
+    def spy(self, block):
+        blended.set()
+        return call(self, block)
+
+    monkeypatch.setattr(m._BlockBlender, "__call__", spy)
+    feed = _feed_for(tg, paths)
+    errors = []
+    worker = threading.Thread(target=lambda: errors.extend(_try(lambda: mosaic(
+        [], tmp_path / "fed.tif", grid=tg.grid, filled_output=tmp_path / "fed_filled.tif", block_px=256, feed=feed))))
+    worker.start()
+    for p, w in list(zip(paths, written))[:-1]:
+        feed.finished(p, w)
+    assert blended.wait(30), "no block was blended before the last tile was finished"
+    feed.finished(paths[-1], written[-1])
+    worker.join(60)
+    assert not errors
+    assert (tmp_path / "fed.tif").read_bytes() == batch.read_bytes()
+    assert (tmp_path / "fed_filled.tif").read_bytes() == (tmp_path / "batch_filled.tif").read_bytes()
+
+
+def _try(fn):
+    try:
+        fn()
+        return []
+    except Exception as exc:  # noqa: BLE001 - handed to the test thread
+        return [exc]
+
+
+def test_an_aborted_feed_stops_the_mosaic_and_leaves_nothing(tmp_path):
+    from geoimplicit.mosaic import MosaicAborted
+
+    tg, paths = _write_tiles(tmp_path, _plane)
+    feed = _feed_for(tg, paths)
+    out = tmp_path / "out"
+    out.mkdir()
+    feed.finished(paths[0], True)
+    feed.abort()
+    with pytest.raises(MosaicAborted):
+        mosaic([], out / "dsm.tif", grid=tg.grid, filled_output=out / "dsm_filled.tif", feed=feed)
+    assert list(out.iterdir()) == []

@@ -118,9 +118,11 @@ def unfinished(workdir, tiles: Sequence, statuses: dict, product) -> list:
 
 
 def run_jobs(jobs: Sequence[TileJob], *, total: int, executor=None, needs_gpu: bool = False,
-             progress: ProgressCallback | None = None, cancel: CancelCallback | None = None) -> list[TileResult]:
+             progress: ProgressCallback | None = None, cancel: CancelCallback | None = None,
+             on_result: Callable[[TileResult], None] | None = None) -> list[TileResult]:
     """Run ``jobs`` through ``executor`` (default: local); ``progress(done, total, "tiles", ...)`` counts the
-    ``total`` tiles of the run (those finished before included) and moves within a tile where a job reports it."""
+    ``total`` tiles of the run (those finished before included) and moves within a tile where a job reports it;
+    ``on_result`` is told each tile's result as it comes (e.g. a streaming merge's ``tile_finished``)."""
     if not jobs:
         return []
     if executor is None:
@@ -140,6 +142,8 @@ def run_jobs(jobs: Sequence[TileJob], *, total: int, executor=None, needs_gpu: b
                                    cancel=cancel):
             done += 1
             results.append(res)
+            if on_result is not None:
+                on_result(res)
             if progress is not None:
                 progress(done, total, "tiles", f"{res.tile_id} {res.status}")
     except (GeoImplicitError, KeyboardInterrupt):

@@ -72,17 +72,24 @@ class RasterProduct:
               overwrite: bool = False, progress=None, cancel=None) -> dict:
         from geoimplicit.mosaic import mosaic
 
-        written = {}
+        written, scratch = {}, merge_scratch(workdir)
         for layer in self.layers:
             mask_path = outputs.get(layer.mask_output) if layer.mask_output else None
             written[layer.name] = mosaic(
                 [layer.tile_path(workdir, t) for t in tile_ids], outputs[layer.name], grid=tilegrid.grid, aoi=aoi,
                 tags={**(tags or {}), **layer.tags}, filled_output=mask_path, overwrite=overwrite,
                 bands=layer.merge_bands, dtype=layer.dtype, nodata=layer.nodata, alpha=layer.alpha,
-                progress=progress, cancel=cancel)
+                scratch=scratch, progress=progress, cancel=cancel)
             if mask_path is not None:
                 written[layer.mask_output] = Path(mask_path)
         return written
+
+    def start_merge(self, workdir, tiles: Sequence, outputs: dict, *, tilegrid, aoi=None, tags=None,
+                    overwrite: bool = False, progress=None, cancel=None) -> "StreamingMerge":
+        """The same merge, begun while the tiles are still being made (one thread per layer): tell it each
+        tile as it finishes (:meth:`StreamingMerge.tile_finished`), then :meth:`~StreamingMerge.finish`."""
+        return StreamingMerge(self, workdir, tiles, outputs, tilegrid=tilegrid, aoi=aoi, tags=tags,
+                              overwrite=overwrite, progress=progress, cancel=cancel)
 
     def to_dict(self) -> dict:
         return {"kind": self.kind, "layers": [asdict(layer) for layer in self.layers]}
@@ -92,6 +99,71 @@ class RasterProduct:
         layers = tuple(RasterLayer(**{k: tuple(v) if isinstance(v, list) else v for k, v in layer.items()})
                        for layer in d["layers"])
         return cls(layers)
+
+
+def merge_scratch(workdir) -> Path:
+    """``<workdir>/merge``, emptied: the mosaics' temporary blocks files (a killed run's are cleared here)."""
+    import shutil
+
+    folder = Path(workdir) / "merge"
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    return folder
+
+
+class StreamingMerge:
+    """A raster product's mosaics written while its tiles are made: each block as soon as the tiles over it are
+    finished (:class:`geoimplicit.mosaic.TileFeed`), so that the merge mostly overlaps the tiles' compute."""
+
+    def __init__(self, product: RasterProduct, workdir, tiles: Sequence, outputs: dict, *, tilegrid, aoi, tags,
+                 overwrite, progress, cancel):
+        import threading
+
+        from geoimplicit.mosaic import TileFeed, mosaic
+
+        self.product, self.workdir, self.outputs = product, workdir, outputs
+        self.feeds, self.errors, self.threads = {}, {}, []
+        scratch = merge_scratch(workdir)
+        overlap_px = int(round(tilegrid.overlap / tilegrid.grid.resolution))
+        for layer in product.layers:
+            feed = self.feeds[layer.name] = TileFeed(
+                [(layer.tile_path(workdir, t.id), t.bounds, overlap_px) for t in tiles])
+            mask_path = outputs.get(layer.mask_output) if layer.mask_output else None
+            kw = dict(grid=tilegrid.grid, aoi=aoi, tags={**(tags or {}), **layer.tags}, filled_output=mask_path,
+                      overwrite=overwrite, bands=layer.merge_bands, dtype=layer.dtype, nodata=layer.nodata,
+                      alpha=layer.alpha, feed=feed, scratch=scratch, progress=progress, cancel=cancel)
+            self.threads.append(threading.Thread(target=self._run, args=(layer.name, mosaic, outputs[layer.name], kw),
+                                                 name=f"merge-{layer.name}", daemon=True))
+        for t in self.threads:
+            t.start()
+
+    def _run(self, name, mosaic, output, kw) -> None:
+        try:
+            mosaic([], output, **kw)
+        except BaseException as exc:  # re-raised by finish()
+            self.errors[name] = exc
+
+    def tile_finished(self, tile_id: str, written: bool) -> None:
+        for layer in self.product.layers:
+            self.feeds[layer.name].finished(layer.tile_path(self.workdir, tile_id), written)
+
+    def finish(self) -> dict:
+        """Wait for the mosaics (every tile must have been told); the outputs written, or the first error."""
+        for t in self.threads:
+            t.join()
+        for layer in self.product.layers:
+            if layer.name in self.errors:
+                raise self.errors[layer.name]
+        written = {layer.name: Path(self.outputs[layer.name]) for layer in self.product.layers}
+        written.update({m: Path(self.outputs[m]) for m in (layer.mask_output for layer in self.product.layers) if m})
+        return written
+
+    def abort(self) -> None:
+        """Stop the mosaics (their temporary files removed, no output written) and wait for them."""
+        for feed in self.feeds.values():
+            feed.abort()
+        for t in self.threads:
+            t.join()
 
 
 def write_raster_tile(path, array: np.ndarray, tile, *, nodata, band_names: Sequence[str] = (),
