@@ -95,8 +95,27 @@ def _pss_bytes(pid: int, rss_pages: int) -> int:
     return rss_pages * os.sysconf("SC_PAGE_SIZE")
 
 
-def _tree_rss_bytes(root: int) -> int:
-    """Memory (PSS) of ``root`` and all its descendants (Linux /proc)."""
+def _private_bytes(pid: int) -> int:
+    """Pages only ``pid`` holds (USS: Private_Clean + Private_Dirty), 0 where unreadable."""
+    total = 0
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as fh:
+            for line in fh:
+                if line.startswith(("Private_Clean:", "Private_Dirty:")):
+                    total += int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return total
+
+
+def _tree_bound_bytes(root: int) -> int:
+    """An upper bound of the tree's physical memory that counts no page twice: the RSS of ``root`` and the
+    private pages of its descendants (pages the workers share with ``root`` are in its RSS)."""
+    return _tree_rss_bytes(root, bound=True)
+
+
+def _tree_rss_bytes(root: int, bound: bool = False) -> int:
+    """Memory (PSS) of ``root`` and all its descendants (Linux /proc); ``bound``: see :func:`_tree_bound_bytes`."""
     parent, rss = {}, {}
     for d in os.listdir("/proc"):
         if not d.isdigit():
@@ -112,6 +131,9 @@ def _tree_rss_bytes(root: int) -> int:
         p = todo.pop()
         keep.add(p)
         todo += [c for c, pp in parent.items() if pp == p and c not in keep]
+    if bound:
+        page = os.sysconf("SC_PAGE_SIZE")
+        return rss.get(root, 0) * page + sum(_private_bytes(p) for p in keep if p != root)
     return sum(_pss_bytes(p, rss[p]) for p in keep if p in rss)
 
 
@@ -121,7 +143,7 @@ class PeakRss:
 
     def __init__(self, every_s: float = 0.1):
         self.every_s, self.peak, self._stop = every_s, 0, threading.Event()
-        self.stage, self.by_stage = "", {}
+        self.stage, self.by_stage, self.bound_by_stage = "", {}, {}
 
     def __enter__(self):
         self.start = _tree_rss_bytes(os.getpid())
@@ -132,9 +154,10 @@ class PeakRss:
 
     def _run(self):
         while not self._stop.wait(self.every_s):
-            v, stage = _tree_rss_bytes(os.getpid()), self.stage
+            v, b, stage = _tree_rss_bytes(os.getpid()), _tree_bound_bytes(os.getpid()), self.stage
             self.peak = max(self.peak, v)
             self.by_stage[stage] = max(self.by_stage.get(stage, 0), v)
+            self.bound_by_stage[stage] = max(self.bound_by_stage.get(stage, 0), b)
 
     def __exit__(self, *exc):
         self._stop.set()
@@ -203,7 +226,8 @@ def timed_run(paths, out_tif: Path, bounds, method: str, options: dict, executor
     area = (bounds[2] - bounds[0]) * (bounds[3] - bounds[1]) / 1e6
     r = {"wall_s": wall, "area_km2": area, "km2_per_h": area / wall * 3600, "stages_s": _stages(marks, t0, wall),
          "rss_start_gb": mem.start / 1e9, "peak_rss_gb": mem.peak / 1e9,
-         "peak_rss_gb_by_stage": {k or "start": v / 1e9 for k, v in mem.by_stage.items()}}
+         "peak_rss_gb_by_stage": {k or "start": v / 1e9 for k, v in mem.by_stage.items()},
+         "peak_rss_bound_gb_by_stage": {k or "start": v / 1e9 for k, v in mem.bound_by_stage.items()}}
     if stacks:
         r["thread_stacks"] = sampler.top()
     if cuda:
@@ -365,7 +389,7 @@ def main(argv=None):
 def markdown(results: dict) -> str:
     lines = [f"device: {results['device']}, {results['usable_cores']} of {results['cpu_count']} CPUs usable, "
              f"{results['date']}, torch {results['torch']}",
-             "", "| run | km² | wall s | km²/h | stages s | peak PSS GB | peak GPU GB | search ceiling km²/h "
+             "", "| run | km² | wall s | km²/h | stages s | peak PSS GB (bound) | peak GPU GB | search ceiling km²/h "
              "| ratio |",
              "|---|---|---|---|---|---|---|---|---|"]
     for name, r in results.get("runs", {}).items():
@@ -377,7 +401,8 @@ def markdown(results: dict) -> str:
         if tm:
             st += " (model: " + ", ".join(f"{k} {tm[k]:.2f}" for k in ("select", "frame", "encode", "search")) + ")"
         lines.append(f"| {name} | {r['area_km2']:.3g} | {r['wall_s']:.2f} | {r['km2_per_h']:.0f} | {st} | "
-                     f"{r['peak_rss_gb']:.2f} | {r.get('peak_gpu_allocated_gb', float('nan')):.2f} | "
+                     f"{r['peak_rss_gb']:.2f} ({max(r.get('peak_rss_bound_gb_by_stage', {0: 0}).values()):.2f}) | "
+                     f"{r.get('peak_gpu_allocated_gb', float('nan')):.2f} | "
                      f"{r.get('search_ceiling_km2_per_h', float('nan')):.0f} | "
                      f"{r.get('ratio_to_search_ceiling', float('nan')):.2f} |")
     for key in ("decode_small", "decode_large"):

@@ -28,10 +28,10 @@ import numpy as np
 from geoimplicit.dsm.method import DsmMethod, RunInputs, TileOutput, get_method, method_class
 from geoimplicit.errors import AOIError, CRSMismatchError, InputError, MissingCRSError, RunError
 from geoimplicit.jobs.index import INDEX_NAME, open_run_index, resume_key
-from geoimplicit.jobs.loop import TileOutcome, finished_tiles, run_jobs, unfinished
+from geoimplicit.jobs.loop import TileOutcome, run_and_merge, unfinished
 from geoimplicit.jobs.raster import RasterLayer, RasterProduct, dsm_bands
 from geoimplicit.outputs import check_output
-from geoimplicit.progress import CancelCallback, ProgressCallback, check_cancel
+from geoimplicit.progress import CancelCallback, ProgressCallback
 from geoimplicit.tiling.grid import Tile, TileGrid
 
 log = logging.getLogger(__name__)
@@ -346,35 +346,21 @@ def _run_tiles_and_merge(plan: RunPlan, tags: dict, outputs: dict, executor, ove
     todo = unfinished(workdir, tg.tiles, statuses, DSM_PRODUCT)
     log.info("%d tiles of %g %s (overlap %g), %d to do", len(tg.tiles), tg.tile_size, plan.dataset.units,
              tg.overlap, len(todo))
-    merge_kw = dict(tilegrid=tg, aoi=plan.clip, tags=tags, overwrite=overwrite, progress=progress, cancel=cancel)
-    stream, results = None, []
-    try:
-        if todo:
-            check_cancel(cancel)
-            stream = DSM_PRODUCT.start_merge(workdir, tg.tiles, outputs, **merge_kw)
-            left = {t.id for t in todo}
-            for t in tg.tiles:
-                if t.id not in left:
-                    stream.tile_finished(t.id, statuses.get(t.id) == "done")
-            route_points(plan.dataset, tg.tiles, workdir / "points", fields=plan.method.point_fields,
-                         progress=progress, cancel=cancel)
-            jobs = [TileJob(t, plan.method_name, plan.options, plan.inputs, str(workdir), plan.run_key) for t in todo]
-            results = run_jobs(jobs, total=len(tg.tiles), executor=executor, needs_gpu=plan.method.needs_gpu,
-                               progress=progress, cancel=cancel,
-                               on_result=lambda r: stream.tile_finished(r.tile_id, r.status == "done"))
+    jobs = [TileJob(t, plan.method_name, plan.options, plan.inputs, str(workdir), plan.run_key) for t in todo]
+
+    def nothing(results):
         excluded = sum(int(r.stats.get("excluded_by_class", 0)) for r in results)
         why = getattr(plan.method, "why_empty", lambda stats: None)({"excluded_by_class": excluded})
-        nothing, hint = why or ("no tile holds points: the DSM would be empty",
-                                "check that the AOI/bbox overlaps the point clouds")
-        done = finished_tiles(workdir, tg.tiles, DSM_PRODUCT, nothing=nothing, hint=hint)
-        if stream is not None:
-            stream.finish()
-        else:
-            DSM_PRODUCT.merge(workdir, done, outputs, **merge_kw)
-    except BaseException:
-        if stream is not None:
-            stream.abort()
-        raise
+        return why or ("no tile holds points: the DSM would be empty", "check that the AOI/bbox overlaps the point "
+                       "clouds")
+
+    run_and_merge(jobs, workdir=workdir, tiles=tg.tiles, statuses=statuses, product=DSM_PRODUCT, outputs=outputs,
+                  merge_kw=dict(tilegrid=tg, aoi=plan.clip, tags=tags, overwrite=overwrite, progress=progress,
+                                cancel=cancel),
+                  total=len(tg.tiles), executor=executor, needs_gpu=plan.method.needs_gpu, nothing=nothing,
+                  before_jobs=lambda: route_points(plan.dataset, tg.tiles, workdir / "points",
+                                                   fields=plan.method.point_fields, progress=progress, cancel=cancel),
+                  progress=progress, cancel=cancel)
 
 
 @contextlib.contextmanager

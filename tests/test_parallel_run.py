@@ -94,3 +94,35 @@ def test_occupancy_framing_ahead_in_threads_gives_the_same_dsm(tmp_path, monkeyp
     inline = tmp_path / "inline.tif"
     run_dsm(str(SAMPLE), inline, executor=LocalExecutor(lookahead=0), **kw)
     assert ahead.read_bytes() == inline.read_bytes()
+
+
+def test_a_failed_tile_stops_the_mosaic_behind_the_tiles_and_leaves_no_output(tmp_path, monkeypatch):
+    """The mosaic written behind the tiles is aborted when a tile fails: RunError naming the tile, no DSM, no
+    temporary blocks file, no merge thread left; the same command then resumes to the full run's bytes."""
+    import threading
+
+    from geoimplicit import run as run_module
+    from geoimplicit.errors import RunError
+
+    full = _dsm(tmp_path, "full", 1, 1, monkeypatch)
+    compute = run_module.TileJob.compute
+    failing = {"id": None}
+
+    def fail_one(self, loaded, progress=None):
+        if failing["id"] is None:
+            failing["id"] = self.tile_id
+        if self.tile_id == failing["id"]:
+            raise ValueError("broken tile")
+        return compute(self, loaded, progress)
+
+    out, work = tmp_path / "dsm.tif", tmp_path / "dsm_work"
+    kw = dict(resolution=0.5, method="raster", tile_size=40.0, workdir=work, executor=LocalExecutor(processes=1))
+    monkeypatch.setattr(run_module.TileJob, "compute", fail_one)
+    with pytest.raises(RunError, match=r"tile \S+ failed: ValueError: broken tile"):
+        run_dsm(str(SAMPLE), out, **kw)
+    assert not out.exists() and not out.with_name("dsm_filled.tif").exists()
+    assert not [p for p in tmp_path.rglob("*") if ".partial-" in p.name]
+    assert not [t for t in threading.enumerate() if t.name.startswith("merge-")]
+    monkeypatch.setattr(run_module.TileJob, "compute", compute)
+    run_dsm(str(SAMPLE), out, **kw)
+    assert out.read_bytes() == full[0] and out.with_name("dsm_filled.tif").read_bytes() == full[1]

@@ -173,3 +173,44 @@ def finished_tiles(workdir, tiles: Sequence, product, *, nothing: str = "every t
         raise NoDataError(nothing, path=index, hint=hint)
     log.debug("%d tiles done, %d empty", len(done), sum(statuses.get(t.id) in FINISHED for t in tiles) - len(done))
     return done
+
+
+def run_and_merge(jobs: Sequence[TileJob], *, workdir, tiles: Sequence, statuses: dict, product, outputs: dict,
+                  merge_kw: dict, total: int, executor=None, needs_gpu: bool = False,
+                  before_jobs: Callable[[], None] | None = None,
+                  nothing: Callable[[list], tuple] = lambda results: ("every tile is empty: nothing to merge", None),
+                  progress: ProgressCallback | None = None, cancel: CancelCallback | None = None) -> dict:
+    """The tiled run's common end: ``jobs`` (the unfinished tiles; ``before_jobs()`` first, e.g. routing the
+    points) run while the product is merged behind them where the kind can (``start_merge``: each part of the
+    output as soon as its tiles are finished), else merged afterwards; the outputs written.
+
+    ``statuses``: the index's statuses when the run began (the tiles finished before); ``nothing(results)``: the
+    message and hint when every tile is empty; ``merge_kw``: the merge's options (tilegrid, aoi, tags, ...).
+    """
+    stream, results = None, []
+    try:
+        if jobs:
+            check_cancel(cancel)
+            if before_jobs is not None:  # before the merge's threads: the routing forks its workers
+                before_jobs()
+            start = getattr(product, "start_merge", None)
+            if start is not None:
+                stream = start(workdir, tiles, outputs, **merge_kw)
+                left = {job.tile_id for job in jobs}
+                for t in tiles:
+                    if t.id not in left:
+                        stream.finished_before(t.id, statuses.get(t.id) == "done")
+            told = None if stream is None else (lambda r: stream.tile_finished(r.tile_id, r.status == "done"))
+            results = run_jobs(jobs, total=total, executor=executor, needs_gpu=needs_gpu, progress=progress,
+                               cancel=cancel, on_result=told)
+        check_cancel(cancel)
+        message, hint = nothing(results)
+        done = finished_tiles(workdir, tiles, product, nothing=message, hint=hint)
+        if stream is not None:
+            return stream.finish()
+        return product.merge(workdir, done, outputs, **merge_kw)
+    except BaseException:
+        if stream is not None:
+            stream.abort()
+        raise
+

@@ -134,8 +134,15 @@ class StreamingMerge:
                       alpha=layer.alpha, feed=feed, scratch=scratch, progress=progress, cancel=cancel)
             self.threads.append(threading.Thread(target=self._run, args=(layer.name, mosaic, outputs[layer.name], kw),
                                                  name=f"merge-{layer.name}", daemon=True))
-        for t in self.threads:
-            t.start()
+        self._started = False
+
+    def _start(self) -> None:
+        # only once this run has finished a tile: by then the executor's worker processes are forked, and a
+        # fork must not happen while this thread holds one of GDAL's locks
+        if not self._started:
+            self._started = True
+            for t in self.threads:
+                t.start()
 
     def _run(self, name, mosaic, output, kw) -> None:
         try:
@@ -143,12 +150,19 @@ class StreamingMerge:
         except BaseException as exc:  # re-raised by finish()
             self.errors[name] = exc
 
-    def tile_finished(self, tile_id: str, written: bool) -> None:
+    def finished_before(self, tile_id: str, written: bool) -> None:
+        """A tile finished by an earlier run (resume)."""
         for layer in self.product.layers:
             self.feeds[layer.name].finished(layer.tile_path(self.workdir, tile_id), written)
 
+    def tile_finished(self, tile_id: str, written: bool) -> None:
+        """A tile this run finished (``written``: it has a product, else it is empty); the first starts the mosaics."""
+        self.finished_before(tile_id, written)
+        self._start()
+
     def finish(self) -> dict:
         """Wait for the mosaics (every tile must have been told); the outputs written, or the first error."""
+        self._start()
         for t in self.threads:
             t.join()
         for layer in self.product.layers:
@@ -163,7 +177,8 @@ class StreamingMerge:
         for feed in self.feeds.values():
             feed.abort()
         for t in self.threads:
-            t.join()
+            if t.is_alive():
+                t.join()
 
 
 def write_raster_tile(path, array: np.ndarray, tile, *, nodata, band_names: Sequence[str] = (),

@@ -140,7 +140,7 @@ def run_mesh(points, output, *, resolution: float, aoi=None, bbox=None, bbox_crs
     import shapely
 
     from geoimplicit.jobs.index import INDEX_NAME, open_run_index
-    from geoimplicit.jobs.loop import finished_tiles, run_jobs, unfinished
+    from geoimplicit.jobs.loop import run_and_merge, unfinished
     from geoimplicit.mesh.io import mesh_format, sidecar_paths
     from geoimplicit.outputs import check_output
     from geoimplicit.run import TileJob, _new_work_folder_removed_on_input_error
@@ -164,20 +164,21 @@ def run_mesh(points, output, *, resolution: float, aoi=None, bbox=None, bbox_crs
                                       metadata={"product": product.to_dict(), "method": plan.method.name})
             todo = unfinished(workdir, tg.tiles, statuses, product)
             log.info("%d tiles, %d to do", len(tg.tiles), len(todo))
-            if todo:
-                route_points(plan.dataset, tg.tiles, workdir / "points", fields=plan.method.point_fields,
-                             progress=progress, cancel=cancel)
             area = plan.clip if plan.clip is not None else shapely.box(*tg.grid.bounds)
             clip = area.wkt
             jobs = [MeshTileJob(TileJob(t, plan.method_name, plan.options, plan.inputs, str(workdir), plan.run_key),
                                 product, asdict(extract), clip, key) for t in todo]
-            run_jobs(jobs, total=len(tg.tiles), executor=executor, needs_gpu=plan.method.needs_gpu,
-                     progress=progress, cancel=cancel)
-            done = finished_tiles(workdir, tg.tiles, product, nothing="no tile has a surface: the mesh would be "
-                                  "empty", hint="check that the AOI/bbox overlaps the point clouds")
             tags = {**plan.method.tags(), "product": "DSM re-rasterized from the mesh"}
-            written = product.merge(workdir, done, outputs, tilegrid=tg, aoi=area, tags=tags,
-                                    overwrite=overwrite, progress=progress, cancel=cancel)
+            written = run_and_merge(
+                jobs, workdir=workdir, tiles=tg.tiles, statuses=statuses, product=product, outputs=outputs,
+                merge_kw=dict(tilegrid=tg, aoi=area, tags=tags, overwrite=overwrite, progress=progress,
+                              cancel=cancel),
+                total=len(tg.tiles), executor=executor, needs_gpu=plan.method.needs_gpu,
+                before_jobs=lambda: route_points(plan.dataset, tg.tiles, workdir / "points",
+                                                 fields=plan.method.point_fields, progress=progress, cancel=cancel),
+                nothing=lambda results: ("no tile has a surface: the mesh would be empty",
+                                         "check that the AOI/bbox overlaps the point clouds"),
+                progress=progress, cancel=cancel)
     finally:
         from geoimplicit.run import _METHODS
 

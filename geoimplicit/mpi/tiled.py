@@ -39,11 +39,11 @@ import numpy as np
 
 from geoimplicit.errors import AOIError, CameraFileError, InputError
 from geoimplicit.io.cameras import PinholeCamera, ViewSet, write_camera
-from geoimplicit.jobs.index import INDEX_NAME, open_run_index, resume_key
-from geoimplicit.jobs.loop import TileOutcome, finished_tiles, run_jobs, unfinished
+from geoimplicit.jobs.index import INDEX_NAME, open_run_index, read_statuses, resume_key
+from geoimplicit.jobs.loop import TileOutcome, run_and_merge, unfinished
 from geoimplicit.jobs.raster import RasterLayer, RasterProduct
 from geoimplicit.outputs import atomic_output, check_output
-from geoimplicit.progress import CancelCallback, ProgressCallback, check_cancel
+from geoimplicit.progress import CancelCallback, ProgressCallback
 
 log = logging.getLogger(__name__)
 
@@ -308,15 +308,17 @@ def fit_tiled(views_dir, aoi, out_dir, *, config=None, resolution: float | None 
     log.info("%d tiles of %g (overlap %g) at %g, %d to fit", len(tg.tiles), tg.tile_size, tg.overlap,
              tg.grid.resolution, len(jobs))
     needs_gpu = device != "cpu" and resolve_device("auto").type == "cuda"
-    run_jobs(jobs, total=len(tg.tiles), executor=executor, needs_gpu=needs_gpu, progress=progress, cancel=cancel)
-    check_cancel(cancel)
-    done = finished_tiles(out_dir, tg.tiles, NVS_PRODUCT, nothing="no tile is seen by a train view: nothing was "
-                          "fitted", hint="lower --min-view-coverage, or give an AOI inside the views' footprints")
     clip = plan.geometry if not _is_box(plan.geometry) else None
     tags = {"inputs": str(plan.views.root), "tile_size": tg.tile_size, "overlap": tg.overlap, "method": "geo-MPI",
             "height_range": list(plan.height_range)}
-    NVS_PRODUCT.merge(out_dir, done, outputs, tilegrid=tg, aoi=clip, tags=tags, overwrite=overwrite,
-                      progress=progress, cancel=cancel)
+    run_and_merge(jobs, workdir=out_dir, tiles=tg.tiles, statuses=statuses, product=NVS_PRODUCT, outputs=outputs,
+                  merge_kw=dict(tilegrid=tg, aoi=clip, tags=tags, overwrite=overwrite, progress=progress,
+                                cancel=cancel),
+                  total=len(tg.tiles), executor=executor, needs_gpu=needs_gpu,
+                  nothing=lambda results: ("no tile is seen by a train view: nothing was fitted",
+                                           "lower --min-view-coverage, or give an AOI inside the views' footprints"),
+                  progress=progress, cancel=cancel)
+    done = [t for t, st in read_statuses(out_dir / INDEX_NAME).items() if st == "done"]
     return {"ortho": outputs["ortho"], "height": outputs["height"], "tiles": out_dir / INDEX_NAME,
             "tiles_done": len(done), "tiles_empty": len(tg.tiles) - len(done)}
 
