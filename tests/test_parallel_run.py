@@ -126,3 +126,4 @@ def test_a_failed_tile_stops_the_mosaic_behind_the_tiles_and_leaves_no_output(tm
     monkeypatch.setattr(run_module.TileJob, "compute", compute)
     run_dsm(str(SAMPLE), out, **kw)
     assert out.read_bytes() == full[0] and out.with_name("dsm_filled.tif").read_bytes() == full[1]
+    assert not (work / "merge").exists()  # the blocks files' folder goes once the merge is complete

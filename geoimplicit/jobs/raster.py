@@ -82,6 +82,7 @@ class RasterProduct:
                 scratch=scratch, progress=progress, cancel=cancel)
             if mask_path is not None:
                 written[layer.mask_output] = Path(mask_path)
+        _remove_if_empty(scratch)
         return written
 
     def start_merge(self, workdir, tiles: Sequence, outputs: dict, *, tilegrid, aoi=None, tags=None,
@@ -111,6 +112,13 @@ def merge_scratch(workdir) -> Path:
     return folder
 
 
+def _remove_if_empty(folder: Path) -> None:
+    try:
+        folder.rmdir()
+    except OSError:  # not empty, or gone
+        pass
+
+
 class StreamingMerge:
     """A raster product's mosaics written while its tiles are made: each block as soon as the tiles over it are
     finished (:class:`geoimplicit.mosaic.TileFeed`), so that the merge mostly overlaps the tiles' compute."""
@@ -134,7 +142,7 @@ class StreamingMerge:
                       alpha=layer.alpha, feed=feed, scratch=scratch, progress=progress, cancel=cancel)
             self.threads.append(threading.Thread(target=self._run, args=(layer.name, mosaic, outputs[layer.name], kw),
                                                  name=f"merge-{layer.name}", daemon=True))
-        self._started = False
+        self._started, self.scratch = False, scratch
 
     def _start(self) -> None:
         # only once this run has finished a tile: by then the executor's worker processes are forked, and a
@@ -168,6 +176,7 @@ class StreamingMerge:
         for layer in self.product.layers:
             if layer.name in self.errors:
                 raise self.errors[layer.name]
+        _remove_if_empty(self.scratch)
         written = {layer.name: Path(self.outputs[layer.name]) for layer in self.product.layers}
         written.update({m: Path(self.outputs[m]) for m in (layer.mask_output for layer in self.product.layers) if m})
         return written
