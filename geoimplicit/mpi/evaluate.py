@@ -34,7 +34,8 @@ def align_pose_to_scene(scene, camera, image: np.ndarray, steps: int = 200, lr: 
     from geoimplicit.geometry.pose import CameraOptimizerConfig, camera_optimizer
     from geoimplicit.geometry.tensors import camera_tensors
     from geoimplicit.mpi.composite import render_mpi
-    from geoimplicit.mpi.fit import block_average, cosine_decay, pyramid_level
+    from geoimplicit.mpi.fit import block_average, pyramid_level
+    from geoimplicit.schedules import cosine_decay
 
     mpi, A = scene.mpi(), scene.planes.A
     local = camera.with_origin(scene.origin)

@@ -37,6 +37,7 @@ from geoimplicit.mpi.planes import PlaneSet, fronto_planes, geo_planes
 from geoimplicit.mpi.scene import MPIScene
 from geoimplicit.mpi.warp import plane_homographies
 from geoimplicit.progress import check_cancel
+from geoimplicit.schedules import cosine_decay
 
 log = logging.getLogger(__name__)
 
@@ -596,11 +597,6 @@ def block_average(images, level: int):
     if not level:
         return tuple(images)
     return tuple(F.avg_pool2d(x, 2**level, ceil_mode=True) for x in images)
-
-
-def cosine_decay(frac: float) -> float:
-    """Learning-rate factor at fraction ``frac`` of a fit: 1 falling along a half cosine to 0.1."""
-    return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * frac))
 
 
 def _view_loss(out: dict, target: torch.Tensor, cfg: FitConfig, depth_span: float, level: int = 0) -> torch.Tensor:

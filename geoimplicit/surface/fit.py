@@ -22,10 +22,9 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -34,10 +33,11 @@ import torch.nn.functional as F
 
 from geoimplicit.device import resolve_device
 from geoimplicit.errors import OutputExistsError, WeightsError
-from geoimplicit.geometry.pose import CameraOptimizer, CameraOptimizerConfig
+from geoimplicit.geometry.pose import CameraOptimizer
 from geoimplicit.geometry.pose import camera_optimizer as shared_camera_optimizer
 from geoimplicit.geometry.tensors import camera_tensors
 from geoimplicit.progress import check_cancel
+from geoimplicit.schedules import cosine_decay
 from geoimplicit.surface.box import ray_box
 from geoimplicit.surface.config import SurfaceConfig
 from geoimplicit.surface.data import SurfaceInputs, prepare_inputs
@@ -242,7 +242,7 @@ class Trainer:
     def train_step(self) -> float:
         cfg = self.cfg
         frac = max(self.step / max(1, cfg.steps), self.time_frac)  # a time budget ends the schedule too
-        decay = 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * frac))
+        decay = cosine_decay(frac)
         self.opt.param_groups[0]["lr"] = cfg.lr * decay
         if self.poses.enabled:  # the same decay: Adam's steps on noisy pose gradients would otherwise drift
             self.opt.param_groups[1]["lr"] = self.poses.lr_at(self.step, decay)

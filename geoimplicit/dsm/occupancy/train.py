@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import time
 from pathlib import Path
 
@@ -17,6 +16,7 @@ import numpy as np
 
 from geoimplicit.dsm.occupancy.config import Config, save_config
 from geoimplicit.progress import check_cancel
+from geoimplicit.schedules import cosine_decay
 
 log = logging.getLogger(__name__)
 
@@ -219,7 +219,7 @@ def train(cfg: Config, run_dir, *, device: str = "auto", resume=None, progress=N
         if frac < w:
             return tc.lr * max(frac / max(w, 1e-9), 0.01)
         p = (frac - w) / max(1 - w, 1e-9)
-        return tc.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(p, 1.0))))
+        return tc.lr * cosine_decay(p, floor=0.05)
 
     def validate():
         model.eval()

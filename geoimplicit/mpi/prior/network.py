@@ -174,7 +174,6 @@ def sweep_features(sweep: PlaneSet, cams, feats: list[torch.Tensor]) -> tuple[to
     """
     S, h, w = sweep.num_planes, sweep.height, sweep.width
     dev = feats[0].device
-    C = feats[0].shape[0]
     v, u = torch.meshgrid(torch.arange(h, device=dev), torch.arange(w, device=dev), indexing="ij")
     tex = torch.stack([u.reshape(-1), v.reshape(-1), torch.ones(h * w, device=dev)]).double()
     acc = acc2 = cnt = 0.0

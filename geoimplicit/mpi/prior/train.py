@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import time
 from dataclasses import asdict, dataclass, field
@@ -29,6 +28,7 @@ import torch
 
 from geoimplicit.errors import ConfigError, OutputExistsError
 from geoimplicit.mpi.prior.network import PriorArch, PriorNet, sweep_planes_for
+from geoimplicit.schedules import cosine_decay
 
 log = logging.getLogger(__name__)
 
@@ -224,7 +224,7 @@ def _lr(cfg: PriorTrainConfig, step: int, elapsed: float) -> float:
     if cfg.time_limit_s:
         frac = max(frac, elapsed / cfg.time_limit_s)
     warm = min(1.0, (step + 1) / max(1, cfg.warmup_steps))
-    return cfg.lr * warm * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(frac, 1.0))))
+    return cfg.lr * warm * cosine_decay(frac, floor=0.05)
 
 
 def _start(cfg: PriorTrainConfig, run_dir: Path, device, resume: bool, overwrite: bool, init=None):
