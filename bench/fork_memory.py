@@ -44,29 +44,17 @@ def _smaps(pid: int, top: int = 5) -> dict:
 
 
 def probe(workers: int, mb: int) -> dict:
+    from bench.speed import process_tree
     from geoimplicit.cores import forked_pool
 
     with forked_pool(workers) as pool:
         futures = [pool.submit(_hold, mb) for _ in range(workers)]
         time.sleep(1.5)
-        kids = _children(os.getpid())
+        kids = [p for p in process_tree(os.getpid()) if p != os.getpid()]
         out = {"parent": _smaps(os.getpid()), "workers": [_smaps(k) for k in kids]}
         for f in futures:
             f.result()
     return out
-
-
-def _children(pid: int) -> list[int]:
-    kids = []
-    for d in os.listdir("/proc"):
-        if d.isdigit():
-            try:
-                with open(f"/proc/{d}/stat") as fh:
-                    if int(fh.read().rsplit(")", 1)[1].split()[1]) == pid:
-                        kids.append(int(d))
-            except OSError:
-                continue
-    return kids
 
 
 def main(argv=None) -> dict:

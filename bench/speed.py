@@ -83,39 +83,22 @@ def tiled_area(area: dict, work: Path, n_side: int) -> dict:
 
 
 # --------------------------------------------------------------------------------------------- memory
-def _pss_bytes(pid: int, rss_pages: int) -> int:
-    """Proportional set size (shared pages split between the forked workers that share them), else RSS."""
+def _rollup(pid: int) -> dict[str, int]:
+    """Bytes of ``pid``'s Pss, Private_Clean and Private_Dirty (/proc/<pid>/smaps_rollup); {} where unreadable."""
+    out = {}
     try:
         with open(f"/proc/{pid}/smaps_rollup") as fh:
             for line in fh:
-                if line.startswith("Pss:"):
-                    return int(line.split()[1]) * 1024
+                key = line.split(":", 1)[0]
+                if key in ("Pss", "Private_Clean", "Private_Dirty"):
+                    out[key] = int(line.split()[1]) * 1024
     except OSError:
         pass
-    return rss_pages * os.sysconf("SC_PAGE_SIZE")
+    return out
 
 
-def _private_bytes(pid: int) -> int:
-    """Pages only ``pid`` holds (USS: Private_Clean + Private_Dirty), 0 where unreadable."""
-    total = 0
-    try:
-        with open(f"/proc/{pid}/smaps_rollup") as fh:
-            for line in fh:
-                if line.startswith(("Private_Clean:", "Private_Dirty:")):
-                    total += int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return total
-
-
-def _tree_bound_bytes(root: int) -> int:
-    """An upper bound of the tree's physical memory that counts no page twice: the RSS of ``root`` and the
-    private pages of its descendants (pages the workers share with ``root`` are in its RSS)."""
-    return _tree_rss_bytes(root, bound=True)
-
-
-def _tree_rss_bytes(root: int, bound: bool = False) -> int:
-    """Memory (PSS) of ``root`` and all its descendants (Linux /proc); ``bound``: see :func:`_tree_bound_bytes`."""
+def process_tree(root: int) -> dict[int, int]:
+    """``root`` and all its descendants (Linux /proc): pid -> resident pages."""
     parent, rss = {}, {}
     for d in os.listdir("/proc"):
         if not d.isdigit():
@@ -131,10 +114,20 @@ def _tree_rss_bytes(root: int, bound: bool = False) -> int:
         p = todo.pop()
         keep.add(p)
         todo += [c for c, pp in parent.items() if pp == p and c not in keep]
-    if bound:
-        page = os.sysconf("SC_PAGE_SIZE")
-        return rss.get(root, 0) * page + sum(_private_bytes(p) for p in keep if p != root)
-    return sum(_pss_bytes(p, rss[p]) for p in keep if p in rss)
+    return {p: rss[p] for p in keep if p in rss}
+
+
+def tree_memory(root: int) -> tuple[int, int]:
+    """Bytes of ``root``'s process tree: the sum of the PSS (shared pages split between the forked workers that
+    share them; RSS where unreadable), and a bound that counts no page twice: the RSS of ``root`` and the
+    private pages of its descendants (the pages they share with ``root`` are in its RSS)."""
+    page = os.sysconf("SC_PAGE_SIZE")
+    pss, bound = 0, 0
+    for pid, rss_pages in process_tree(root).items():
+        r = _rollup(pid)
+        pss += r.get("Pss", rss_pages * page)
+        bound += rss_pages * page if pid == root else r.get("Private_Clean", 0) + r.get("Private_Dirty", 0)
+    return pss, bound
 
 
 class PeakRss:
@@ -146,7 +139,7 @@ class PeakRss:
         self.stage, self.by_stage, self.bound_by_stage = "", {}, {}
 
     def __enter__(self):
-        self.start = _tree_rss_bytes(os.getpid())
+        self.start = tree_memory(os.getpid())[0]
         self.peak = self.start
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
@@ -154,7 +147,7 @@ class PeakRss:
 
     def _run(self):
         while not self._stop.wait(self.every_s):
-            v, b, stage = _tree_rss_bytes(os.getpid()), _tree_bound_bytes(os.getpid()), self.stage
+            (v, b), stage = tree_memory(os.getpid()), self.stage
             self.peak = max(self.peak, v)
             self.by_stage[stage] = max(self.by_stage.get(stage, 0), v)
             self.bound_by_stage[stage] = max(self.bound_by_stage.get(stage, 0), b)
@@ -162,7 +155,7 @@ class PeakRss:
     def __exit__(self, *exc):
         self._stop.set()
         self._thread.join()
-        self.peak = max(self.peak, _tree_rss_bytes(os.getpid()))
+        self.peak = max(self.peak, tree_memory(os.getpid())[0])
 
 
 # --------------------------------------------------------------------------------------------- runs

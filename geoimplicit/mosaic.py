@@ -25,7 +25,7 @@ import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
@@ -81,13 +81,13 @@ class TileSource:
     opened: bool = True  # False: a tile of a feed not read yet
 
 
-def _place(s: TileSource, grid: GridSpec, bands: list[int], *, opened: bool) -> None:
-    """Check that a tile lies on the mosaic's pixel grid and has the bands, and give it its window."""
+def _place(s: TileSource, grid: GridSpec, bands: list[int]) -> None:
+    """Check that a tile lies on the mosaic's pixel grid and has the bands (once read), and give it its window."""
     if not GridSpec(s.bounds, s.resolution).is_aligned_with(grid):
         raise InputError("tile is not on the mosaic's pixel grid (other resolution or origin)", path=s.path,
                          hint="mosaic tiles made with one tile grid")
     s.window = grid.window(s.bounds)
-    if opened and s.count < max(bands):
+    if s.opened and s.count < max(bands):
         raise InputError(f"tile has {s.count} bands, the mosaic asks for band {max(bands)}", path=s.path)
 
 
@@ -133,16 +133,16 @@ class TileFeed:
                 raise MosaicAborted("the tiles' run stopped")
             return [i for i in indices if self._written[i]]
 
-    def when_finished(self, blocks, buckets: dict, live: dict, sources: list, place) -> Iterable:
-        """``blocks`` in order, each once its tiles are finished: their written ones read (``sources``,
-        ``place``) and put in ``live`` for the blender."""
+    def when_finished(self, blocks, buckets: dict, live: dict, arrive: Callable[[int], None]) -> Iterable:
+        """``blocks`` in order, each once its tiles are finished: ``arrive(i)`` the first time a written tile is
+        needed, and the block's written tiles put in ``live`` for the blender."""
+        arrived: set[int] = set()
         for block in blocks:
             key = block[4]
             written = self._wait(buckets.get(key, ()))
-            for i in written:
-                if not sources[i].opened:
-                    sources[i] = _open_sources([sources[i].path])[0][0]
-                    place(i)
+            for i in set(written) - arrived:
+                arrive(i)
+                arrived.add(i)
             live[key] = written
             yield block
 
@@ -379,7 +379,7 @@ def mosaic(
         grid = GridSpec((core[:, 0].min(), core[:, 1].min(), core[:, 2].max(), core[:, 3].max()), res,
                         crs if tile_crs is None else tile_crs)
     for s in sources:
-        _place(s, grid, bands, opened=feed is None)
+        _place(s, grid, bands)
     _infer_feather(sources, grid)
     from geoimplicit.io.crs import to_rasterio_crs
 
@@ -429,8 +429,11 @@ def mosaic(
             blocks = [(br * bx, bc * bx, min(bx, rows - br * bx), min(bx, cols - bc * bx), (br, bc))
                       for br in range(n_blocks_r) for bc in range(n_blocks_c)]
             if feed is not None:
-                blocks = feed.when_finished(blocks, buckets, live, sources, lambda i: _place(
-                    sources[i], grid, bands, opened=True))
+                def arrive(i):  # a fed tile, finished: its header read now
+                    sources[i] = _open_sources([sources[i].path])[0][0]
+                    _place(sources[i], grid, bands)
+
+                blocks = feed.when_finished(blocks, buckets, live, arrive)
             for (r0, c0, h, w, _), (out, valid, fo) in _ordered_map(blend, blocks, cancel):
                 n_valid += int(valid.sum())
                 dst.write(out, indexes=list(range(1, nb + 1)), window=Window(c0, r0, w, h))

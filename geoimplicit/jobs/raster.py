@@ -72,18 +72,26 @@ class RasterProduct:
               overwrite: bool = False, progress=None, cancel=None) -> dict:
         from geoimplicit.mosaic import mosaic
 
-        written, scratch = {}, merge_scratch(workdir)
+        scratch = merge_scratch(workdir)
         for layer in self.layers:
-            mask_path = outputs.get(layer.mask_output) if layer.mask_output else None
-            written[layer.name] = mosaic(
-                [layer.tile_path(workdir, t) for t in tile_ids], outputs[layer.name], grid=tilegrid.grid, aoi=aoi,
-                tags={**(tags or {}), **layer.tags}, filled_output=mask_path, overwrite=overwrite,
-                bands=layer.merge_bands, dtype=layer.dtype, nodata=layer.nodata, alpha=layer.alpha,
-                scratch=scratch, progress=progress, cancel=cancel)
-            if mask_path is not None:
-                written[layer.mask_output] = Path(mask_path)
+            mosaic([layer.tile_path(workdir, t) for t in tile_ids], outputs[layer.name],
+                   **self.mosaic_options(layer, outputs, tilegrid=tilegrid, aoi=aoi, tags=tags, overwrite=overwrite,
+                                         scratch=scratch, progress=progress, cancel=cancel))
         _remove_if_empty(scratch)
-        return written
+        return self.written(outputs)
+
+    def mosaic_options(self, layer: RasterLayer, outputs: dict, *, tilegrid, aoi, tags, overwrite, scratch,
+                       progress, cancel) -> dict:
+        """The :func:`geoimplicit.mosaic.mosaic` options that merge one layer into its output(s)."""
+        return dict(grid=tilegrid.grid, aoi=aoi, tags={**(tags or {}), **layer.tags},
+                    filled_output=outputs.get(layer.mask_output) if layer.mask_output else None,
+                    overwrite=overwrite, bands=layer.merge_bands, dtype=layer.dtype, nodata=layer.nodata,
+                    alpha=layer.alpha, scratch=scratch, progress=progress, cancel=cancel)
+
+    def written(self, outputs: dict) -> dict:
+        """The merge's outputs: one COG per layer, and its mask COG where it has one."""
+        return {name: Path(outputs[name]) for layer in self.layers for name in (layer.name, layer.mask_output)
+                if name}
 
     def start_merge(self, workdir, tiles: Sequence, outputs: dict, *, tilegrid, aoi=None, tags=None,
                     overwrite: bool = False, progress=None, cancel=None) -> "StreamingMerge":
@@ -136,10 +144,8 @@ class StreamingMerge:
         for layer in product.layers:
             feed = self.feeds[layer.name] = TileFeed(
                 [(layer.tile_path(workdir, t.id), t.bounds, overlap_px) for t in tiles])
-            mask_path = outputs.get(layer.mask_output) if layer.mask_output else None
-            kw = dict(grid=tilegrid.grid, aoi=aoi, tags={**(tags or {}), **layer.tags}, filled_output=mask_path,
-                      overwrite=overwrite, bands=layer.merge_bands, dtype=layer.dtype, nodata=layer.nodata,
-                      alpha=layer.alpha, feed=feed, scratch=scratch, progress=progress, cancel=cancel)
+            kw = product.mosaic_options(layer, outputs, tilegrid=tilegrid, aoi=aoi, tags=tags, overwrite=overwrite,
+                                        scratch=scratch, progress=progress, cancel=cancel) | {"feed": feed}
             self.threads.append(threading.Thread(target=self._run, args=(layer.name, mosaic, outputs[layer.name], kw),
                                                  name=f"merge-{layer.name}", daemon=True))
         self._started, self.scratch = False, scratch
@@ -177,9 +183,7 @@ class StreamingMerge:
             if layer.name in self.errors:
                 raise self.errors[layer.name]
         _remove_if_empty(self.scratch)
-        written = {layer.name: Path(self.outputs[layer.name]) for layer in self.product.layers}
-        written.update({m: Path(self.outputs[m]) for m in (layer.mask_output for layer in self.product.layers) if m})
-        return written
+        return self.product.written(self.outputs)
 
     def abort(self) -> None:
         """Stop the mosaics (their temporary files removed, no output written) and wait for them."""
