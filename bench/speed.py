@@ -302,11 +302,13 @@ def run_all(args, work: Path, results: dict, dump) -> None:
     methods = args.methods.split(",")
     runs = results.setdefault("runs", {})
 
-    def method_and_options(m):  # "occupancy/none@1": occupancy, refiner none, one tile at a time on the device
+    def method_and_options(m):  # "occupancy/none+torch@1": refiner none, torch search, one tile at a time
         m, _, threads = m.partition("@")
+        m, _, kernel = m.partition("+")
         base, _, refiner = m.partition("/")
         executor = LocalExecutor(device_threads=int(threads)) if threads else None
-        return base, opts[base] | ({"refiner": refiner} if refiner else {}), executor, args.stacks
+        extra = ({"refiner": refiner} if refiner else {}) | ({"search_kernel": kernel} if kernel else {})
+        return base, opts[base] | extra, executor, args.stacks
 
     results["decode_small"] = decode_rates([small["laz"]])
     if any(m.startswith("occupancy") for m in methods) and _on_cuda(args.device):  # warm-up: CUDA context, kernels, allocator
@@ -315,7 +317,7 @@ def run_all(args, work: Path, results: dict, dump) -> None:
                       opts["occupancy"])
         results["warmup_s"] = w["wall_s"]
     for m in methods:
-        name = m.replace("/", "_").replace("@", "_t")
+        name = m.replace("/", "_").replace("@", "_t").replace("+", "_")
         runs[f"{m} small"] = timed_run([small["laz"]], work / f"{name}_small.tif", small["bounds"],
                                        *method_and_options(m))
         log.info("%s small: %.2f s, %.0f km²/h", m, runs[f"{m} small"]["wall_s"], runs[f"{m} small"]["km2_per_h"])
@@ -330,7 +332,7 @@ def run_all(args, work: Path, results: dict, dump) -> None:
         if need > left:
             runs[f"{m} large"] = {"skipped": f"needs about {need:.0f} s, {left:.0f} s of the budget left"}
             continue
-        name = m.replace("/", "_").replace("@", "_t")
+        name = m.replace("/", "_").replace("@", "_t").replace("+", "_")
         runs[f"{m} large"] = timed_run(large["laz"], work / f"{name}_large.tif", large["bounds"], *method_and_options(m))
         log.info("%s large: %.2f s, %.0f km²/h", m, runs[f"{m} large"]["wall_s"], runs[f"{m} large"]["km2_per_h"])
         dump()
@@ -347,8 +349,9 @@ def main(argv=None):
     ap.add_argument("--side-m", type=float, default=1000.0, help="side of the small area in metres")
     ap.add_argument("--copies-side", type=int, default=4, help="the large area: this many copies per side")
     ap.add_argument("--methods", default="occupancy,raster",
-                    help="comma list; occupancy/REFINER sets the height refiner (auto, none, a path), METHOD@N the "
-                         "tiles in flight on the device (default: the method's)")
+                    help="comma list; occupancy/REFINER sets the height refiner (auto, none, a path), "
+                         "occupancy+KERNEL the surface search's kernel (auto, triton, torch), METHOD@N the tiles in "
+                         "flight on the device (default: the method's)")
     ap.add_argument("--seed", type=int, default=5000)
     ap.add_argument("--stacks", action="store_true", help="sample the threads' stacks in every run (in the JSON)")
     ap.add_argument("--budget-s", type=float, default=420.0, help="skip runs that would end after this")

@@ -98,29 +98,48 @@ def reduce_subcells(height, found, n_sub: int, reduce: str = "mean"):
 
 def search_model(model, enc: dict, xy: torch.Tensor, z_lo: torch.Tensor, z_hi: torch.Tensor, *,
                  coarse_steps: int = 16, refine_steps: int = 10, batch_columns: int = 262144,
-                 amp_dtype=None, progress=None, readout: str = "surface") -> tuple[torch.Tensor, torch.Tensor]:
+                 amp_dtype=None, progress=None, readout: str = "surface",
+                 kernel: str = "torch") -> tuple[torch.Tensor, torch.Tensor]:
     """Surface height of the columns at local metres ``xy`` (M, 2) of a patch encoded as ``enc`` (batch of 1).
 
     The per-column feature projections are computed once; each height then costs only the height part of
-    the decoder. Columns go through in batches of ``batch_columns``; ``progress(done, M)`` after each. Returns
-    normalised heights (M,) and found (M,).
+    the decoder. Columns go through in batches of ``batch_columns``; ``progress(done, M)`` after each.
+    ``kernel="triton"``: the search fused into one kernel (:mod:`.search_kernel`; ``readout="surface"`` only,
+    the rest falls back to torch). Returns normalised heights (M,) and found (M,).
     """
     heights, founds = [], []
     dev = xy.device
+    fused = kernel == "triton" and readout == "surface"
     for s in range(0, xy.shape[0], batch_columns):
         sl = slice(s, s + batch_columns)
         with torch.autocast(dev.type, dtype=amp_dtype, enabled=amp_dtype is not None):
             c, prior = model.sample(enc, xy[None, sl])
-            ctx = [t[0][:, None, :] for t in model.decoder.column_context(c)]
-            pr = prior[0][:, None].float()
+            ctx = [t[0] for t in model.decoder.column_context(c)]
+            pr = prior[0].float()
+        if fused:
+            from geoimplicit.dsm.occupancy.search_kernel import fused_search
 
-            def field(z, ctx=ctx, pr=pr):
-                return model.decoder.decode(ctx, z, pr)
-
-            h, f, _ = search_columns(field, z_lo[sl], z_hi[sl], coarse_steps=coarse_steps, refine_steps=refine_steps,
-                                     readout=readout)
+            h, f, _ = fused_search(model.decoder, ctx, pr, z_lo[sl], z_hi[sl], coarse_steps=coarse_steps,
+                                   refine_steps=refine_steps, dot_bf16=amp_dtype is not None)
+        else:
+            h, f = _search_torch(model.decoder, ctx, pr, z_lo[sl], z_hi[sl], coarse_steps, refine_steps, amp_dtype,
+                                 readout)
         heights.append(h)
         founds.append(f)
         if progress is not None:
             progress(min(s + batch_columns, xy.shape[0]), xy.shape[0])
     return torch.cat(heights), torch.cat(founds)
+
+
+def _search_torch(decoder, ctx: list, prior, z_lo, z_hi, coarse_steps: int, refine_steps: int, amp_dtype, readout):
+    """:func:`search_columns` of the decoder's field over columns with context ``ctx`` (list of (M, hidden))."""
+    ctx = [t[:, None, :] for t in ctx]
+    pr = prior[:, None]
+
+    def field(z):
+        return decoder.decode(ctx, z, pr)
+
+    with torch.autocast(z_lo.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+        h, f, _ = search_columns(field, z_lo, z_hi, coarse_steps=coarse_steps, refine_steps=refine_steps,
+                                 readout=readout)
+    return h, f

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,9 +54,12 @@ class OccupancyPredictor:
         weights: a checkpoint path (default: the shipped ``occupancy_default.pt``), or a loaded checkpoint dict.
         device: "auto", "cpu", "cuda".
         amp: decode in bfloat16 on CUDA (default True); always float32 on the CPU.
+        search_kernel: ``auto`` (the fused Triton surface search on CUDA where it applies, else torch; the
+            environment variable ``GEOIMPLICIT_SEARCH_KERNEL`` overrides ``auto``), ``triton`` or ``torch``.
     """
 
-    def __init__(self, weights=None, device: str = "auto", amp: bool = True, model=None, cfg=None):
+    def __init__(self, weights=None, device: str = "auto", amp: bool = True, model=None, cfg=None,
+                 search_kernel: str = "auto"):
         import torch
 
         from geoimplicit.dsm.occupancy.checkpoint import load_checkpoint, model_from_checkpoint
@@ -68,6 +72,7 @@ class OccupancyPredictor:
         self.cfg = cfg
         self.amp_dtype = torch.bfloat16 if (amp and self.device.type == "cuda") else None
         self.timings = Timings()
+        self.search_kernel = resolve_search_kernel(search_kernel, self.device, self.model.decoder)
         self.refiner = resolve_refiner(cfg.extract.refiner, weights)
         if self.refiner is not None:
             self.refiner.to(self.device)
@@ -182,7 +187,7 @@ class OccupancyPredictor:
             zn, found = search_model(self.model, enc, q, lo, hi, coarse_steps=ec.coarse_steps,
                                      refine_steps=ec.refine_steps, batch_columns=batch, amp_dtype=self.amp_dtype,
                                      progress=None if progress is None else _column_progress(progress),
-                                     readout=ec.readout)
+                                     readout=ec.readout, kernel=self.search_kernel)
             if ec.fill == "prior":
                 _, prior = self.model.sample(enc, q[None])
                 zn = torch.where(found, zn, prior[0].float())
@@ -268,6 +273,24 @@ class FramedTile:
     margin: int = 0  # cells the grid is grown by on each side for the refiner (rows/cols include them)
     stats: np.ndarray | None = None  # refine.cell_stats of the grown grid
     metres_per_unit: float = 1.0
+
+
+def resolve_search_kernel(setting: str, device, decoder) -> str:
+    """``triton`` or ``torch``: the surface search's kernel for ``setting`` (see :class:`OccupancyPredictor`) on
+    ``device`` (a torch.device)."""
+    from geoimplicit.dsm.occupancy import search_kernel
+
+    if setting == "auto":
+        setting = os.environ.get("GEOIMPLICIT_SEARCH_KERNEL", "auto")
+    if setting not in ("auto", "triton", "torch"):
+        raise ValueError(f"unknown search kernel {setting!r}; one of auto, triton, torch")
+    usable = search_kernel.available(device) and search_kernel.supports(decoder)
+    if setting == "triton" and not usable:
+        raise ValueError(f"the fused surface search needs CUDA and Triton (device {device}, Triton "
+                         f"{'installed' if search_kernel.triton_installed() else 'missing'})")
+    if setting == "auto":
+        return "triton" if usable and device.type == "cuda" else "torch"
+    return setting
 
 
 def resolve_refiner(setting: str, weights):

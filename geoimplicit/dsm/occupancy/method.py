@@ -17,6 +17,7 @@ class OccupancyMethod:
         device: "auto", "cpu" or "cuda".
         true_ortho: the orthos are true orthos (every roof on its footprint), for models that take it.
         refiner: height refiner, ``auto`` (the shipped one with the shipped weights), ``none`` or a path.
+        search_kernel: the surface search's kernel, ``auto``, ``triton`` or ``torch`` (:class:`OccupancyPredictor`).
     """
 
     name = "occupancy"
@@ -25,13 +26,15 @@ class OccupancyMethod:
     needs_gpu = True
     device_threads = 2  # inference only (thread-safe): one tile is written while the next one is on the device
 
-    def __init__(self, weights=None, device: str = "auto", true_ortho: bool = False, refiner: str | None = None):
+    def __init__(self, weights=None, device: str = "auto", true_ortho: bool = False, refiner: str | None = None,
+                 search_kernel: str = "auto"):
         from geoimplicit.dsm.occupancy.checkpoint import DEFAULT_WEIGHTS, load_checkpoint
         from geoimplicit.dsm.occupancy.infer import resolve_refiner
 
         self.weights = weights
         self.device = device or "auto"
         self.true_ortho = bool(true_ortho)
+        self.search_kernel = search_kernel
         # read once (fails early, naming the file); prepare() builds the model from it in this process
         self._checkpoint = load_checkpoint(weights)
         self._weights_name = str(weights or DEFAULT_WEIGHTS.name)
@@ -55,7 +58,7 @@ class OccupancyMethod:
 
         self._mpu = linear_units(parse_crs(inputs.crs_wkt))[1]
         checkpoint, self._checkpoint = self._checkpoint, None
-        predictor = OccupancyPredictor(checkpoint or self.weights, self.device)
+        predictor = OccupancyPredictor(checkpoint or self.weights, self.device, search_kernel=self.search_kernel)
         predictor.refiner = None if self._refiner is None else self._refiner.to(predictor.device)
         return predictor
 
