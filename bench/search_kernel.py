@@ -89,6 +89,28 @@ def time_variant(predictor, tiles, kernel: str, bf16: bool, repeat: int) -> dict
             "columns": len(q), "outs": outs}
 
 
+def encode_times(predictor, tiles, repeat: int = 3) -> dict:
+    """ms per tile of the encoding alone (bf16 autocast), with cuDNN's algorithm search off and on."""
+    import torch
+
+    out = {}
+    predictor.amp_dtype = torch.bfloat16
+    for bench_mode in (False, True):
+        torch.backends.cudnn.benchmark = bench_mode
+        with torch.inference_mode():
+            for t in tiles:
+                predictor.encode_local(t.pts, t.frame)
+            torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            for _ in range(repeat):
+                for t in tiles:
+                    predictor.encode_local(t.pts, t.frame)
+            torch.cuda.synchronize()
+        out[f"cudnn.benchmark={bench_mode}"] = (time.perf_counter() - t0) / (repeat * len(tiles)) * 1e3
+    torch.backends.cudnn.benchmark = False
+    return out
+
+
 def launch_sweep(predictor, t, repeat: int = 20) -> dict:
     """ms of the fused bf16 search alone on tile ``t`` for a few launch shapes."""
     import torch
@@ -168,6 +190,8 @@ def main(argv=None):
         lines.append(f"| {kernel} | {'bf16' if bf16 else 'fp32'} | {r['search_ms']:.2f} | {r['queries_per_s'] / 1e6:.0f} | "
                      f"{r['tile_ms']:.2f} | {c['max_m']:.4f} / {c['p99_m']:.4f} / {c['mean_m']:.5f} | "
                      f"{c['over_1cm'] * 100:.3f} % | {c['valid_mismatch_cells']} |")
+    res["encode_ms"] = encode_times(predictor, tiles)
+    lines += ["", "Encoding alone, ms per tile: " + ", ".join(f"{k} {v:.2f}" for k, v in res["encode_ms"].items())]
     res["launch_shapes"] = launch_sweep(predictor, tiles[0])
     lines += ["", "Fused bf16 search alone on the first tile, by launch shape (columns per program, warps): " +
               ", ".join(f"{k} {v:.2f} ms" for k, v in res["launch_shapes"].items())]

@@ -82,9 +82,11 @@ class TileJob:
     def load(self, prepare: bool = True) -> tuple[dict, list, Any]:
         """The tile's points (routed), ortho crops and (``prepare``) the method's ``prepare_tile`` work, where
         it has one; what the local executor prefetches in threads, ahead of the device."""
-        from geoimplicit.tiling.route import load_tile_points
+        from geoimplicit.tiling.route import load_tile_points, wait_routed
 
-        points = load_tile_points(Path(self.workdir) / "points", self.tile.id)
+        route_dir = Path(self.workdir) / "points"
+        wait_routed(route_dir, self.tile.id)  # where the routing runs behind the tiles
+        points = load_tile_points(route_dir, self.tile.id, fields=method_class(self.method).point_fields)
         ortho = []
         if method_class(self.method).needs_ortho:
             from geoimplicit.io.raster import read_raster
@@ -338,8 +340,6 @@ def _run_tiles_and_merge(plan: RunPlan, tags: dict, outputs: dict, executor, ove
     """Open the run index (resuming; ``tags`` kept in it for ``geoimplicit mosaic``), route the points to the
     unfinished tiles, run their jobs while the mosaic is written behind them, block by block as the tiles over
     each block finish (:meth:`RasterProduct.start_merge`); the merge alone where every tile was finished."""
-    from geoimplicit.tiling.route import route_points
-
     tg, workdir = plan.tilegrid, plan.workdir
     statuses = open_run_index(workdir, tg, plan.run_key, reset=("tiles", "points"),
                               metadata={"product": DSM_PRODUCT.to_dict(), "method": plan.method.name, "tags": tags})
@@ -347,6 +347,9 @@ def _run_tiles_and_merge(plan: RunPlan, tags: dict, outputs: dict, executor, ove
     log.info("%d tiles of %g %s (overlap %g), %d to do", len(tg.tiles), tg.tile_size, plan.dataset.units,
              tg.overlap, len(todo))
     jobs = [TileJob(t, plan.method_name, plan.options, plan.inputs, str(workdir), plan.run_key) for t in todo]
+    behind = routes_behind(plan, jobs, executor)
+    if behind:
+        jobs = in_routing_order(plan.dataset, jobs)
 
     def nothing(results):
         excluded = sum(int(r.stats.get("excluded_by_class", 0)) for r in results)
@@ -358,9 +361,40 @@ def _run_tiles_and_merge(plan: RunPlan, tags: dict, outputs: dict, executor, ove
                   merge_kw=dict(tilegrid=tg, aoi=plan.clip, tags=tags, overwrite=overwrite, progress=progress,
                                 cancel=cancel),
                   total=len(tg.tiles), executor=executor, needs_gpu=plan.method.needs_gpu, nothing=nothing,
-                  before_jobs=lambda: route_points(plan.dataset, tg.tiles, workdir / "points",
-                                                   fields=plan.method.point_fields, progress=progress, cancel=cancel),
+                  before_jobs=_router(plan, workdir / "points", behind, progress, cancel),
                   progress=progress, cancel=cancel)
+
+
+def routes_behind(plan: RunPlan, jobs: Sequence, executor) -> bool:
+    """Whether the points are routed while the tiles run: tiles in flight on a GPU in this process (the tile
+    jobs of a CPU method fork their own workers, a Dask cluster reads the folder from elsewhere) and inputs of
+    several files (a tile starts once the files over it are routed; with one file that is the end)."""
+    from geoimplicit.jobs.executors import LocalExecutor
+
+    return (bool(jobs) and len(plan.dataset.files) > 1 and (executor is None or isinstance(executor, LocalExecutor))
+            and jobs[0].device_threads > 1)
+
+
+def in_routing_order(dataset, jobs: Sequence) -> list:
+    """The jobs in the order their points are routed (:func:`geoimplicit.tiling.route.top_down_files`), north
+    to south within that: about the order of the mosaic's blocks, which are written behind the tiles."""
+    from geoimplicit.tiling.route import tile_files, top_down_files
+
+    rank = {f: r for r, f in enumerate(top_down_files(dataset))}
+    last = [max((rank[f] for f in files), default=-1) for files in tile_files(dataset, [j.tile for j in jobs])]
+    order = sorted(range(len(jobs)), key=lambda i: (last[i], jobs[i].tile.row, jobs[i].tile.col))
+    return [jobs[i] for i in order]
+
+
+def _router(plan: RunPlan, route_dir: Path, behind: bool, progress, cancel):
+    """The run's ``before_jobs``: route the points, or start routing them behind the tiles (then the
+    :class:`~geoimplicit.tiling.route.RoutingBehind` is what the jobs loop joins)."""
+    from geoimplicit.tiling.route import RoutingBehind, route_points
+
+    kw = dict(fields=plan.method.point_fields, progress=progress, cancel=cancel)
+    if behind:
+        return lambda: RoutingBehind(plan.dataset, plan.tilegrid.tiles, route_dir, **kw)
+    return lambda: route_points(plan.dataset, plan.tilegrid.tiles, route_dir, **kw)
 
 
 @contextlib.contextmanager

@@ -89,3 +89,80 @@ def test_a_chunk_read_in_parts_routes_the_same_points_in_the_same_order(tmp_path
         assert len(whole["x"]) > 0
         for f in ("x", "y", "z"):
             np.testing.assert_array_equal(whole[f], parts[f])
+
+
+# ------------------------------------------------------------------ routing behind the tiles (issue 21)
+def _four_files(tmp_path, n=12_000, side=45.0):
+    """Four LAZ files in a 2 x 2 layout (north-west, north-east, south-west, south-east written in a shuffled
+    order), each ``side`` metres across."""
+    rng = np.random.default_rng(6)
+    x0, y0 = 500_000.0, 5_000_000.0
+    paths = []
+    for name, (i, j) in (("se", (1, 0)), ("nw", (0, 1)), ("sw", (0, 0)), ("ne", (1, 1))):
+        pts = {"x": rng.uniform(x0 + i * side, x0 + (i + 1) * side, n),
+               "y": rng.uniform(y0 + j * side, y0 + (j + 1) * side, n), "z": rng.uniform(100, 120, n)}
+        p = tmp_path / f"{name}.laz"
+        write_las(p, pts, "EPSG:32632")
+        paths.append(p)
+    return paths
+
+
+def test_routing_behind_the_tiles_tells_each_tile_when_its_files_are_routed(tmp_path):
+    from geoimplicit.tiling.route import RoutingBehind, tile_files, top_down_files, wait_routed
+
+    ds = PointCloudDataset(_four_files(tmp_path))
+    assert [ds.files[i].path.stem for i in top_down_files(ds)] == ["nw", "ne", "sw", "se"]
+    grid = TileGrid.from_aoi(ds.bounds, tile_size=30.0, overlap=4.0, resolution=1.0, crs=ds.crs)
+    plain = route_points(ds, grid.tiles, tmp_path / "plain", chunk_size=5_000)
+    behind = RoutingBehind(ds, grid.tiles, tmp_path / "behind", fields=("x", "y", "z"), chunk_size=5_000,
+                           workers=1)
+    for tile in grid.tiles:  # each tile's points, as soon as they are routed: the plain routing's, in order
+        wait_routed(tmp_path / "behind", tile.id)
+        got, want = load_tile_points(tmp_path / "behind", tile.id), load_tile_points(plain, tile.id)
+        for f in "xyz":
+            np.testing.assert_array_equal(got[f], want[f])
+    behind.join()
+    assert (tmp_path / "behind" / "routing.json").exists()
+    # told in the order the files finish: a tile only once the last of its files is routed
+    rank = {f: r for r, f in enumerate(top_down_files(ds))}
+    last = [max(rank[f] for f in files) for files in tile_files(ds, grid.tiles)]
+    assert sorted(behind.order) == list(range(len(grid.tiles)))
+    told = [last[p] for p in behind.order]
+    assert told == sorted(told) and told[0] == 0 and told[-1] == 3
+
+
+def test_a_run_routing_behind_its_tiles_gives_the_same_dsm_and_its_failure_names_the_file(tmp_path, monkeypatch):
+    import rasterio
+
+    import geoimplicit.run as run_module
+    import geoimplicit.tiling.route as route
+    from geoimplicit.errors import InputError
+    from geoimplicit.jobs.executors import LocalExecutor
+
+    paths = _four_files(tmp_path)
+
+    def dsm(name, behind: bool):
+        monkeypatch.setattr(run_module, "routes_behind", lambda plan, jobs, executor: behind)
+        out = tmp_path / f"{name}.tif"
+        run_module.run_dsm(paths, out, resolution=1.0, tile_size=30.0, overlap=4.0, workdir=tmp_path / f"{name}_work",
+                           executor=LocalExecutor(processes=1))
+        with rasterio.open(out) as ds:
+            return ds.read()
+
+    plain = dsm("plain", False)
+    np.testing.assert_array_equal(dsm("behind", True), plain)
+
+    real = route._route_piece
+
+    def broken(piece):  # the third file turns out corrupt while the first tiles already run
+        if piece[0] == 2:
+            raise InputError("corrupt LAZ data", path=str(paths[2]), hint="re-export the file")
+        return real(piece)
+
+    monkeypatch.setattr(route, "_route_piece", broken)
+    with pytest.raises(InputError, match="corrupt LAZ data") as err:
+        dsm("failed", True)
+    assert str(paths[2]) in str(err.value.path)
+    assert not (tmp_path / "failed.tif").exists() and not route._BEHIND
+    monkeypatch.setattr(route, "_route_piece", real)
+    np.testing.assert_array_equal(dsm("failed", True), plain)  # the same command resumes

@@ -184,15 +184,18 @@ def run_and_merge(jobs: Sequence[TileJob], *, workdir, tiles: Sequence, statuses
     points) run while the product is merged behind them where the kind can (``start_merge``: each part of the
     output as soon as its tiles are finished), else merged afterwards; the outputs written.
 
+    ``before_jobs`` may return an object with ``join()`` and ``stop()`` (the routing going on behind the jobs):
+    joined after them, stopped if they fail, and its error raised in place of theirs.
     ``statuses``: the index's statuses when the run began (the tiles finished before); ``nothing(results)``: the
     message and hint when every tile is empty; ``merge_kw``: the merge's options (tilegrid, aoi, tags, ...).
     """
-    stream, results = None, []
+    stream, behind, results = None, None, []
     try:
         if jobs:
             check_cancel(cancel)
             if before_jobs is not None:  # before the merge's threads: the routing forks its workers
-                before_jobs()
+                behind = before_jobs()  # may go on behind the jobs: then an object with join() and stop()
+                behind = behind if hasattr(behind, "join") else None
             start = getattr(product, "start_merge", None)
             if start is not None:
                 stream = start(workdir, tiles, outputs, **merge_kw)
@@ -203,14 +206,20 @@ def run_and_merge(jobs: Sequence[TileJob], *, workdir, tiles: Sequence, statuses
             told = None if stream is None else (lambda r: stream.tile_finished(r.tile_id, r.status == "done"))
             results = run_jobs(jobs, total=total, executor=executor, needs_gpu=needs_gpu, progress=progress,
                                cancel=cancel, on_result=told)
+            if behind is not None:
+                behind, running = None, behind
+                running.join()
         check_cancel(cancel)
         message, hint = nothing(results)
         done = finished_tiles(workdir, tiles, product, nothing=message, hint=hint)
         if stream is not None:
             return stream.finish()
         return product.merge(workdir, done, outputs, **merge_kw)
-    except BaseException:
+    except BaseException as exc:
         if stream is not None:
             stream.abort()
+        if behind is not None:  # the routing's own error explains the tiles that waited for it
+            behind.stop()
+            behind.join_error(exc)
         raise
 

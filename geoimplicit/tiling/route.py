@@ -13,12 +13,14 @@ import json
 import logging
 import os
 import shutil
+import threading
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
 from geoimplicit.cores import HeapTrimmed, forked_pool, process_workers
+from geoimplicit.errors import CancelledError
 from geoimplicit.outputs import input_fingerprint
 from geoimplicit.progress import CancelCallback, ProgressCallback, check_cancel
 
@@ -176,19 +178,78 @@ def _tile_shares(chunk: dict, tiles: Sequence, fields: Sequence[str], dtype):
         yield int(key[s] // 9), int(key[s] % 9), rec
 
 
-def _map_pieces(pieces, workers: int):
-    """``_route_piece`` over the pieces, in this process or in forked worker processes; results in order."""
+def _map_pieces(pieces, workers: int, forked: Callable[[], None] | None = None):
+    """``(piece, _route_piece(piece))`` over the pieces as they complete, in this process or in forked worker
+    processes; ``forked()`` once every worker is forked (all pieces are submitted first: no fork comes later)."""
     if workers <= 1:
-        yield from map(_route_piece, pieces)
+        if forked is not None:
+            forked()
+        for p in pieces:
+            yield p, _route_piece(p)
         return
+    import concurrent.futures as cf
+
     with forked_pool(workers) as pool:
-        futures = [pool.submit(HeapTrimmed(_route_piece), p) for p in pieces]
+        futures = {pool.submit(HeapTrimmed(_route_piece), p): p for p in pieces}
+        if forked is not None:
+            forked()
         try:
-            for fut in futures:
-                yield fut.result()
+            for fut in cf.as_completed(futures):
+                yield futures[fut], fut.result()
         finally:
             for fut in futures:
                 fut.cancel()
+
+
+def top_down_files(dataset) -> list[int]:
+    """The input files' numbers from the north down, west to east within a row of files (files whose tops are
+    within half a file's height of each other make a row): the order the tiles
+    and the mosaic's blocks go in, so that the routing finishes the tiles in about their order."""
+    b = np.array([f.xy_bounds for f in dataset.files], dtype=np.float64).reshape(-1, 4)
+    height = float(np.median(b[:, 3] - b[:, 1])) or 1.0  # rows of files: tops within half a file of each other
+    row = np.round((b[:, 3].max() - b[:, 3]) / height)
+    return sorted(range(len(b)), key=lambda i: (row[i], b[i, 0], i))
+
+
+def tile_files(dataset, tiles: Sequence) -> list[list[int]]:
+    """Per tile, the numbers of the files whose header bounds meet its context (the points it may get)."""
+    fb = np.array([f.xy_bounds for f in dataset.files], dtype=np.float64).reshape(-1, 4)
+    out = []
+    for t in tiles:
+        left, bottom, right, top = t.context_bounds
+        meet = (fb[:, 0] < right) & (fb[:, 2] >= left) & (fb[:, 1] < top) & (fb[:, 3] >= bottom)
+        out.append(np.flatnonzero(meet).tolist())
+    return out
+
+
+class _Readiness:
+    """Which tiles have all their points routed, as the files complete (:func:`route_points` ``ready=``)."""
+
+    def __init__(self, dataset, tiles: Sequence, pieces: Sequence, ready: Callable[[list[int]], None]):
+        self.ready = ready
+        self.left = {}  # file -> pieces still to route
+        for f, _, _ in pieces:
+            self.left[f] = self.left.get(f, 0) + 1
+        self.waiting = {}  # tile position -> files still to route
+        self.by_file: dict[int, list[int]] = {}
+        for pos, files in enumerate(tile_files(dataset, tiles)):
+            files = [f for f in files if f in self.left]
+            self.waiting[pos] = len(files)
+            for f in files:
+                self.by_file.setdefault(f, []).append(pos)
+        self.ready([pos for pos, n in self.waiting.items() if n == 0])
+
+    def piece_done(self, file_no: int) -> None:
+        self.left[file_no] -= 1
+        if self.left[file_no]:
+            return
+        now = []
+        for pos in self.by_file.get(file_no, ()):
+            self.waiting[pos] -= 1
+            if self.waiting[pos] == 0:
+                now.append(pos)
+        if now:
+            self.ready(now)
 
 
 def route_points(
@@ -201,6 +262,8 @@ def route_points(
     workers: int | None = None,
     progress: ProgressCallback | None = None,
     cancel: CancelCallback | None = None,
+    ready: Callable[[list[int]], None] | None = None,
+    forked: Callable[[], None] | None = None,
 ) -> Path:
     """Stream ``dataset`` (a :class:`~geoimplicit.io.pointcloud.PointCloudDataset`) into per-tile pieces.
 
@@ -208,7 +271,12 @@ def route_points(
     :func:`load_tile_points`, in the order of the inputs). Only points inside the union of the tiles' context
     bounds are kept. Chunks of ``chunk_size`` points (default :func:`route_chunk`) are read and routed by
     ``workers`` processes (default :func:`route_workers`), each decoding on one core; one worker: in this
-    process, decoding with lazrs' threads.
+    process, decoding with lazrs' threads. The files are read from the north down (:func:`top_down_files`);
+    the pieces' names keep every tile's points in the order of the inputs whatever order they are routed in.
+
+    ``ready(positions)``: told, from this thread, the tiles (positions in ``tiles``) whose points are all routed,
+    as the files complete (the tiles can start while the rest is routed); ``forked()``: once the worker processes
+    exist (no fork comes later), or when there are none to make.
     """
     route_dir = Path(route_dir)
     tiles = list(tiles)
@@ -218,6 +286,9 @@ def route_points(
         try:
             if json.loads(manifest.read_text()).get("key") == key:
                 log.info("reusing routed points in %s", route_dir)
+                _tell(forked)
+                if ready is not None:
+                    ready(list(range(len(tiles))))
                 return route_dir
         except (OSError, ValueError):
             pass
@@ -232,15 +303,20 @@ def route_points(
     total = int(dataset.point_count)
     chunk_size = chunk_size or route_chunk(total, workers)
     workers = route_workers(total, chunk_size, workers)
-    pieces = [p for p in _pieces(dataset, int(chunk_size)) if id(dataset.files[p[0]]) in inside]
+    rank = {f: r for r, f in enumerate(top_down_files(dataset))}
+    pieces = sorted((p for p in _pieces(dataset, int(chunk_size)) if id(dataset.files[p[0]]) in inside),
+                    key=lambda p: (rank[p[0]], p[1]))
     dtype = np.dtype([(f, np.float64 if f in ("x", "y", "z") else np.float32) for f in fields])
     _JOB.update(dataset=dataset, tiles=tiles, bounds=bounds, fields=fields, dtype=dtype, route_dir=route_dir,
                 serial=workers > 1)
     read, counts = 0, np.zeros(len(tiles), dtype=np.int64)
+    readiness = None if ready is None else _Readiness(dataset, tiles, pieces, ready)
     try:
-        for n, c in _map_pieces(pieces, workers):
+        for piece, (n, c) in _map_pieces(pieces, workers, forked):
             check_cancel(cancel)
             read, counts = read + n, counts + c
+            if readiness is not None:
+                readiness.piece_done(piece[0])
             if progress is not None:
                 progress(min(read, total), total, "read points", f"{read:,} points read")
     finally:
@@ -252,12 +328,106 @@ def route_points(
     return route_dir
 
 
-def load_tile_points(route_dir: str | os.PathLike, tile_id: str) -> dict[str, np.ndarray]:
-    """The points routed to one tile as a dict of arrays (empty arrays when the tile got none)."""
+def _tell(callback) -> None:
+    if callback is not None:
+        callback()
+
+
+_BEHIND: dict[str, "RoutingBehind"] = {}  # route folder -> the routing still running for it in this process
+
+
+class RoutingBehind:
+    """:func:`route_points` in a thread while the tiles run: a tile starts once every file over its context is
+    routed (:func:`wait_routed`, called by the tile's loading). The worker processes are forked before this
+    returns, so that no fork happens while the tiles' threads (GDAL, CUDA) run. :meth:`join` waits for the end
+    and raises the routing's error; :meth:`stop` ends it early (the run stopped)."""
+
+    def __init__(self, dataset, tiles: Sequence, route_dir, *, fields: Sequence[str], progress=None, cancel=None,
+                 **route_kw):
+        self.route_dir = Path(route_dir)
+        self._pos = {t.id: i for i, t in enumerate(tiles)}
+        self._ready: set[int] = set()
+        self.order: list[int] = []  # tile positions in the order they were told ready
+        self._cond = threading.Condition()
+        self._error: BaseException | None = None
+        self._finished = False
+        self._stop = threading.Event()
+        forked = threading.Event()
+
+        def stopped() -> bool:
+            return self._stop.is_set() or (cancel is not None and cancel())
+
+        def work() -> None:
+            try:
+                route_points(dataset, tiles, route_dir, fields=fields, progress=progress, cancel=stopped,
+                             ready=self._tell_ready, forked=forked.set, **route_kw)
+            except BaseException as exc:  # noqa: BLE001 - handed to join()
+                self._error = exc
+            finally:
+                forked.set()
+                with self._cond:
+                    self._finished = True
+                    self._cond.notify_all()
+
+        self._thread = threading.Thread(target=work, name="routing", daemon=True)
+        self._thread.start()
+        forked.wait()
+        _BEHIND[_key(route_dir)] = self
+
+    def _tell_ready(self, positions: list[int]) -> None:
+        with self._cond:
+            self._ready.update(positions)
+            self.order.extend(positions)
+            self._cond.notify_all()
+
+    def wait(self, tile_id: str) -> None:
+        """Block until the tile's points are routed; :class:`CancelledError` (the tile is left pending) if the
+        routing stopped first (its own error comes from :meth:`join`)."""
+        pos = self._pos[tile_id]
+        with self._cond:
+            while pos not in self._ready and not self._finished:
+                self._cond.wait()
+            if pos not in self._ready:
+                raise CancelledError("the routing of the points stopped", hint="re-run the same command to resume")
+
+    def join(self) -> None:
+        self._thread.join()
+        _BEHIND.pop(_key(self.route_dir), None)
+        if self._error is not None:
+            raise self._error
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+        _BEHIND.pop(_key(self.route_dir), None)
+
+    def join_error(self, cause: BaseException) -> None:
+        """After :meth:`stop`: raise the routing's own error (from ``cause``, the tiles' failure) if it had one
+        other than being stopped."""
+        if self._error is not None and not (self._stop.is_set() and isinstance(self._error, CancelledError)):
+            raise self._error from cause
+
+
+def _key(route_dir) -> str:
+    return str(Path(route_dir).resolve())
+
+
+def wait_routed(route_dir, tile_id: str) -> None:
+    """Wait for a tile's points where this process routes them behind the tiles (:class:`RoutingBehind`)."""
+    behind = _BEHIND.get(_key(route_dir))
+    if behind is not None:
+        behind.wait(tile_id)
+
+
+def load_tile_points(route_dir: str | os.PathLike, tile_id: str,
+                     fields: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+    """The points routed to one tile as a dict of arrays (empty arrays when the tile got none; ``fields``: their
+    names, else read from the routing's manifest)."""
     tile_dir = Path(route_dir) / tile_id
     pieces = [np.load(p) for p in sorted(tile_dir.glob("*.npy"))] if tile_dir.exists() else []
     if not pieces:
-        fields = json.loads((Path(route_dir) / MANIFEST).read_text())["fields"]
+        if fields is None:
+            fields = json.loads((Path(route_dir) / MANIFEST).read_text())["fields"]
         return {f: np.empty(0, dtype=np.float64 if f in ("x", "y", "z") else np.float32) for f in fields}
     rec = np.concatenate(pieces)
     return {name: np.ascontiguousarray(rec[name]) for name in rec.dtype.names}
