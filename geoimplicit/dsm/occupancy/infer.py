@@ -54,8 +54,9 @@ class OccupancyPredictor:
         weights: a checkpoint path (default: the shipped ``occupancy_default.pt``), or a loaded checkpoint dict.
         device: "auto", "cpu", "cuda".
         amp: decode in bfloat16 on CUDA (default True); always float32 on the CPU.
-        search_kernel: ``auto`` (the fused Triton surface search on CUDA where it applies, else torch; the
-            environment variable ``GEOIMPLICIT_SEARCH_KERNEL`` overrides ``auto``), ``triton`` or ``torch``.
+        search_kernel: ``auto`` (torch for now: see ``AUTO_TRITON``; the environment variable
+            ``GEOIMPLICIT_SEARCH_KERNEL`` overrides ``auto``), ``triton`` (the fused Triton surface search, CUDA)
+            or ``torch``.
     """
 
     def __init__(self, weights=None, device: str = "auto", amp: bool = True, model=None, cfg=None,
@@ -289,8 +290,13 @@ def resolve_search_kernel(setting: str, device, decoder) -> str:
         raise ValueError(f"the fused surface search needs CUDA and Triton (device {device}, Triton "
                          f"{'installed' if search_kernel.triton_installed() else 'missing'})")
     if setting == "auto":
-        return "triton" if usable and device.type == "cuda" else "torch"
+        return "triton" if AUTO_TRITON and usable and device.type == "cuda" else "torch"
     return setting
+
+
+# ``auto`` picks the fused kernel only once it has been checked and timed on a GPU against the torch search
+# (bench/search_kernel.py); until then it is opt-in (``triton``, or GEOIMPLICIT_SEARCH_KERNEL=triton).
+AUTO_TRITON = False
 
 
 def resolve_refiner(setting: str, weights):
