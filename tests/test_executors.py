@@ -223,3 +223,31 @@ def test_occupancy_two_tiles_in_flight_give_the_same_dsm(city, tmp_path):
         dsms.append(_read(out)[0])
     assert dsms[0].count() > 0.9 * dsms[0].size
     np.testing.assert_array_equal(dsms[0].filled(np.nan), dsms[1].filled(np.nan))
+
+
+@pytest.mark.parametrize("in_flight", [1, 2])
+def test_a_failed_job_releases_what_the_running_jobs_wait_on_before_waiting_for_them(in_flight):
+    """``on_abort`` is told before the executor waits for the jobs still running (the routing behind the tiles
+    is stopped that way): without it the jobs waiting in their prefetch would hold the run for their timeout."""
+    import threading
+    import time
+
+    from geoimplicit.jobs.executors import LocalExecutor
+
+    gate = threading.Event()
+
+    def prefetch(job):
+        if job > 0:
+            gate.wait(30)  # a tile waiting for its points
+        return job
+
+    def fn(job, data):
+        if job == 0:
+            raise ValueError("tile 0 failed")
+        return data
+
+    t0 = time.perf_counter()
+    with pytest.raises(ValueError, match="tile 0 failed"):
+        list(LocalExecutor(threads=2, device_threads=in_flight).map(fn, [0, 1, 2], prefetch=prefetch,
+                                                                     needs_gpu=True, on_abort=gate.set))
+    assert gate.is_set() and time.perf_counter() - t0 < 10

@@ -67,8 +67,11 @@ class LocalExecutor:
 
     def map(self, fn: JobFn, jobs: Sequence[Any], *, prefetch: Callable[[Any], Any] | None = None,
             needs_gpu: bool = False, job_progress: JobProgress | None = None,
-            cancel: CancelCallback | None = None) -> Iterator[tuple[Any, Any]]:
-        """Yield ``(job, result)`` in job order."""
+            cancel: CancelCallback | None = None, on_abort: Callable[[], None] | None = None
+            ) -> Iterator[tuple[Any, Any]]:
+        """Yield ``(job, result)`` in job order. ``on_abort()``: called when a job fails or the run is
+        interrupted, before waiting for the jobs still running in threads (it releases what they may wait on,
+        e.g. the routing behind the tiles)."""
         jobs = list(jobs)
         if (not needs_gpu and self.processes > 1 and len(jobs) > 1 and getattr(jobs[0], "cpu_parallel", False)
                 and _can_fork()):
@@ -107,7 +110,10 @@ class LocalExecutor:
                         check_cancel(cancel)
                         yield job, call(job, loaded(i))
                 else:
-                    yield from _overlapped(jobs, lambda i: call(jobs[i], loaded(i)), in_flight, cancel)
+                    yield from _overlapped(jobs, lambda i: call(jobs[i], loaded(i)), in_flight, cancel, on_abort)
+            except BaseException:
+                _tell(on_abort)
+                raise
             finally:
                 for fut in pending.values():
                     fut.cancel()
@@ -116,7 +122,7 @@ class LocalExecutor:
         pass
 
 
-def _overlapped(jobs, run, in_flight: int, cancel) -> Iterator[tuple[Any, Any]]:
+def _overlapped(jobs, run, in_flight: int, cancel, on_abort=None) -> Iterator[tuple[Any, Any]]:
     """``run(i)`` for every job with up to ``in_flight`` of them at once in threads; results in job order.
     Used for device jobs that say ``device_threads`` > 1: one tile's writing overlaps the next one's compute."""
     with cf.ThreadPoolExecutor(in_flight, thread_name_prefix="device") as device:
@@ -128,9 +134,17 @@ def _overlapped(jobs, run, in_flight: int, cancel) -> Iterator[tuple[Any, Any]]:
                     k = i + len(running)
                     running[k] = device.submit(run, k)
                 yield job, running.pop(i).result()
+        except BaseException:
+            _tell(on_abort)  # before the pool waits for its threads
+            raise
         finally:
             for fut in running.values():
                 fut.cancel()
+
+
+def _tell(callback) -> None:
+    if callback is not None:
+        callback()
 
 
 def _can_fork() -> bool:
@@ -194,8 +208,10 @@ class DaskExecutor:
 
     def map(self, fn: JobFn, jobs: Sequence[Any], *, prefetch: Callable[[Any], Any] | None = None,
             needs_gpu: bool = False, job_progress: JobProgress | None = None,
-            cancel: CancelCallback | None = None) -> Iterator[tuple[Any, Any]]:
-        """Yield ``(job, result)`` as tasks complete (any order); progress inside a job stays on its worker."""
+            cancel: CancelCallback | None = None, on_abort: Callable[[], None] | None = None
+            ) -> Iterator[tuple[Any, Any]]:
+        """Yield ``(job, result)`` as tasks complete (any order); progress inside a job stays on its worker.
+        ``on_abort`` is accepted for the local executor's interface (nothing here waits in this process)."""
         from distributed import as_completed
 
         del job_progress

@@ -119,10 +119,13 @@ def unfinished(workdir, tiles: Sequence, statuses: dict, product) -> list:
 
 def run_jobs(jobs: Sequence[TileJob], *, total: int, executor=None, needs_gpu: bool = False,
              progress: ProgressCallback | None = None, cancel: CancelCallback | None = None,
-             on_result: Callable[[TileResult], None] | None = None) -> list[TileResult]:
+             on_result: Callable[[TileResult], None] | None = None,
+             on_abort: Callable[[], None] | None = None) -> list[TileResult]:
     """Run ``jobs`` through ``executor`` (default: local); ``progress(done, total, "tiles", ...)`` counts the
     ``total`` tiles of the run (those finished before included) and moves within a tile where a job reports it;
-    ``on_result`` is told each tile's result as it comes (e.g. a streaming merge's ``tile_finished``)."""
+    ``on_result`` is told each tile's result as it comes (e.g. a streaming merge's ``tile_finished``);
+    ``on_abort()`` when a tile fails or the run is interrupted, before the executor waits for the tiles still
+    running (the executor's ``map`` takes it)."""
     if not jobs:
         return []
     if executor is None:
@@ -138,8 +141,9 @@ def run_jobs(jobs: Sequence[TileJob], *, total: int, executor=None, needs_gpu: b
 
     results = []
     try:
+        abort = {} if on_abort is None else {"on_abort": on_abort}
         for _, res in executor.map(execute, jobs, prefetch=load_inputs, needs_gpu=needs_gpu, job_progress=within,
-                                   cancel=cancel):
+                                   cancel=cancel, **abort):
             done += 1
             results.append(res)
             if on_result is not None:
@@ -205,7 +209,7 @@ def run_and_merge(jobs: Sequence[TileJob], *, workdir, tiles: Sequence, statuses
                         stream.finished_before(t.id, statuses.get(t.id) == "done")
             told = None if stream is None else (lambda r: stream.tile_finished(r.tile_id, r.status == "done"))
             results = run_jobs(jobs, total=total, executor=executor, needs_gpu=needs_gpu, progress=progress,
-                               cancel=cancel, on_result=told)
+                               cancel=cancel, on_result=told, on_abort=None if behind is None else behind.stop)
             if behind is not None:
                 behind, running = None, behind
                 running.join()
