@@ -86,7 +86,7 @@ class TileJob:
 
         route_dir = Path(self.workdir) / "points"
         wait_routed(route_dir, self.tile.id)  # where the routing runs behind the tiles
-        points = load_tile_points(route_dir, self.tile.id, fields=method_class(self.method).point_fields)
+        points = load_tile_points(route_dir, self.tile.id, fields=self._method().point_fields)
         ortho = []
         if method_class(self.method).needs_ortho:
             from geoimplicit.io.raster import read_raster
