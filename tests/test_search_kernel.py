@@ -67,6 +67,12 @@ def test_fused_search_finds_an_analytic_surface():
         err = (height - (h - 1e-3))[inside].abs().max().item()
         assert err <= tol, err
         assert (height[sat] == 2.0).all()
+        with torch.no_grad():  # weights changed between calls (a model in training) are the ones used
+            dec.fc_out.bias[0] = -0.5
+        moved, _, _ = fused_search(dec, ctx, torch.zeros(M), lo, hi, coarse_steps=16, refine_steps=10,
+                                   dot_bf16=False)
+        inner = (h > -0.5 + 2e-3) & (h < 2.0 - 2e-3)
+        assert (moved - (h - 0.5))[inner].abs().max().item() <= tol
         print("max error", err, "tolerance", tol)
     """)
     assert "max error" in out

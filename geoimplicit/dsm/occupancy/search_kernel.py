@@ -39,13 +39,10 @@ def supports(decoder) -> bool:
 
 
 def _decoder_weights(decoder, device) -> dict:
-    """The decoder's parameters as contiguous float32 tensors on ``device``, cached on the decoder."""
-    cache = getattr(decoder, "_fused_weights", None)
-    if cache is not None and cache["device"] == device:
-        return cache
+    """The decoder's parameters as contiguous float32 tensors on ``device`` (read at every call: a model still
+    in training, validated through the predictor, changes them between calls)."""
     f = dict(dtype=torch.float32, device=device)
-    w = {
-        "device": device,
+    return {
         "wp": decoder.fc_p.weight.detach().to(**f).contiguous(),
         "bp": decoder.fc_p.bias.detach().to(**f).contiguous(),
         "w0": torch.stack([b.fc0.weight.detach() for b in decoder.blocks]).to(**f).contiguous(),
@@ -55,8 +52,6 @@ def _decoder_weights(decoder, device) -> dict:
         "wo": decoder.fc_out.weight.detach()[0].to(**f).contiguous(),
         "bo": float(decoder.fc_out.bias.detach()[0]),
     }
-    decoder._fused_weights = w
-    return w
 
 
 def fused_search(decoder, ctx: list, prior: torch.Tensor, z_lo: torch.Tensor, z_hi: torch.Tensor, *,
@@ -92,5 +87,5 @@ def fused_search(decoder, ctx: list, prior: torch.Tensor, z_lo: torch.Tensor, z_
                          z_hi.float().contiguous(), t, w["wp"], w["bp"], w["w0"], w["b0"], w["w1"], w["b1"], w["wo"],
                          w["bo"], height, found, saturated, M, COARSE=coarse_steps, REFINE=refine_steps,
                          NB=len(ctx), H=H, BLOCK=block, USE_PRIOR=int(decoder.use_prior), DOT_BF16=dot_bf16,
-                  num_warps=num_warps)
+                         num_warps=num_warps)
     return height, found.bool(), saturated.bool()
