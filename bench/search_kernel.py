@@ -3,7 +3,8 @@
     python -m bench.search_kernel --device cuda --out OUT [--side-m 384] [--repeat 5]
 
 Shipped weights (refiner on), 128 m tiles with 16 m of context at 0.5 m, framed once. Per kernel and precision
-(torch bf16 autocast = the former default, triton bf16 = the new default, and both in float32): the search
+(torch bf16 autocast = the default, triton bf16 = the fused kernel as it would run by default, and both in
+float32): the search
 alone (``search_model``: column context and search) in ms per tile, the whole device half of a tile
 (``search_tile``: encoding, search, refiner) in ms per tile, and the DSM heights against torch float32's
 (max, 99th percentile and mean absolute difference in metres, cells off by more than 1 cm, valid mismatches).
@@ -172,8 +173,8 @@ def main(argv=None):
     out.mkdir(parents=True, exist_ok=True)
     predictor = OccupancyPredictor(None, args.device)
     tiles = framed_tiles(predictor, args.side_m, args.seed, args.tile_m)
-    res = {"device": torch.cuda.get_device_name(0) if predictor.device.type == "cuda" else "cpu", "date": time.strftime("%Y-%m-%d %H:%M"),
-           "tiles": len(tiles), "args": vars(args), "variants": {}}
+    res = {"device": torch.cuda.get_device_name(0) if predictor.device.type == "cuda" else "cpu",
+           "date": time.strftime("%Y-%m-%d %H:%M"), "tiles": len(tiles), "args": vars(args), "variants": {}}
     runs = {}
     for kernel, bf16 in VARIANTS:
         runs[(kernel, bf16)] = time_variant(predictor, tiles, kernel, bf16, args.repeat)

@@ -348,8 +348,10 @@ def _run_tiles_and_merge(plan: RunPlan, tags: dict, outputs: dict, executor, ove
              tg.overlap, len(todo))
     jobs = [TileJob(t, plan.method_name, plan.options, plan.inputs, str(workdir), plan.run_key) for t in todo]
     behind = routes_behind(plan, jobs, executor)
-    if behind:
-        jobs = in_routing_order(plan.dataset, jobs)
+    if behind:  # the tiles in the order their points are routed
+        from geoimplicit.tiling.route import routing_order
+
+        jobs = [jobs[i] for i in routing_order(plan.dataset, [j.tile for j in jobs])]
 
     def nothing(results):
         excluded = sum(int(r.stats.get("excluded_by_class", 0)) for r in results)
@@ -373,17 +375,6 @@ def routes_behind(plan: RunPlan, jobs: Sequence, executor) -> bool:
 
     return (bool(jobs) and len(plan.dataset.files) > 1 and (executor is None or isinstance(executor, LocalExecutor))
             and jobs[0].device_threads > 1)
-
-
-def in_routing_order(dataset, jobs: Sequence) -> list:
-    """The jobs in the order their points are routed (:func:`geoimplicit.tiling.route.top_down_files`), north
-    to south within that: about the order of the mosaic's blocks, which are written behind the tiles."""
-    from geoimplicit.tiling.route import tile_files, top_down_files
-
-    rank = {f: r for r, f in enumerate(top_down_files(dataset))}
-    last = [max((rank[f] for f in files), default=-1) for files in tile_files(dataset, [j.tile for j in jobs])]
-    order = sorted(range(len(jobs)), key=lambda i: (last[i], jobs[i].tile.row, jobs[i].tile.col))
-    return [jobs[i] for i in order]
 
 
 def _router(plan: RunPlan, route_dir: Path, behind: bool, progress, cancel):

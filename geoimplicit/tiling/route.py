@@ -182,8 +182,7 @@ def _map_pieces(pieces, workers: int, forked: Callable[[], None] | None = None):
     """``(piece, _route_piece(piece))`` over the pieces as they complete, in this process or in forked worker
     processes; ``forked()`` once every worker is forked (all pieces are submitted first: no fork comes later)."""
     if workers <= 1:
-        if forked is not None:
-            forked()
+        _tell(forked)
         for p in pieces:
             yield p, _route_piece(p)
         return
@@ -191,8 +190,7 @@ def _map_pieces(pieces, workers: int, forked: Callable[[], None] | None = None):
 
     with forked_pool(workers) as pool:
         futures = {pool.submit(HeapTrimmed(_route_piece), p): p for p in pieces}
-        if forked is not None:
-            forked()
+        _tell(forked)
         try:
             for fut in cf.as_completed(futures):
                 yield futures[fut], fut.result()
@@ -220,6 +218,15 @@ def tile_files(dataset, tiles: Sequence) -> list[list[int]]:
         meet = (fb[:, 0] < right) & (fb[:, 2] >= left) & (fb[:, 1] < top) & (fb[:, 3] >= bottom)
         out.append(np.flatnonzero(meet).tolist())
     return out
+
+
+def routing_order(dataset, tiles: Sequence) -> list[int]:
+    """Positions in ``tiles`` in the order their points are all routed (the last of their files in
+    :func:`top_down_files` order), north to south and west to east among equals: about the order of the mosaic's
+    blocks, which are written behind the tiles."""
+    rank = {f: r for r, f in enumerate(top_down_files(dataset))}
+    last = [max((rank[f] for f in files), default=-1) for files in tile_files(dataset, tiles)]
+    return sorted(range(len(tiles)), key=lambda i: (last[i], tiles[i].row, tiles[i].col))
 
 
 class _Readiness:

@@ -11,6 +11,7 @@ def _dot(a, b, DOT_BF16: tl.constexpr):
         return tl.dot(a, b)  # bfloat16 in, float32 accumulation
     return tl.dot(a, b, input_precision="ieee")
 
+
 @triton.jit
 def _field(z, prior, ctx_ptr, cols, mask, M, wp_ptr, bp_ptr, w0_ptr, b0_ptr, w1_ptr, b1_ptr, wo_ptr, bo,
            NB: tl.constexpr, H: tl.constexpr, USE_PRIOR: tl.constexpr, DOT_BF16: tl.constexpr):
@@ -38,11 +39,12 @@ def _field(z, prior, ctx_ptr, cols, mask, M, wp_ptr, bp_ptr, w0_ptr, b0_ptr, w1_
         net = x + h + tl.load(b1_ptr + i * H + hid)[None, :]
     return tl.sum(tl.maximum(net, 0.0) * tl.load(wo_ptr + hid)[None, :], axis=1) + bo
 
+
 @triton.jit
 def search_kernel(ctx_ptr, prior_ptr, lo_ptr, hi_ptr, t_ptr, wp_ptr, bp_ptr, w0_ptr, b0_ptr, w1_ptr, b1_ptr,
-                   wo_ptr, bo, height_ptr, found_ptr, saturated_ptr, M,
-                   COARSE: tl.constexpr, REFINE: tl.constexpr, NB: tl.constexpr, H: tl.constexpr,
-                   BLOCK: tl.constexpr, USE_PRIOR: tl.constexpr, DOT_BF16: tl.constexpr):
+                  wo_ptr, bo, height_ptr, found_ptr, saturated_ptr, M,
+                  COARSE: tl.constexpr, REFINE: tl.constexpr, NB: tl.constexpr, H: tl.constexpr,
+                  BLOCK: tl.constexpr, USE_PRIOR: tl.constexpr, DOT_BF16: tl.constexpr):
     cols = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     mask = cols < M
     z_lo = tl.load(lo_ptr + cols, mask=mask, other=0.0)
